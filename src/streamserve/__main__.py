@@ -1,0 +1,5 @@
+import sys
+
+from streamserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""The one seam between the stream processor and a model: batch in, batch out.
+
+Embedded inference and every remote client (TF Serving gRPC/REST, V2 gRPC/REST)
+implement :class:`Predictor`; the processor knows nothing else about models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: dict[str, np.ndarray]  # every output has the batch's rows along dim 0
+    model_name: str
+    model_version: int
+
+
+class Predictor(Protocol):
+    """Async, batch-oriented model call. Implementations must be safe to call concurrently.
+
+    Errors: ``InvalidArgument`` when the model rejects the input (not retryable);
+    ``Unavailable``/``DeadlineExceeded`` for transient failures (retryable).
+    """
+
+    mode: str  # "embedded" | "remote" | "fallback"
+
+    async def predict(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> Prediction: ...
+
+    async def close(self) -> None: ...
