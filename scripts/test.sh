@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it: Python deps (with the
+# TensorFlow extra and the third-party clients used for interop tests), the
+# Apache Kafka jars (Maven Central, cached), kcat, and the models the tests use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v kcat >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq kcat) >/dev/null 2>&1 || echo "note: could not install kcat; kcat interop tests will be skipped"
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[dev,tensorflow]'
+streamserve kafka fetch
+python3 -m pytest -ra "$@"
