@@ -1,0 +1,187 @@
+"""Prometheus metrics of the model server, in its own registry.
+
+Series (all prefixed ``streamserve_``):
+
+- ``requests_total`` / ``request_latency_seconds`` (histogram), labelled
+  ``model, version, protocol, api, status`` — one observation per request, by
+  every protocol adapter (``protocol``: tfserving | v2 | inception; ``api``:
+  predict, classify, infer, metadata, ...; ``status``: canonical code name).
+- ``batch_size`` (histogram, ``model, version``) — rows per merged runtime call.
+- ``batch_queue_rows`` (gauge, ``model, version``) — rows waiting in the batcher,
+  read at scrape time from the batchers themselves (no hot-path cost).
+- ``model_version_state`` (gauge, ``model, version``) — TF Serving's state number
+  (START 10, LOADING 20, AVAILABLE 30, UNLOADING 40, END 50), fed by the model
+  manager's listener; ``model_load_seconds`` (histogram, ``model``).
+- ``process_*`` — CPU seconds and memory of the server process.
+
+Served on the REST port at TF Serving's ``/monitoring/prometheus/metrics`` (or the
+path of ``--monitoring_config_file``) and at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
+
+from streamserve.errors import InvalidArgument
+
+TF_SERVING_METRICS_PATH = "/monitoring/prometheus/metrics"
+PLAIN_METRICS_PATH = "/metrics"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+_REQUEST_LABELS = ("model", "version", "protocol", "api", "status")
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """TF Serving's ``MonitoringConfig.prometheus_config``."""
+
+    enable: bool = True
+    path: str = TF_SERVING_METRICS_PATH
+
+
+def parse_monitoring_config(text: str) -> MonitoringConfig:
+    """Parse ``prometheus_config { enable: true path: "/..." }`` (commas and ``:`` optional)."""
+    block = re.search(r"prometheus_config\s*:?\s*\{([^}]*)\}", text)
+    if block is None:
+        if text.strip() and not text.lstrip().startswith("#"):
+            raise InvalidArgument("monitoring config: expected a 'prometheus_config { ... }' block")
+        return MonitoringConfig(enable=False)
+    body = block.group(1)
+    enable = re.search(r"\benable\s*:\s*(\w+)", body)
+    path = re.search(r"\bpath\s*:\s*[\"']([^\"']*)[\"']", body)
+    enabled = enable is not None and enable.group(1).lower() in ("true", "1")
+    chosen = path.group(1) if path and path.group(1) else TF_SERVING_METRICS_PATH
+    if not chosen.startswith("/"):
+        raise InvalidArgument(f"monitoring config: path must start with '/', got {chosen!r}")
+    return MonitoringConfig(enable=enabled, path=chosen)
+
+
+def parse_monitoring_config_file(path: str | Path) -> MonitoringConfig:
+    try:
+        return parse_monitoring_config(Path(path).read_text())
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read monitoring config file {path}: {exc}") from exc
+
+
+class _QueueDepthCollector(Collector):
+    """Reads the batchers' queue depths when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple[str, str], Callable[[], int]] = {}
+        self._lock = threading.Lock()
+
+    def track(self, model: str, version: str, depth: Callable[[], int]) -> None:
+        with self._lock:
+            self._sources[(model, version)] = depth
+
+    def untrack(self, model: str, version: str) -> None:
+        with self._lock:
+            self._sources.pop((model, version), None)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "streamserve_batch_queue_rows",
+            "Rows waiting in the dynamic batcher",
+            labels=["model", "version"],
+        )
+        with self._lock:
+            sources = list(self._sources.items())
+        for (model, version), depth in sources:
+            family.add_metric([model, version], float(depth()))
+        yield family
+
+
+class ServerMetrics:
+    """All server metrics; thread-safe; one instance per server."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "streamserve_requests", "Requests handled", _REQUEST_LABELS, registry=reg
+        )
+        self.latency = Histogram(
+            "streamserve_request_latency_seconds",
+            "Request latency, from decoded request to encoded response",
+            _REQUEST_LABELS,
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "streamserve_batch_size",
+            "Rows per runtime call made by the dynamic batcher",
+            ("model", "version"),
+            buckets=_BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.version_state = Gauge(
+            "streamserve_model_version_state",
+            "Model version state (TF Serving numbers: 30 = AVAILABLE, 50 = END)",
+            ("model", "version"),
+            registry=reg,
+        )
+        self.load_seconds = Histogram(
+            "streamserve_model_load_seconds",
+            "Time to load a model version",
+            ("model",),
+            buckets=_LOAD_BUCKETS,
+            registry=reg,
+        )
+        self._queues = _QueueDepthCollector()
+        reg.register(self._queues)
+        if process:
+            ProcessCollector(namespace="streamserve", registry=reg)
+        self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def observe_request(
+        self, model: str, version: str, protocol: str, api: str, status: str, seconds: float
+    ) -> None:
+        key = (model, version, protocol, api, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(*key))
+            self._request_children[key] = children  # benign race: same children either way
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def batch_observer(self, model: str, version: str) -> Callable[[int], None]:
+        """A callback for ``DynamicBatcher(on_batch=...)``."""
+        return self.batch_size.labels(model, version).observe
+
+    def track_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
+        self._queues.track(model, version, depth)
+
+    def untrack_queue(self, model: str, version: str) -> None:
+        self._queues.untrack(model, version)
+
+    # -- model lifecycle --------------------------------------------------------------------
+
+    def on_version_state(
+        self, model: str, version: int, state: int, load_seconds: float | None
+    ) -> None:
+        """Signature of ``ModelManager.add_listener`` callbacks."""
+        self.version_state.labels(model, str(version)).set(int(state))
+        if load_seconds is not None:
+            self.load_seconds.labels(model).observe(load_seconds)
+
+    # -- exposition -------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
