@@ -1,0 +1,249 @@
+"""LocalKafka: a real single-node Apache Kafka (KRaft broker + controller) as a child process.
+
+    with LocalKafka() as kafka:              # fetches jars on first use, picks free ports
+        kafka.create_topic("in", partitions=3)
+        produce_to(kafka.bootstrap_servers)
+
+Files live in ``data_dir`` (default: a temporary folder removed on stop): ``server.properties``,
+``log4j2.properties``, the broker's log ``kafka.log`` and the partitions under ``kafka-logs/``.
+A given ``data_dir`` keeps topics and records across restarts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from streamserve.errors import SetupError
+from streamserve.kafka import admin, config, jars, process
+from streamserve.kafka.java import require_java
+
+log = logging.getLogger(__name__)
+
+JVM_OPTIONS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
+               "-Djava.awt.headless=true"]
+LOG_FILE = "kafka.log"
+_PORT_RETRIES = 3
+
+
+class LocalKafka:
+    """A broker this object starts, owns and stops; never left running after the interpreter.
+
+    Thread-safety: none; start and stop from one thread. ``detached=True`` lets the broker
+    outlive this process (the CLI's ``start``), otherwise it is stopped at interpreter exit
+    and by the kernel if this process dies.
+    """
+
+    def __init__(self, data_dir: str | Path | None = None, port: int | None = None, *,
+                 controller_port: int | None = None, host: str = "127.0.0.1",
+                 version: str | None = None, startup_timeout: float = 180.0,
+                 stop_timeout: float = 30.0, detached: bool = False,
+                 extra_properties: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.controller_port = controller_port
+        self.version = version or jars.kafka_version()
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.detached = detached
+        self.extra_properties = dict(extra_properties or {})
+        self._given_data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+        self.data_dir: Path | None = None
+        self.startup_seconds: float | None = None
+        self._owns_data_dir = False
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.port is None:
+            raise SetupError("the broker has not been started")
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_file(self) -> Path:
+        if self.data_dir is None:
+            raise SetupError("the broker has not been started")
+        return self.data_dir / LOG_FILE
+
+    @property
+    def owns_data_dir(self) -> bool:
+        """True when data_dir is a temporary folder that stopping the broker removes."""
+        return self._owns_data_dir
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> LocalKafka:
+        """Start the broker and return once it answers metadata requests."""
+        if self.is_running():
+            return self
+        java = require_java()
+        self._prepare_data_dir()
+        try:
+            if self.port is not None:
+                config.require_port_free(self.host, self.port)
+            if self.controller_port is not None:
+                config.require_port_free(self.host, self.controller_port)
+            lib = jars.ensure_jars(self.version)
+            self._start_with_retries(java.executable, lib)
+        except BaseException:
+            self.stop()  # e.g. Ctrl-C while waiting: leave no process and no temp dir behind
+            raise
+        if not self.detached:
+            atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM the broker, SIGKILL it after ``stop_timeout``; remove a temporary data_dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            atexit.unregister(self.stop)
+            if proc.poll() is None:
+                clean = process.terminate(proc.pid, timeout=self.stop_timeout,
+                                          is_alive=lambda: proc.poll() is None)
+                if not clean:
+                    log.warning("Kafka broker pid %d ignored SIGTERM for %.0f s; killed it",
+                                proc.pid, self.stop_timeout)
+            proc.wait()
+        self._remove_owned_data_dir()
+
+    def create_topic(self, name: str, partitions: int = 1,
+                     config: dict[str, str] | None = None) -> str:
+        admin.create_topic(self.bootstrap_servers, name, partitions, config)
+        return name
+
+    def create_topics(self, names: list[str], partitions: int = 1) -> None:
+        admin.create_topics(self.bootstrap_servers, names, partitions)
+
+    def delete_topic(self, name: str) -> bool:
+        return admin.delete_topic(self.bootstrap_servers, name)
+
+    def wait_for_topic(self, name: str, timeout: float = 30.0) -> int:
+        return admin.wait_for_topic(self.bootstrap_servers, name, timeout)
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self.port}" if self.port else "not started"
+        return f"LocalKafka({where}, version={self.version}, data_dir={self.data_dir})"
+
+    # -- start-up steps ---------------------------------------------------------------------
+
+    def _prepare_data_dir(self) -> None:
+        if self._given_data_dir is not None:
+            self.data_dir = config.require_writable_dir(self._given_data_dir)
+            self._owns_data_dir = False
+        else:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="streamserve-kafka-"))
+            self._owns_data_dir = True
+
+    def _start_with_retries(self, java: str, lib: Path) -> None:
+        """Ports chosen by us can be taken between choosing and binding: retry with new ones."""
+        fixed = (self.port, self.controller_port)
+        for attempt in range(1, _PORT_RETRIES + 1):
+            self.port = fixed[0] or config.free_port(self.host)
+            self.controller_port = fixed[1] or config.free_port(self.host)
+            try:
+                self._start_once(java, lib)
+                return
+            except _PortRaceError as exc:
+                if all(fixed) or attempt == _PORT_RETRIES:
+                    raise SetupError(f"the Kafka broker could not bind its ports "
+                                     f"({self.port}, {self.controller_port}): address already "
+                                     f"in use; last lines of {self.log_file}:\n{exc}") from None
+                log.info("port taken while starting Kafka; retrying with new ports")
+
+    def _start_once(self, java: str, lib: Path) -> None:
+        assert self.data_dir is not None and self.port and self.controller_port
+        props_file = config.write_properties(
+            self.data_dir / "server.properties",
+            config.server_properties(self.host, self.port, self.controller_port,
+                                     self.data_dir / "kafka-logs", self.extra_properties))
+        log4j_file = self.data_dir / "log4j2.properties"
+        log4j_file.write_text(config.LOG4J2_PROPERTIES)
+        classpath = f"{lib}/*"
+        base = [java, f"-Dlog4j2.configurationFile={log4j_file}", "-cp", classpath]
+        self._format_storage_if_new(base, props_file)
+        started = time.monotonic()
+        self._mark_log(f"starting Kafka {self.version} on {self.bootstrap_servers}")
+        log_offset = self.log_file.stat().st_size
+        self._proc = process.launch([*base[:1], *JVM_OPTIONS, *base[1:], "kafka.Kafka",
+                                     str(props_file)],
+                                    self.log_file, cwd=self.data_dir,
+                                    die_with_parent=not self.detached)
+        ready = admin.wait_until_ready(self.bootstrap_servers, self.startup_timeout,
+                                       keep_waiting=self.is_running)
+        if not ready:
+            self._fail_start(log_offset)
+        self.startup_seconds = time.monotonic() - started
+        log.info("Kafka %s ready at %s in %.1f s (pid %d, log %s)", self.version,
+                 self.bootstrap_servers, self.startup_seconds, self.pid, self.log_file)
+
+    def _format_storage_if_new(self, base: list[str], props_file: Path) -> None:
+        assert self.data_dir is not None
+        if (self.data_dir / "kafka-logs" / "meta.properties").exists():
+            return  # formatted on an earlier start: keep its cluster id and data
+        command = [*base[:1], "-Xmx256m", *base[1:], "kafka.tools.StorageTool", "format",
+                   "--cluster-id", config.new_cluster_id(), "--config", str(props_file)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                check=False)
+        if result.returncode != 0:
+            output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+            raise SetupError(f"formatting Kafka storage in {self.data_dir} failed "
+                             f"(exit {result.returncode}):\n{output}")
+
+    def _fail_start(self, log_offset: int) -> None:
+        died = not self.is_running()
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            process.terminate(proc.pid, timeout=self.stop_timeout,
+                              is_alive=lambda: proc.poll() is None)
+        new_log = _read_from(self.log_file, log_offset)
+        last_lines = "\n".join(new_log.strip().splitlines()[-30:])
+        if died and "Address already in use" in new_log:
+            raise _PortRaceError(last_lines)
+        if died:
+            code = proc.returncode if proc is not None else "?"
+            raise SetupError(f"the Kafka broker exited during start-up (exit {code}); "
+                             f"last lines of {self.log_file}:\n{last_lines}")
+        raise SetupError(f"the Kafka broker did not answer on {self.bootstrap_servers} within "
+                         f"{self.startup_timeout:.0f} s; last lines of {self.log_file}:\n"
+                         f"{last_lines}")
+
+    def _mark_log(self, message: str) -> None:
+        with open(self.log_file, "a") as handle:
+            handle.write(f"==== streamserve: {message} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+
+    def _remove_owned_data_dir(self) -> None:
+        if self._owns_data_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class _PortRaceError(Exception):
+    """Kafka lost a self-chosen port to another process between choice and bind."""
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""

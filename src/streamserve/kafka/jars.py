@@ -1,0 +1,130 @@
+"""Apache Kafka's server jars, resolved from Maven Central by ``kafka/pom.xml`` into a cache.
+
+Layout: ``<cache>/kafka-<version>/lib/*.jar`` where ``<cache>`` is ``$STREAMSERVE_CACHE``, else
+``$XDG_CACHE_HOME/streamserve``, else ``~/.cache/streamserve``. The ``lib`` folder appears
+atomically (Maven writes into a scratch folder that is renamed when complete), so its presence
+means the cache is whole and later runs never call Maven again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from streamserve.errors import SetupError
+
+log = logging.getLogger(__name__)
+
+# Newest Kafka 4.x whose server runs on Java 17 (its classes target Java 17).
+KAFKA_VERSION = "4.4.0"
+_MAVEN_TIMEOUT_S = 1800
+_MAVEN_TAIL_LINES = 25
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("STREAMSERVE_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "streamserve"
+
+
+def kafka_version() -> str:
+    return os.environ.get("STREAMSERVE_KAFKA_VERSION") or KAFKA_VERSION
+
+
+def lib_dir(version: str | None = None) -> Path:
+    return cache_root() / f"kafka-{version or kafka_version()}" / "lib"
+
+
+def jars_cached(version: str | None = None) -> bool:
+    lib = lib_dir(version)
+    return lib.is_dir() and any(lib.glob("kafka_2.13-*.jar"))
+
+
+def find_pom() -> Path:
+    """``kafka/pom.xml`` of the source tree this package runs from (editable install / clone)."""
+    explicit = os.environ.get("STREAMSERVE_KAFKA_POM")
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        repo_root = Path(__file__).resolve().parents[3]
+        candidates = [repo_root / "kafka" / "pom.xml", Path.cwd() / "kafka" / "pom.xml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise SetupError("cannot find kafka/pom.xml (looked at "
+                     + ", ".join(str(c) for c in candidates)
+                     + "); install streamserve from a clone with `pip install -e .` "
+                       "or set STREAMSERVE_KAFKA_POM to the pom's path")
+
+
+def ensure_jars(version: str | None = None, *, offline: bool = False, force: bool = False) -> Path:
+    """Return the lib folder for ``version``, fetching it with Maven on first use only."""
+    version = version or kafka_version()
+    lib = lib_dir(version)
+    if jars_cached(version) and not force:
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(lib.parent.parent / f"kafka-{version}.lock"):
+        if jars_cached(version) and not force:  # another process fetched while we waited
+            return lib
+        _fetch_into(lib, version, offline=offline)
+    return lib
+
+
+def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SetupError("Maven (`mvn`) is needed once to fetch Apache Kafka's jars but is not on "
+                         "PATH; install it, e.g. `apt-get install maven`")
+    scratch = lib.with_name("lib.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    command = [mvn, "-B", "-q", "-f", str(find_pom()), f"-Dkafka.version={version}",
+               "dependency:copy-dependencies", "-DincludeScope=runtime",
+               f"-DoutputDirectory={scratch}"]
+    if offline:
+        command.insert(1, "--offline")
+    log.info("fetching Apache Kafka %s jars with Maven into %s", version, lib)
+    started = time.monotonic()
+    result = _run_maven(command)
+    if result.returncode != 0 or not any(scratch.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(scratch, ignore_errors=True)
+        tail = "\n".join(result.stdout.strip().splitlines()[-_MAVEN_TAIL_LINES:])
+        raise SetupError(f"Maven could not resolve Apache Kafka {version} "
+                         f"(exit {result.returncode}; is Maven Central reachable?). "
+                         f"Maven's last lines:\n{tail}")
+    if lib.exists():
+        shutil.rmtree(lib)
+    scratch.rename(lib)
+    count = sum(1 for _ in lib.glob("*.jar"))
+    log.info("fetched %d jars in %.1f s", count, time.monotonic() - started)
+
+
+def _run_maven(command: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=_MAVEN_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise SetupError(f"Maven did not finish within {_MAVEN_TIMEOUT_S} s") from None
+    except OSError as exc:
+        raise SetupError(f"cannot run Maven: {exc}") from None
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Serialise fetches across processes (a test session and a CLI may fetch at once)."""
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
