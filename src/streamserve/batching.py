@@ -34,10 +34,11 @@ import itertools
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -208,7 +209,8 @@ class DynamicBatcher:
     whose dim 0 equals the rows it got; it runs in one of ``num_batch_threads``
     worker threads. ``submit`` must always be awaited on the same event loop.
     ``on_batch(rows)`` (optional) is called on the loop for every merged
-    execution, e.g. to feed a batch-size histogram.
+    execution, e.g. to feed a batch-size histogram. Several batchers may share
+    one ``executor``; each still runs at most ``num_batch_threads`` batches at once.
     """
 
     def __init__(
@@ -217,13 +219,15 @@ class DynamicBatcher:
         params: BatchingParameters | None = None,
         *,
         on_batch: Callable[[int], None] | None = None,
+        executor: ThreadPoolExecutor | None = None,
         name: str = "batcher",
     ) -> None:
         self._run_batch = run_batch
         self.params = params or BatchingParameters()
         self._on_batch = on_batch
         self._timeout_s = self.params.batch_timeout_micros / 1e6
-        self._executor = ThreadPoolExecutor(
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(
             max_workers=self.params.num_batch_threads, thread_name_prefix=name
         )
         self._free_workers = self.params.num_batch_threads
@@ -271,7 +275,8 @@ class DynamicBatcher:
                     member.future.set_exception(ResourceExhausted("batcher is shut down"))
         self._ready.clear()
         self._open.clear()
-        self._executor.shutdown(wait=False, cancel_futures=False)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=False)
 
     # -- queueing (loop thread) -------------------------------------------------------------
 
@@ -450,3 +455,126 @@ def _pad_trailing(parts: list[np.ndarray]) -> list[np.ndarray]:
         fill: object = b"" if part.dtype == object else 0
         padded.append(np.pad(part, widths, constant_values=fill))  # type: ignore[call-overload]
     return padded
+
+
+class BatchMetrics(Protocol):
+    """What :class:`BatchingRunner` reports to (``ServerMetrics`` implements it)."""
+
+    def batch_observer(self, model: str, version: str) -> Callable[[int], None]: ...
+
+    def track_queue(self, model: str, version: str, depth: Callable[[], int]) -> None: ...
+
+    def untrack_queue(self, model: str, version: str) -> None: ...
+
+
+ParamsFor = Callable[[str, int], "BatchingParameters | None"]
+
+
+class BatchingRunner:
+    """A model runner that batches calls per model version, signature and output filter.
+
+    Fits ``InferenceCore``'s runner seam: ``run(handle, signature_name, inputs,
+    output_filter)`` where ``handle`` has ``.name``, ``.version`` and ``.servable``.
+    ``params_for(model, version)`` may return per-model parameters (None = the
+    default ``params``). Call :meth:`forget` when a version is unloaded (END) so its
+    batchers go away; it is safe to call from any thread.
+    """
+
+    def __init__(
+        self,
+        params: BatchingParameters | None = None,
+        *,
+        params_for: ParamsFor | None = None,
+        metrics: BatchMetrics | None = None,
+    ) -> None:
+        self.params = params or BatchingParameters()
+        self._params_for = params_for
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.params.num_batch_threads, thread_name_prefix="batch"
+        )
+        self._batchers: dict[tuple[object, ...], tuple[object, DynamicBatcher]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(
+        self,
+        handle: Any,
+        signature_name: str,
+        inputs: Tensors,
+        output_filter: Sequence[str],
+    ) -> Tensors:
+        key = (handle.name, handle.version, signature_name, tuple(output_filter))
+        entry = self._batchers.get(key)
+        if entry is None or entry[0] is not handle.servable:
+            entry = self._add(key, handle)
+        return await entry[1].submit(inputs)
+
+    def _add(self, key: tuple[object, ...], handle: Any) -> tuple[object, DynamicBatcher]:
+        self._loop = asyncio.get_running_loop()
+        name, version, signature_name, output_filter = key
+        servable = handle.servable
+        wanted = list(output_filter) or None  # type: ignore[call-overload]
+
+        def run_batch(arrays: Tensors) -> Mapping[str, np.ndarray]:
+            return servable.predict(arrays, signature_name, wanted)
+
+        params = (self._params_for(name, version) if self._params_for else None) or self.params
+        on_batch = self._metrics.batch_observer(name, str(version)) if self._metrics else None
+        batcher = DynamicBatcher(
+            run_batch, params, on_batch=on_batch, executor=self._executor, name=f"batch-{name}"
+        )
+        self._batchers[key] = entry = (servable, batcher)
+        if self._metrics is not None:
+            self._metrics.track_queue(name, str(version), lambda: self._queued(name, version))
+        return entry
+
+    def _queued(self, name: object, version: object) -> int:
+        return sum(
+            batcher.queued_rows
+            for key, (_, batcher) in list(self._batchers.items())
+            if key[0] == name and key[1] == version
+        )
+
+    def forget(self, name: str, version: int) -> None:
+        """Drop the batchers of an unloaded version (thread-safe)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._forget_now, name, version)
+
+    def _forget_now(self, name: str, version: int) -> None:
+        for key in [k for k in self._batchers if k[0] == name and k[1] == version]:
+            self._batchers.pop(key)[1].close()
+        if self._metrics is not None:
+            self._metrics.untrack_queue(name, str(version))
+
+    def close(self) -> None:
+        for _, batcher in self._batchers.values():
+            batcher.close()
+        self._batchers.clear()
+        self._executor.shutdown(wait=True)
+
+
+PER_MODEL_PARAMS_FILE = "batching_params.pbtxt"  # TF Serving's per-model file name
+
+
+def per_model_parameters(
+    base_path_of: Callable[[str], Path], base: BatchingParameters
+) -> ParamsFor:
+    """``params_for`` reading ``batching_params.pbtxt`` from ``<base_path>/<version>/``,
+    else ``<base_path>/``; fields it does not set keep ``base``'s values.
+
+    A malformed file raises :class:`InvalidArgument` naming the file, for every
+    request to that version, so the mistake is visible rather than silently ignored.
+    """
+    cache: dict[tuple[str, int], BatchingParameters | None] = {}
+
+    def params_for(name: str, version: int) -> BatchingParameters | None:
+        if (name, version) not in cache:
+            root = Path(base_path_of(name))
+            candidates = (root / str(version) / PER_MODEL_PARAMS_FILE, root / PER_MODEL_PARAMS_FILE)
+            found = next((path for path in candidates if path.is_file()), None)
+            cache[(name, version)] = parse_batching_parameters_file(found, base) if found else None
+        return cache[(name, version)]
+
+    return params_for

@@ -298,3 +298,85 @@ def test_parse_overrides_a_base() -> None:
 def test_parse_errors_are_clear(text: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         parse_batching_parameters(text)
+
+
+class FakeServable:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str, list[str] | None]] = []
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str, output_filter: object
+    ) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.calls.append((x.shape[0], signature_name, output_filter))  # type: ignore[arg-type]
+        return {"y": x + 1}
+
+
+class FakeHandle:
+    def __init__(self, name: str, version: int, servable: FakeServable) -> None:
+        self.name, self.version, self.servable = name, version, servable
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, str, int]] = []
+        self.queues: dict[tuple[str, str], object] = {}
+
+    def batch_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
+        return lambda rows: self.batches.append((model, version, rows))
+
+    def track_queue(self, model: str, version: str, depth: object) -> None:
+        self.queues[(model, version)] = depth
+
+    def untrack_queue(self, model: str, version: str) -> None:
+        self.queues.pop((model, version), None)
+
+
+def test_batching_runner_batches_per_version_and_signature() -> None:
+    from streamserve.batching import BatchingRunner
+
+    metrics = RecordingMetrics()
+    runner = BatchingRunner(
+        BatchingParameters(max_batch_size=16, batch_timeout_micros=5000), metrics=metrics
+    )
+    v1, v2 = FakeServable(), FakeServable()
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        calls = []
+        for i in range(8):
+            servable, version = (v1, 1) if i % 2 else (v2, 2)
+            handle = FakeHandle("m", version, servable)
+            x = np.full((1, 2), i, np.float32)
+            calls.append(runner.run(handle, "serving_default", {"x": x}, ()))
+        calls.append(runner.run(FakeHandle("m", 1, v1), "other", {"x": np.zeros((1, 2))}, ("y",)))
+        results = await asyncio.gather(*calls)
+        runner.forget("m", 1)
+        await asyncio.sleep(0)
+        return results
+
+    results = run(main())
+    runner.close()
+    assert sorted(v1.calls) == [(1, "other", ["y"]), (4, "serving_default", None)]
+    assert v2.calls == [(4, "serving_default", None)]
+    for i, out in enumerate(results[:8]):
+        assert out["y"].tolist() == [[i + 1, i + 1]]
+    assert sorted(metrics.batches) == [("m", "1", 1), ("m", "1", 4), ("m", "2", 4)]
+    assert list(metrics.queues) == [("m", "2")]  # version 1 forgotten
+
+
+def test_per_model_parameters_from_files(tmp_path: Path) -> None:
+    from streamserve.batching import per_model_parameters
+
+    (tmp_path / "a" / "1").mkdir(parents=True)
+    (tmp_path / "a" / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 8 }")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "batching_params.pbtxt").write_text("batch_timeout_micros { value: 9 }")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "batching_params.pbtxt").write_text("max_batch_size { value: }")
+    base = BatchingParameters(max_batch_size=32, batch_timeout_micros=100)
+    params_for = per_model_parameters(lambda name: tmp_path / name, base)
+    assert params_for("a", 1) == BatchingParameters(max_batch_size=8, batch_timeout_micros=100)
+    assert params_for("a", 2) is None
+    assert params_for("b", 3) == BatchingParameters(max_batch_size=32, batch_timeout_micros=9)
+    with pytest.raises(InvalidArgument, match="batching parameters"):
+        params_for("c", 1)
