@@ -1,0 +1,146 @@
+"""``streamserve serve``: a drop-in for ``tensorflow_model_server``'s command line.
+
+Flags keep TF Serving's names and meanings, in ``--snake_case`` or ``--dash-case``,
+as ``--flag=value`` or ``--flag value``; boolean flags accept ``--flag``,
+``--flag=true`` and ``--flag=false``. ``MODEL_NAME`` and ``MODEL_BASE_PATH`` are read
+from the environment like TF Serving's Docker image does. Differences: the REST port
+defaults to 8501 (TF Serving's binary defaults to 0 = off, its Docker image passes
+8501); ``--rest_api_port=0`` turns REST off as in TF Serving; ``--port=0`` picks a free
+gRPC port (printed on the readiness line).
+
+Once both servers listen, one line is printed to stdout::
+
+    streamserve: serving gRPC on 0.0.0.0:8500, REST on 0.0.0.0:8501
+
+SIGTERM or SIGINT stops the server gracefully (requests in flight finish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+HELP = "Run the model server (TensorFlow Serving gRPC/REST and KServe V2 APIs)"
+MiB = 1024 * 1024
+
+# TF Serving flags accepted for compatibility that have no effect here.
+_IGNORED_FLAGS = (
+    "tensorflow_session_parallelism",
+    "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism",
+    "per_process_gpu_memory_fraction",
+    "saved_model_tags",
+    "rest_api_num_threads",
+    "enable_signature_method_name_check",
+    "xla_cpu_compilation_enabled",
+    "num_load_threads",
+    "num_unload_threads",
+    "max_num_load_retries",
+    "load_retry_interval_micros",
+)
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Register ``--name`` and, when it has underscores, ``--dash-name`` too."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    _flag(parser, name, type=parse_bool, nargs="?", const=True, default=default, help=help)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
+    _flag(parser, "rest_api_port", type=int, default=8501, help="HTTP/REST port (0 = no REST)")
+    _flag(parser, "host", default="0.0.0.0", help="address both servers listen on")
+    _flag(parser, "model_name", default=os.environ.get("MODEL_NAME", "default"),
+          help="name of the single model (env MODEL_NAME)")  # fmt: skip
+    _flag(parser, "model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
+          help="directory holding <version>/model.onnx (env MODEL_BASE_PATH)")  # fmt: skip
+    _flag(parser, "model_platform", default="", help="platform of the single model")
+    _flag(parser, "model_config_file", help="TF Serving model_config_list text proto")
+    _flag(parser, "model_config_file_poll_wait_seconds", type=float, default=0.0,
+          help="re-read --model_config_file every N seconds (0 = once)")  # fmt: skip
+    _flag(parser, "traffic_split_file", help="JSON A/B traffic splits per model")
+    _flag(parser, "file_system_poll_wait_seconds", type=float, default=1.0,
+          help="how often base paths are scanned for new versions")  # fmt: skip
+    _bool_flag(parser, "allow_version_labels_for_unavailable_models", False,
+               "labels may point at versions that are not loaded yet")  # fmt: skip
+    _bool_flag(parser, "enable_model_warmup", True, "run warm-up requests after loading")
+    _bool_flag(parser, "enable_batching", False, "dynamic batching of concurrent requests")
+    _flag(parser, "batching_parameters_file", help="TF Serving BatchingParameters text proto")
+    _flag(parser, "monitoring_config_file", help="TF Serving MonitoringConfig text proto")
+    _flag(parser, "rest_api_timeout_in_ms", type=int, default=30_000,
+          help="REST request timeout (0 = none)")  # fmt: skip
+    _flag(parser, "rest_api_max_body_bytes", type=int, default=64 * MiB,
+          help="largest REST request body (413 above)")  # fmt: skip
+    _flag(parser, "grpc_max_message_bytes", type=int, default=64 * MiB,
+          help="largest gRPC message (RESOURCE_EXHAUSTED above)")  # fmt: skip
+    _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
+    _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
+    for name in _IGNORED_FLAGS:
+        _flag(parser, name, default=None, help=argparse.SUPPRESS)
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    from streamserve.server.app import ServerOptions
+
+    for name in _IGNORED_FLAGS:
+        if getattr(args, name, None) is not None:
+            print(f"streamserve: --{name} has no effect here; ignored", file=sys.stderr)
+    return ServerOptions(
+        model_name=args.model_name,
+        model_base_path=args.model_base_path,
+        model_platform=args.model_platform,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        traffic_split_file=args.traffic_split_file,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        enable_model_warmup=args.enable_model_warmup,
+        host=args.host,
+        grpc_port=args.port,
+        rest_port=args.rest_api_port or None,
+        grpc_max_message_bytes=args.grpc_max_message_bytes,
+        grpc_channel_arguments=args.grpc_channel_arguments,
+        rest_max_body_bytes=args.rest_api_max_body_bytes,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        predict_threads=args.predict_threads,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
+        monitoring_config_file=args.monitoring_config_file,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamserve.server.app import Server
+
+    server = Server(options_from_args(args))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    try:
+        rest = f"REST on {args.host}:{server.rest_port}" if server.rest_port else "REST off"
+        print(f"streamserve: serving gRPC on {args.host}:{server.grpc_port}, {rest}", flush=True)
+        stop.wait()
+        print("streamserve: shutting down", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    return 0

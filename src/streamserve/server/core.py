@@ -1,0 +1,253 @@
+"""The transport-neutral data plane every protocol adapter calls.
+
+:class:`InferenceCore` wraps one :class:`~streamserve.repository.ModelManager`:
+predict, classify, regress, model metadata, model status and config reload, on numpy
+arrays and plain Python values. Adapters (TF Serving gRPC/REST, KServe V2 gRPC/REST)
+only translate wire formats to these calls and :class:`~streamserve.errors.StreamserveError`
+codes to wire statuses.
+
+Concurrency contract:
+
+- Calls are made on one asyncio event loop. Model code never runs on the loop: a
+  :class:`Runner` runs it in worker threads (ONNX Runtime releases the GIL).
+- A request holds a servable handle from signature lookup until its model call has
+  finished, even when the caller gives up (timeout, disconnect): the version stays
+  loaded until then, so an unload never races a running call.
+- :meth:`InferenceCore._run` is the single place where model code is invoked, so a
+  dynamic batcher plugs in there by passing another :class:`Runner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from streamserve.errors import InvalidArgument
+from streamserve.repository import ModelConfig, ModelManager, VersionStatus
+from streamserve.runtimes.base import (
+    CLASSIFY_METHOD,
+    DEFAULT_SIGNATURE,
+    REGRESS_METHOD,
+    Signature,
+    Tensors,
+)
+from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+from streamserve.server import examples as ex
+
+T = TypeVar("T")
+InputDecoder = Callable[[Signature], Mapping[str, np.ndarray]]
+Handle = Any  # streamserve.repository.ServableHandle: .name, .version, .servable
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a request addresses: a version, a label, or neither (latest / A-B split)."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+    routing_key: str | bytes | None = None
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    outputs: Tensors
+    model_name: str
+    version: int
+    signature_name: str
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: int
+    signatures: Mapping[str, Signature]
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """Per example, a list of (label, score)."""
+
+    classifications: list[list[tuple[str, float]]]
+    model_name: str
+    version: int
+    signature_name: str
+
+
+@dataclass(frozen=True)
+class RegressResult:
+    values: list[float]
+    model_name: str
+    version: int
+    signature_name: str
+
+
+class Runner(Protocol):
+    """Runs one signature of a held servable off the event loop."""
+
+    async def run(
+        self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
+    ) -> Tensors: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadPoolRunner:
+    """The default runner: one call per request in a bounded thread pool."""
+
+    def __init__(self, threads: int = 0) -> None:
+        workers = threads or max(2, os.cpu_count() or 2)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
+
+    async def run(
+        self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
+    ) -> Tensors:
+        loop = asyncio.get_running_loop()
+        servable = handle.servable
+        return await loop.run_in_executor(
+            self._executor,
+            lambda: servable.predict(inputs, signature_name, list(output_filter) or None),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class InferenceCore:
+    def __init__(self, manager: ModelManager, runner: Runner | None = None) -> None:
+        self.manager = manager
+        self.runner: Runner = runner or ThreadPoolRunner()
+        self._inflight: set[asyncio.Future[Any]] = set()
+
+    # -- predict ---------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, np.ndarray] | InputDecoder,
+        signature_name: str = "",
+        output_filter: Sequence[str] = (),
+    ) -> PredictResult:
+        """Run a signature. ``inputs`` may be a decoder called with the signature, for
+        wire formats (REST JSON) whose decoding needs the expected dtypes and shapes."""
+        name = signature_name or DEFAULT_SIGNATURE
+
+        async def work(handle: Handle) -> PredictResult:
+            signature = get_signature(handle.servable.signatures, name)
+            arrays = dict(inputs(signature) if callable(inputs) else inputs)
+            check_inputs(signature, arrays)
+            resolve_outputs(signature, output_filter, [])
+            outputs = await self._run(handle, name, arrays, output_filter)
+            return PredictResult(outputs, handle.name, handle.version, name)
+
+        return await self._with_handle(ref, work)
+
+    async def _run(
+        self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
+    ) -> Tensors:
+        """The one place model code runs: swap the runner to batch."""
+        return await self.runner.run(handle, signature_name, inputs, output_filter)
+
+    # -- classify / regress ----------------------------------------------------------------
+
+    async def classify(
+        self, ref: ModelRef, examples: list[ex.Features], signature_name: str = ""
+    ) -> ClassifyResult:
+        name = signature_name or DEFAULT_SIGNATURE
+
+        async def work(handle: Handle) -> ClassifyResult:
+            signature = get_signature(handle.servable.signatures, name)
+            outputs = await self._run_examples(handle, signature, examples, CLASSIFY_METHOD)
+            result = ex.outputs_to_classifications(signature, outputs, len(examples))
+            return ClassifyResult(result, handle.name, handle.version, name)
+
+        return await self._with_handle(ref, work)
+
+    async def regress(
+        self, ref: ModelRef, examples: list[ex.Features], signature_name: str = ""
+    ) -> RegressResult:
+        name = signature_name or DEFAULT_SIGNATURE
+
+        async def work(handle: Handle) -> RegressResult:
+            signature = get_signature(handle.servable.signatures, name)
+            outputs = await self._run_examples(handle, signature, examples, REGRESS_METHOD)
+            values = ex.outputs_to_regressions(signature, outputs, len(examples))
+            return RegressResult(values, handle.name, handle.version, name)
+
+        return await self._with_handle(ref, work)
+
+    async def _run_examples(
+        self, handle: Handle, signature: Signature, examples: list[ex.Features], method: str
+    ) -> Tensors:
+        if not examples:
+            raise InvalidArgument("Input is empty: no examples given")
+        if signature.method_name == method:
+            inputs = ex.serialized_examples_input(signature, examples)
+        elif signature.method_name in (CLASSIFY_METHOD, REGRESS_METHOD):
+            raise InvalidArgument(
+                f"Expected {method} signature, but signature '{signature.name}' has "
+                f"method_name {signature.method_name}"
+            )
+        else:
+            inputs = ex.features_to_inputs(signature, examples, method)
+        check_inputs(signature, inputs)
+        return await self._run(handle, signature.name, inputs, ())
+
+    # -- metadata, status, config ----------------------------------------------------------
+
+    def metadata(self, ref: ModelRef) -> ModelMetadata:
+        with self._handle(ref) as handle:
+            signatures = dict(handle.servable.signatures)
+            return ModelMetadata(handle.name, handle.version, signatures)
+
+    def status(self, ref: ModelRef) -> list[VersionStatus]:
+        return list(self.manager.status(ref.name, version=ref.version, label=ref.label))
+
+    def reload_config(self, configs: list[ModelConfig]) -> None:
+        """Add, remove and update models; blocking (call from a worker thread)."""
+        self.manager.reload_config(configs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for in-flight model calls (their handles) to finish."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=timeout)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    # -- handles ---------------------------------------------------------------------------
+
+    def _handle(self, ref: ModelRef) -> AbstractContextManager[Handle]:
+        return self.manager.handle(
+            ref.name, version=ref.version, label=ref.label, routing_key=ref.routing_key
+        )
+
+    async def _with_handle(self, ref: ModelRef, work: Callable[[Handle], Awaitable[T]]) -> T:
+        """Run ``work`` holding a handle; release it when the work ends, not when the
+        caller stops waiting, so a cancelled request cannot unload a busy version."""
+        holder = self._handle(ref)
+        handle = holder.__enter__()
+        try:
+            task: asyncio.Future[T] = asyncio.ensure_future(work(handle))
+        except BaseException:
+            holder.__exit__(None, None, None)
+            raise
+        self._inflight.add(task)
+
+        def release(done: asyncio.Future[T]) -> None:
+            self._inflight.discard(done)
+            holder.__exit__(None, None, None)
+            if not done.cancelled():
+                done.exception()  # mark retrieved: an abandoned request logs nothing
+
+        task.add_done_callback(release)
+        return await asyncio.shield(task)
