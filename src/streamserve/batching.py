@@ -32,7 +32,6 @@ import asyncio
 import dataclasses
 import itertools
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,43 +84,37 @@ _WRAPPED_INT_FIELDS = (
     "max_enqueued_batches",
     "num_batch_threads",
 )
-_TOKEN = re.compile(r"\s*(?:(#[^\n]*)|([A-Za-z_]\w*)|(\{)|(\})|(:)|(-?\d+)|(\S+))")
 
 
 def parse_batching_parameters(
     text: str, base: BatchingParameters | None = None
 ) -> BatchingParameters:
-    """Parse the flat text format of TF Serving's batching parameters file.
+    """Parse TF Serving's text-format ``BatchingParameters`` (``max_batch_size { value: 32 }``,
+    repeated ``allowed_batch_sizes: 8``, ``pad_variable_length_inputs: true``).
 
-    ``max_batch_size { value: 32 }`` (also without the wrapper), repeated
-    ``allowed_batch_sizes: 8``, ``pad_variable_length_inputs: true``. Unknown fields
-    (TF Serving has a few more that do not apply here) are ignored; malformed text
-    raises :class:`InvalidArgument`.
+    Fields the text does not set keep ``base``'s values (or the defaults). TF Serving
+    fields with no meaning here (``thread_pool_name``, large-batch splitting) are
+    accepted and ignored; malformed text raises :class:`InvalidArgument`.
     """
-    values: dict[str, object] = {}
-    allowed: list[int] = []
-    tokens = [t for t in _tokens(text)]
-    pos = 0
-    while pos < len(tokens):
-        name = tokens[pos]
-        pos += 1
-        if pos < len(tokens) and tokens[pos] == ":":
-            pos += 1
-        if pos < len(tokens) and tokens[pos] == "{":
-            value, pos = _wrapped_value(tokens, pos, name)
-        elif pos < len(tokens):
-            value, pos = tokens[pos], pos + 1
-        else:
-            raise InvalidArgument(f"batching parameters: missing value for {name!r}")
-        if name == "allowed_batch_sizes":
-            allowed.append(_as_int(name, value))
-        elif name in _WRAPPED_INT_FIELDS:
-            values[name] = _as_int(name, value)
-        elif name == "pad_variable_length_inputs":
-            values[name] = _as_bool(name, value)
-    if allowed:
-        values["allowed_batch_sizes"] = tuple(allowed)
-    return dataclasses.replace(base or BatchingParameters(), **values)  # type: ignore[arg-type]
+    from google.protobuf import text_format
+
+    from streamserve.protos.gen.tensorflow_serving.servables.tensorflow import (
+        session_bundle_config_pb2,
+    )
+
+    message = session_bundle_config_pb2.BatchingParameters()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise InvalidArgument(f"Invalid batching parameters: {exc}") from None
+    values: dict[str, Any] = {
+        name: getattr(message, name).value for name in _WRAPPED_INT_FIELDS if message.HasField(name)
+    }
+    if message.allowed_batch_sizes:
+        values["allowed_batch_sizes"] = tuple(message.allowed_batch_sizes)
+    if message.pad_variable_length_inputs:
+        values["pad_variable_length_inputs"] = True
+    return dataclasses.replace(base or BatchingParameters(), **values)
 
 
 def parse_batching_parameters_file(
@@ -131,43 +124,10 @@ def parse_batching_parameters_file(
         text = Path(path).read_text()
     except OSError as exc:
         raise InvalidArgument(f"cannot read batching parameters file {path}: {exc}") from exc
-    return parse_batching_parameters(text, base)
-
-
-def _tokens(text: str) -> list[str]:
-    out: list[str] = []
-    for match in _TOKEN.finditer(text):
-        comment, *rest = match.groups()
-        token = next((t for t in rest if t is not None), None)
-        if comment is None and token is not None:
-            out.append(token)
-    return out
-
-
-def _wrapped_value(tokens: list[str], pos: int, name: str) -> tuple[str, int]:
-    # "{ value: N }" — the google.protobuf.*Value wrappers TF Serving uses.
-    window = tokens[pos : pos + 5]
-    if len(window) == 5 and window[1] == "value" and window[2] == ":" and window[4] == "}":
-        return window[3], pos + 5
-    raise InvalidArgument(f"batching parameters: expected '{{ value: N }}' after {name!r}")
-
-
-def _as_int(name: str, value: object) -> int:
     try:
-        return int(str(value))
-    except ValueError:
-        raise InvalidArgument(
-            f"batching parameters: {name} must be an integer, got {value!r}"
-        ) from None
-
-
-def _as_bool(name: str, value: object) -> bool:
-    text = str(value).lower()
-    if text in ("true", "1"):
-        return True
-    if text in ("false", "0"):
-        return False
-    raise InvalidArgument(f"batching parameters: {name} must be true or false, got {value!r}")
+        return parse_batching_parameters(text, base)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{path}: {exc.message}") from None
 
 
 class _Member:

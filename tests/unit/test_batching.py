@@ -287,12 +287,13 @@ def test_parse_overrides_a_base() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("max_batch_size { value: x }", "must be an integer"),
-        ("max_batch_size { 32 }", "expected"),
+        ("max_batch_size { value: x }", "Invalid batching parameters"),
+        ("max_batch_size { 32 }", "Invalid batching parameters"),
+        ("max_batch_sise { value: 32 }", "max_batch_sise"),
         ("max_batch_size { value: 0 }", ">= 1"),
         ("max_batch_size { value: 8 } allowed_batch_sizes: 4", "must equal max_batch_size"),
         ("allowed_batch_sizes: 8 allowed_batch_sizes: 4", "strictly increasing"),
-        ("pad_variable_length_inputs: maybe", "true or false"),
+        ("pad_variable_length_inputs: maybe", "Invalid batching parameters"),
     ],
 )
 def test_parse_errors_are_clear(text: str, message: str) -> None:
@@ -378,5 +379,5 @@ def test_per_model_parameters_from_files(tmp_path: Path) -> None:
     assert params_for("a", 1) == BatchingParameters(max_batch_size=8, batch_timeout_micros=100)
     assert params_for("a", 2) is None
     assert params_for("b", 3) == BatchingParameters(max_batch_size=32, batch_timeout_micros=9)
-    with pytest.raises(InvalidArgument, match="batching parameters"):
+    with pytest.raises(InvalidArgument, match=r"c/batching_params.pbtxt: Invalid batching"):
         params_for("c", 1)

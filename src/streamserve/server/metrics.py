@@ -20,7 +20,6 @@ path of ``--monitoring_config_file``) and at ``/metrics``.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,27 +54,33 @@ class MonitoringConfig:
 
 
 def parse_monitoring_config(text: str) -> MonitoringConfig:
-    """Parse ``prometheus_config { enable: true path: "/..." }`` (commas and ``:`` optional)."""
-    block = re.search(r"prometheus_config\s*:?\s*\{([^}]*)\}", text)
-    if block is None:
-        if text.strip() and not text.lstrip().startswith("#"):
-            raise InvalidArgument("monitoring config: expected a 'prometheus_config { ... }' block")
-        return MonitoringConfig(enable=False)
-    body = block.group(1)
-    enable = re.search(r"\benable\s*:\s*(\w+)", body)
-    path = re.search(r"\bpath\s*:\s*[\"']([^\"']*)[\"']", body)
-    enabled = enable is not None and enable.group(1).lower() in ("true", "1")
-    chosen = path.group(1) if path and path.group(1) else TF_SERVING_METRICS_PATH
-    if not chosen.startswith("/"):
-        raise InvalidArgument(f"monitoring config: path must start with '/', got {chosen!r}")
-    return MonitoringConfig(enable=enabled, path=chosen)
+    """Parse TF Serving's text-format ``MonitoringConfig``
+    (``prometheus_config { enable: true path: "/..." }``); empty path = TF Serving's."""
+    from google.protobuf import text_format
+
+    from streamserve.protos.gen.tensorflow_serving.config import monitoring_config_pb2
+
+    message = monitoring_config_pb2.MonitoringConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise InvalidArgument(f"Invalid monitoring config: {exc}") from None
+    prometheus = message.prometheus_config
+    path = prometheus.path or TF_SERVING_METRICS_PATH
+    if not path.startswith("/"):
+        raise InvalidArgument(f"monitoring config: path must start with '/', got {path!r}")
+    return MonitoringConfig(enable=prometheus.enable, path=path)
 
 
 def parse_monitoring_config_file(path: str | Path) -> MonitoringConfig:
     try:
-        return parse_monitoring_config(Path(path).read_text())
+        text = Path(path).read_text()
     except OSError as exc:
         raise InvalidArgument(f"cannot read monitoring config file {path}: {exc}") from exc
+    try:
+        return parse_monitoring_config(text)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{path}: {exc.message}") from None
 
 
 class _QueueDepthCollector(Collector):
