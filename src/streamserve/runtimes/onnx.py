@@ -1,0 +1,285 @@
+"""ONNX Runtime: ``<version>/model.onnx`` → one CPU ``InferenceSession`` per version.
+
+The graph's inputs/outputs become the ``serving_default`` signature (method predict).
+String tensors are ``object`` arrays of ``bytes`` at our boundary; onnxruntime wants
+``str`` (and silently ``str()``-s bytes, giving ``"b'..'"``), so we convert both ways.
+
+Load errors: an unparsable file is ``DATA_LOSS`` (as TF Serving reports an unreadable
+SavedModel); a parsable model ORT refuses (bad graph, unknown op, unsupported input type)
+is ``INVALID_ARGUMENT``. Both messages name the file and carry ORT's own error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from streamserve.errors import (
+    Code,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    StreamserveError,
+)
+from streamserve.runtimes.base import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    LoadOptions,
+    Signature,
+    Tensors,
+    TensorSpec,
+)
+from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+
+MODEL_FILE = "model.onnx"
+THREADS_ENV = "STREAMSERVE_ORT_THREADS"
+
+_ORT_TENSOR_TYPES: dict[str, np.dtype] = {
+    f"tensor({onnx_name})": np.dtype(numpy_name)
+    for onnx_name, numpy_name in [
+        ("float", "float32"),
+        ("double", "float64"),
+        ("float16", "float16"),
+        ("int8", "int8"),
+        ("int16", "int16"),
+        ("int32", "int32"),
+        ("int64", "int64"),
+        ("uint8", "uint8"),
+        ("uint16", "uint16"),
+        ("uint32", "uint32"),
+        ("uint64", "uint64"),
+        ("bool", "bool"),
+        ("string", "object"),
+    ]
+}
+_OBJECT = np.dtype(object)
+
+
+def intra_op_threads(options: LoadOptions | None = None) -> int:
+    """Threads per session: ``LoadOptions`` wins, then ``$STREAMSERVE_ORT_THREADS``, else 0."""
+    if options is not None and options.intra_op_threads > 0:
+        return options.intra_op_threads
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise FailedPrecondition(f"{THREADS_ENV}={raw!r} is not an integer") from None
+    if threads < 0:
+        raise FailedPrecondition(f"{THREADS_ENV}={raw!r} must be >= 0 (0 = ORT decides)")
+    return threads
+
+
+class OnnxRuntime:
+    """The :class:`~streamserve.runtimes.base.Runtime` for ``model.onnx`` version dirs."""
+
+    name = "onnxruntime"
+
+    def __init__(self, options: LoadOptions | None = None) -> None:
+        self._options = options
+
+    def can_load(self, version_dir: Path) -> bool:
+        return (version_dir / MODEL_FILE).is_file()
+
+    def load(self, version_dir: Path) -> OnnxServable:
+        return OnnxServable(_open_session(version_dir / MODEL_FILE, self._options))
+
+
+def _open_session(path: Path, options: LoadOptions | None) -> Any:
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.intra_op_num_threads = intra_op_threads(options)
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # ORT's pybind errors share no base class but Exception
+        if not path.is_file():
+            raise FailedPrecondition(f"ONNX model file {path} does not exist") from error
+        code = Code.DATA_LOSS if type(error).__name__ == "InvalidProtobuf" else None
+        raise StreamserveError(
+            f"cannot load ONNX model {path}: {error}", code or Code.INVALID_ARGUMENT
+        ) from error
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What ``predict`` needs, computed once at load."""
+
+    signature: Signature
+    output_names: list[str]
+    string_inputs: frozenset[str]
+    string_outputs: frozenset[str]
+    shared_dims: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]  # symbol → (input, axis)s
+
+
+class OnnxServable:
+    """One loaded ``model.onnx``. ``predict`` is thread-safe (ORT sessions are)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        signature = _signature_from_session(session)
+        self._plan = _Plan(
+            signature=signature,
+            output_names=list(signature.outputs),
+            string_inputs=_string_names(signature.inputs),
+            string_outputs=_string_names(signature.outputs),
+            shared_dims=_shared_symbolic_dims(session),
+        )
+        self._signatures = MappingProxyType({DEFAULT_SIGNATURE: signature})
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        return self._signatures
+
+    def predict(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        signature_name: str = DEFAULT_SIGNATURE,
+        output_filter: Sequence[str] | None = None,
+    ) -> Tensors:
+        plan = self._plan
+        signature = get_signature(self._signatures, signature_name)
+        check_inputs(signature, inputs)
+        if plan.shared_dims:
+            _check_shared_dims(plan.shared_dims, inputs)
+        output_names = resolve_outputs(signature, output_filter, plan.output_names)
+        feeds = inputs if type(inputs) is dict else dict(inputs)
+        if plan.string_inputs:
+            feeds = dict(inputs)
+            for name in plan.string_inputs:
+                feeds[name] = to_str_array(name, inputs[name])
+        results = self._run(output_names, feeds)
+        outputs = dict(zip(output_names, results, strict=True))
+        for name in plan.string_outputs.intersection(outputs):
+            outputs[name] = to_bytes_array(outputs[name])
+        return outputs
+
+    def _run(self, output_names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        session = self._session
+        if session is None:
+            raise FailedPrecondition("the ONNX servable was closed (model version unloaded)")
+        try:
+            return session.run(output_names, feeds)  # type: ignore[no-any-return]
+        except Exception as error:
+            # ORT's own shape checks (e.g. inner dims it learns at run time) land here.
+            if type(error).__name__ == "InvalidArgument":
+                raise InvalidArgument(f"onnxruntime rejected the request: {error}") from error
+            raise Internal(f"onnxruntime failed: {error}") from error
+
+    def close(self) -> None:
+        self._session = None  # ORT frees the session when the last reference goes
+
+
+def _signature_from_session(session: Any) -> Signature:
+    inputs = {arg.name: _tensor_spec(arg, "input") for arg in session.get_inputs()}
+    # Non-tensor outputs (sequences/maps, e.g. skl2onnx's ZipMap) cannot cross our wire
+    # protocols; they are left out of the signature rather than failing the whole model.
+    outputs = {
+        arg.name: _tensor_spec(arg, "output")
+        for arg in session.get_outputs()
+        if arg.type in _ORT_TENSOR_TYPES
+    }
+    if not outputs:
+        raise InvalidArgument("the ONNX model has no tensor outputs of a supported type")
+    return Signature(
+        name=DEFAULT_SIGNATURE,
+        inputs=MappingProxyType(inputs),
+        outputs=MappingProxyType(outputs),
+        method_name=PREDICT_METHOD,
+    )
+
+
+def _tensor_spec(arg: Any, role: str) -> TensorSpec:
+    dtype = _ORT_TENSOR_TYPES.get(arg.type)
+    if dtype is None:
+        raise InvalidArgument(
+            f"ONNX {role} '{arg.name}' has type {arg.type}, which streamserve cannot serve "
+            f"(supported: {', '.join(sorted(_ORT_TENSOR_TYPES))})"
+        )
+    shape = arg.shape
+    if shape is None:
+        return TensorSpec(arg.name, dtype, None)
+    return TensorSpec(
+        arg.name, dtype, tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
+    )
+
+
+def _shared_symbolic_dims(session: Any) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    """Symbolic dims (e.g. ``N``) named by more than one input axis: they must agree."""
+    places: dict[str, list[tuple[str, int]]] = {}
+    for arg in session.get_inputs():
+        for axis, dim in enumerate(arg.shape or ()):
+            if isinstance(dim, str) and dim:
+                places.setdefault(dim, []).append((arg.name, axis))
+    return tuple((symbol, tuple(where)) for symbol, where in places.items() if len(where) > 1)
+
+
+def _check_shared_dims(
+    shared_dims: tuple[tuple[str, tuple[tuple[str, int], ...]], ...],
+    inputs: Mapping[str, np.ndarray],
+) -> None:
+    # ORT does not check this across independent graph branches; we do, so a request
+    # whose inputs disagree on the batch size fails instead of returning mismatched rows.
+    for symbol, places in shared_dims:
+        first_name, first_axis = places[0]
+        size = inputs[first_name].shape[first_axis]
+        for name, axis in places[1:]:
+            if inputs[name].shape[axis] != size:
+                raise InvalidArgument(
+                    f"inputs '{first_name}' and '{name}' disagree on dimension '{symbol}' "
+                    f"({size} vs {inputs[name].shape[axis]})"
+                )
+
+
+def _string_names(specs: Mapping[str, TensorSpec]) -> frozenset[str]:
+    return frozenset(name for name, spec in specs.items() if spec.dtype == _OBJECT)
+
+
+def to_str_array(name: str, array: np.ndarray) -> np.ndarray:
+    """Object/bytes_/str_ array → object array of ``str`` (UTF-8); bad bytes name the input."""
+    if array.dtype.kind == "U":
+        return array.astype(object)
+    flat = array.ravel()
+    out = np.empty(flat.shape, dtype=object)
+    for index, item in enumerate(flat):
+        if isinstance(item, bytes):
+            try:
+                out[index] = item.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InvalidArgument(
+                    f"input '{name}': element {_position(array.shape, index)} is not valid "
+                    f"UTF-8 ({error.reason} at byte {error.start}); ONNX string tensors hold text"
+                ) from None
+        elif isinstance(item, str):
+            out[index] = item
+        else:
+            raise InvalidArgument(
+                f"input '{name}': element {_position(array.shape, index)} is "
+                f"{type(item).__name__}, expected bytes"
+            )
+    return out.reshape(array.shape)
+
+
+def to_bytes_array(array: np.ndarray) -> np.ndarray:
+    """ORT's object array of ``str`` → object array of UTF-8 ``bytes``."""
+    flat = array.ravel()
+    out = np.empty(flat.shape, dtype=object)
+    for index, item in enumerate(flat):
+        out[index] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    return out.reshape(array.shape)
+
+
+def _position(shape: tuple[int, ...], flat_index: int) -> str:
+    if len(shape) <= 1:
+        return str(flat_index)
+    return str(tuple(int(i) for i in np.unravel_index(flat_index, shape)))
