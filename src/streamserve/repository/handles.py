@@ -1,0 +1,77 @@
+"""Per-version bookkeeping and the short-lived handle a request holds on one version."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamserve.errors import Code
+from streamserve.repository.states import VersionState, VersionStatus
+from streamserve.runtimes.base import Servable
+
+
+@dataclass(eq=False)
+class VersionRecord:
+    """One version of one model. Mutated only under the manager's lock.
+
+    ``refcount`` counts open handles; a version in UNLOADING is closed when it drops
+    to zero. ``load_failed`` stops retrying a broken version while it stays aspired.
+    """
+
+    version: int
+    path: Path
+    state: VersionState = VersionState.START
+    servable: Servable | None = None
+    refcount: int = 0
+    error_code: Code = Code.OK
+    error_message: str = ""
+    load_failed: bool = False
+    close_scheduled: bool = False
+    load_seconds: float | None = None
+
+    def status(self) -> VersionStatus:
+        return VersionStatus(self.version, self.state, self.error_code, self.error_message)
+
+
+class ServableHandle:
+    """Keeps one AVAILABLE version loaded while open. Use as a context manager.
+
+    ``servable.predict`` is thread-safe; the handle itself belongs to one request.
+    Releasing twice is harmless.
+    """
+
+    __slots__ = ("_release", "_released", "label", "name", "servable", "version")
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        servable: Servable,
+        release: Callable[[], None],
+        label: str | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.servable = servable
+        self.label = label
+        self._release: Callable[[], None] | None = release
+        self._released = threading.Lock()
+
+    def release(self) -> None:
+        with self._released:
+            release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    close = release
+
+    def __enter__(self) -> ServableHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"ServableHandle({self.name!r}, version={self.version})"
