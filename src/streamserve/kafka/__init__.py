@@ -2,9 +2,25 @@
 
 ``LocalKafka`` runs a single-node broker as a child process; ``admin`` holds topic helpers
 that work against any bootstrap address; ``jars.ensure_jars`` fetches the broker once.
+Attributes load lazily so that ``streamserve --help`` does not import confluent-kafka.
 """
 
-from streamserve.kafka.broker import LocalKafka
-from streamserve.kafka.jars import KAFKA_VERSION, ensure_jars
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamserve.kafka.broker import LocalKafka
+    from streamserve.kafka.jars import KAFKA_VERSION, ensure_jars
 
 __all__ = ["KAFKA_VERSION", "LocalKafka", "ensure_jars"]
+
+_HOMES = {"LocalKafka": "streamserve.kafka.broker", "KAFKA_VERSION": "streamserve.kafka.jars",
+          "ensure_jars": "streamserve.kafka.jars"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

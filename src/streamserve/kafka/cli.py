@@ -1,0 +1,209 @@
+"""``streamserve kafka``: fetch Apache Kafka, run a local KRaft broker, manage topics.
+
+``start`` runs the broker detached (it outlives the command) and prints its bootstrap address
+``host:port`` as the last line, so scripts can capture it; ``stop`` stops that broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from streamserve.errors import SetupError
+
+if TYPE_CHECKING:
+    from streamserve.kafka.state import BrokerState
+
+HELP = "run a local Apache Kafka broker (KRaft) and manage its topics"
+
+EXIT_NOT_RUNNING = 3
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="kafka_action", required=True, metavar="ACTION")
+
+    fetch = actions.add_parser("fetch", help="download Apache Kafka's jars with Maven (once)")
+    fetch.add_argument("--offline", action="store_true",
+                       help="use only the local Maven repository (~/.m2)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even when cached")
+    fetch.set_defaults(kafka_run=_fetch)
+
+    start = actions.add_parser("start", help="start a detached broker; prints host:port last")
+    start.add_argument("--data-dir", help="keep data here across restarts (default: a temp "
+                                          "dir removed on stop)")
+    start.add_argument("--port", type=int, help="client port (default: a free one)")
+    start.add_argument("--controller-port", type=int, help="KRaft controller port")
+    start.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    start.add_argument("--timeout", type=float, default=180.0, help="start-up deadline, s")
+    start.set_defaults(kafka_run=_start)
+
+    stop = actions.add_parser("stop", help="stop the broker that `start` launched")
+    stop.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait after SIGTERM before SIGKILL")
+    stop.set_defaults(kafka_run=_stop)
+
+    status = actions.add_parser("status", help="is the broker running? (exit 3 when not)")
+    status.set_defaults(kafka_run=_status)
+
+    logs = actions.add_parser("logs", help="show the broker's log")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="how many last lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.set_defaults(kafka_run=_logs)
+
+    create = actions.add_parser("create-topic", help="create a topic (idempotent)")
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, default=1)
+    create.add_argument("--bootstrap", help="bootstrap servers (default: the started broker)")
+    create.set_defaults(kafka_run=_create_topic)
+
+    delete = actions.add_parser("delete-topic", help="delete a topic")
+    delete.add_argument("name")
+    delete.add_argument("--bootstrap", help="bootstrap servers (default: the started broker)")
+    delete.set_defaults(kafka_run=_delete_topic)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.kafka_run(args))
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from streamserve.kafka import jars
+
+    version = jars.kafka_version()
+    if jars.jars_cached(version) and not args.force:
+        print(f"Apache Kafka {version} jars already cached (no Maven call)")
+    else:
+        print(f"fetching Apache Kafka {version} jars with Maven ...", flush=True)
+        started = time.monotonic()
+        jars.ensure_jars(version, offline=args.offline, force=args.force)
+        print(f"fetched in {time.monotonic() - started:.1f} s")
+    print(jars.lib_dir(version))
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from streamserve.kafka import jars, state
+    from streamserve.kafka.broker import LocalKafka
+    from streamserve.kafka.java import require_java
+
+    current = state.load()
+    if current is not None and state.is_alive(current):
+        print(f"Kafka already running (pid {current.pid}); stop it with `streamserve kafka stop`")
+        print(current.bootstrap_servers)
+        return 0
+    state.clear(current)  # a broker that died on its own: forget it
+    begun = time.monotonic()
+    require_java()
+    if not jars.jars_cached():
+        print(f"fetching Apache Kafka {jars.kafka_version()} jars with Maven (first run only) ...",
+              flush=True)
+        jars.ensure_jars()
+        print(f"fetched in {time.monotonic() - begun:.1f} s", flush=True)
+    kafka = LocalKafka(data_dir=args.data_dir, port=args.port, host=args.host,
+                       controller_port=args.controller_port, startup_timeout=args.timeout,
+                       detached=True)
+    kafka.start()
+    assert kafka.pid is not None and kafka.data_dir is not None
+    state.save(state.BrokerState(
+        pid=kafka.pid, bootstrap_servers=kafka.bootstrap_servers, version=kafka.version,
+        data_dir=str(kafka.data_dir), log_file=str(kafka.log_file),
+        owns_data_dir=kafka.owns_data_dir, started_at=time.time()))
+    print(f"Kafka {kafka.version} ready in {kafka.startup_seconds:.1f} s "
+          f"({time.monotonic() - begun:.1f} s in all); pid {kafka.pid}")
+    print(f"data dir {kafka.data_dir}{' (temporary)' if kafka.owns_data_dir else ''}; "
+          f"log {kafka.log_file}")
+    print("stop it with: streamserve kafka stop")
+    print(kafka.bootstrap_servers)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from streamserve.kafka import process, state
+
+    current = state.load()
+    if current is None:
+        print("no broker started by `streamserve kafka start` is running")
+        return 0
+    if state.is_alive(current):
+        started = time.monotonic()
+        clean = process.terminate(current.pid, timeout=args.timeout,
+                                  is_alive=lambda: state.is_alive(current))
+        how = "stopped" if clean else f"killed (no clean shutdown within {args.timeout:.0f} s)"
+        print(f"Kafka pid {current.pid} {how} in {time.monotonic() - started:.1f} s")
+    else:
+        print(f"Kafka pid {current.pid} was no longer running")
+    state.clear(current)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from streamserve.kafka import admin, state
+
+    current = state.load()
+    if current is None:
+        print("not running")
+        return EXIT_NOT_RUNNING
+    if not state.is_alive(current):
+        print(f"not running: the broker started as pid {current.pid} has exited; its log: "
+              f"{current.log_file} (`streamserve kafka logs`)")
+        return EXIT_NOT_RUNNING
+    answering = admin.is_ready(current.bootstrap_servers, timeout=5.0)
+    health = "answering" if answering else "NOT answering metadata requests"
+    uptime = time.time() - current.started_at
+    print(f"running: Kafka {current.version}, pid {current.pid}, up {uptime:.0f} s, {health}")
+    print(f"data dir {current.data_dir}; log {current.log_file}")
+    print(current.bootstrap_servers)
+    return 0 if answering else 1
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from streamserve.kafka import process
+
+    log_file = Path(_require_state(alive=False).log_file)
+    print(process.tail(log_file, args.lines))
+    if args.follow:
+        _follow(log_file)
+    return 0
+
+
+def _follow(log_file: Path) -> None:
+    with open(log_file, "rb") as handle:
+        handle.seek(0, 2)
+        while True:
+            chunk = handle.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            else:
+                time.sleep(0.5)
+
+
+def _create_topic(args: argparse.Namespace) -> int:
+    from streamserve.kafka import admin
+
+    bootstrap = args.bootstrap or _require_state().bootstrap_servers
+    admin.create_topic(bootstrap, args.name, args.partitions)
+    print(f"topic {args.name} ready with {args.partitions} partition(s) on {bootstrap}")
+    return 0
+
+
+def _delete_topic(args: argparse.Namespace) -> int:
+    from streamserve.kafka import admin
+
+    bootstrap = args.bootstrap or _require_state().bootstrap_servers
+    existed = admin.delete_topic(bootstrap, args.name)
+    print(f"topic {args.name} {'deleted' if existed else 'did not exist'}")
+    return 0
+
+
+def _require_state(alive: bool = True) -> BrokerState:
+    from streamserve.kafka import state
+
+    current = state.load()
+    if current is None or (alive and not state.is_alive(current)):
+        raise SetupError("no broker started by `streamserve kafka start` is running "
+                         "(start one, or pass --bootstrap HOST:PORT)")
+    return current

@@ -1,0 +1,65 @@
+"""What ``streamserve kafka start`` leaves behind so later commands find its detached broker.
+
+``<run dir>/kafka.json`` (state) and ``<run dir>/kafka.pid``; the run dir is
+``$STREAMSERVE_RUN_DIR``, else ``<cache>/run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from streamserve.kafka import process
+from streamserve.kafka.jars import cache_root
+
+STATE_FILE = "kafka.json"
+PID_FILE = "kafka.pid"
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    pid: int
+    bootstrap_servers: str
+    version: str
+    data_dir: str
+    log_file: str
+    owns_data_dir: bool
+    started_at: float
+
+
+def run_dir() -> Path:
+    explicit = os.environ.get("STREAMSERVE_RUN_DIR")
+    return Path(explicit).expanduser() if explicit else cache_root() / "run"
+
+
+def save(state: BrokerState) -> None:
+    directory = run_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    scratch = directory / (STATE_FILE + ".tmp")
+    scratch.write_text(json.dumps(asdict(state), indent=2) + "\n")
+    scratch.replace(directory / STATE_FILE)
+    (directory / PID_FILE).write_text(f"{state.pid}\n")
+
+
+def load() -> BrokerState | None:
+    try:
+        raw = json.loads((run_dir() / STATE_FILE).read_text())
+        return BrokerState(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def clear(state: BrokerState | None) -> None:
+    """Forget the broker; remove its data dir when it was a temporary one."""
+    if state is not None and state.owns_data_dir:
+        shutil.rmtree(state.data_dir, ignore_errors=True)
+    for name in (STATE_FILE, PID_FILE):
+        (run_dir() / name).unlink(missing_ok=True)
+
+
+def is_alive(state: BrokerState) -> bool:
+    """The recorded pid still runs *our* broker (a recycled pid is not mistaken for it)."""
+    return process.pid_alive(state.pid) and "kafka.Kafka" in process.cmdline(state.pid)
