@@ -37,9 +37,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from streamserve.errors import InvalidArgument, SetupError
-from streamserve.repository import ModelConfig, ModelManager
+from streamserve.repository import ConfigFilePoller, ModelConfig, ModelManager
 from streamserve.repository.config import load_model_configs
-from streamserve.server.config_poll import ConfigFilePoller
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
 from streamserve.server.http import App
 
@@ -245,7 +244,7 @@ class Server:
         await self._start_grpc(stack, context)
         if rest_app is not None:
             await self._start_rest(stack, rest_app)
-        await self._start_config_poller(stack, core)
+        self._start_config_poller(stack, manager)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
 
@@ -259,6 +258,7 @@ class Server:
             allow_version_labels_for_unavailable_models=(
                 options.allow_version_labels_for_unavailable_models
             ),
+            warmup=options.enable_model_warmup,
         )
         await asyncio.to_thread(manager.start)
         stack.push_async_callback(asyncio.to_thread, manager.stop)
@@ -301,20 +301,17 @@ class Server:
 
         stack.push_async_callback(stop_rest)
 
-    async def _start_config_poller(
-        self, stack: contextlib.AsyncExitStack, core: InferenceCore
-    ) -> None:
+    def _start_config_poller(self, stack: contextlib.AsyncExitStack, manager: ModelManager) -> None:
         options = self.options
         if not options.model_config_file or options.model_config_file_poll_wait_seconds <= 0:
             return
         poller = ConfigFilePoller(
-            Path(options.model_config_file),
+            manager,
+            options.model_config_file,
             options.model_config_file_poll_wait_seconds,
-            lambda: load_model_configs(options.model_config_file, options.traffic_split_file),
-            core.reload_config,
-        )
-        poller.start()
-        stack.push_async_callback(poller.stop)
+            options.traffic_split_file,
+        ).start()
+        stack.push_async_callback(asyncio.to_thread, poller.stop)
 
 
 def _install_adapters(context: ServerContext) -> None:
