@@ -1,0 +1,143 @@
+"""The project's own Apache Kafka broker, exercised by real clients (confluent-kafka, kcat, CLI)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer
+
+from streamserve.kafka import admin, process
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 10_000
+ABORTED = 500
+
+
+def _transactional_producer(bootstrap: str) -> Producer:
+    producer = Producer({"bootstrap.servers": bootstrap,
+                         "transactional.id": f"txn-{uuid.uuid4().hex}",
+                         "linger.ms": 5})
+    producer.init_transactions(30)
+    return producer
+
+
+def _produce_in_transaction(producer: Producer, topic: str, values: list[bytes],
+                            commit: bool) -> None:
+    producer.begin_transaction()
+    for index, value in enumerate(values):
+        producer.produce(topic, key=str(index).encode(), value=value)
+        producer.poll(0)
+    if commit:
+        producer.commit_transaction(60)
+    else:
+        producer.flush(60)  # make sure the records reach the log before the abort marker
+        producer.abort_transaction(60)
+
+
+def _read_all(bootstrap: str, topic: str, partitions: int, isolation: str) -> list[bytes]:
+    """Every record up to the end of each partition as seen under ``isolation``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": isolation, "enable.partition.eof": True})
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    at_end: set[int] = set()
+    try:
+        while len(at_end) < partitions:
+            message = consumer.poll(30)
+            assert message is not None, f"no record or EOF within 30 s; got {len(values)}"
+            if message.error():
+                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
+                at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            values.append(message.value())
+    finally:
+        consumer.close()
+    return values
+
+
+def test_transaction_of_10000_records_is_read_back_exactly_with_read_committed(
+        kafka_bootstrap: str, topic_factory: Callable[..., str]) -> None:
+    topic = topic_factory(partitions=3, prefix="txn")
+    producer = _transactional_producer(kafka_bootstrap)
+    aborted = [f"aborted-{i}".encode() for i in range(ABORTED)]
+    committed = [f"committed-{i}".encode() for i in range(RECORDS)]
+
+    _produce_in_transaction(producer, topic, aborted, commit=False)
+    _produce_in_transaction(producer, topic, committed, commit=True)
+
+    seen = _read_all(kafka_bootstrap, topic, partitions=3, isolation="read_committed")
+    assert len(seen) == RECORDS
+    assert sorted(seen) == sorted(committed)
+    # The aborted records really are in the log: only the isolation level hides them.
+    everything = _read_all(kafka_bootstrap, topic, partitions=3, isolation="read_uncommitted")
+    assert sorted(everything) == sorted(committed + aborted)
+
+
+def test_kcat_lists_the_broker_and_topics(kafka_bootstrap: str,
+                                          topic_factory: Callable[..., str]) -> None:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (apt-get install kcat)")
+    topic = topic_factory(partitions=2, prefix="kcat")
+    result = subprocess.run([kcat, "-L", "-b", kafka_bootstrap, "-m", "10"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "1 brokers:" in result.stdout
+    assert f"broker 1 at {kafka_bootstrap}" in result.stdout
+    assert f'topic "{topic}" with 2 partitions' in result.stdout
+
+
+def _cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "streamserve", "kafka", *args],
+                            capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_cli_start_status_create_topic_stop_keeps_data_dir(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAMSERVE_RUN_DIR": str(tmp_path / "run")}
+    data_dir = tmp_path / "data"
+    pids: list[int] = []
+    try:
+        for round_number in (1, 2):
+            started = _cli("start", "--data-dir", str(data_dir), env=env)
+            bootstrap = started.stdout.strip().splitlines()[-1]
+            pids.append(int((tmp_path / "run" / "kafka.pid").read_text()))
+            status = _cli("status", env=env)
+            assert status.stdout.strip().splitlines()[-1] == bootstrap
+            if round_number == 1:
+                _cli("create-topic", "kept", "--partitions", "2", env=env)
+            else:  # the topic survived the restart on the same data dir
+                assert "kept" in admin.list_topics(bootstrap)
+            _cli("stop", env=env)
+            assert not process.pid_alive(pids[-1])
+            assert _cli("status", env=env, check=False).returncode == 3
+    finally:
+        _cli("stop", env=env, check=False)
+    assert (data_dir / "kafka.log").is_file()
+    assert not any(process.pid_alive(pid) for pid in pids)
+
+
+def test_cli_default_data_dir_is_removed_on_stop(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAMSERVE_RUN_DIR": str(tmp_path / "run")}
+    try:
+        _cli("start", env=env)
+        import json
+
+        state = json.loads((tmp_path / "run" / "kafka.json").read_text())
+        assert state["owns_data_dir"] is True
+        assert Path(state["data_dir"]).is_dir()
+    finally:
+        _cli("stop", env=env)
+    assert not Path(state["data_dir"]).exists()
+    assert not process.pid_alive(state["pid"])

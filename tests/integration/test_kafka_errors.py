@@ -1,0 +1,50 @@
+"""Start-up failures that need a real JVM or Maven: clear messages, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from streamserve.errors import SetupError
+from streamserve.kafka import LocalKafka, jars, process
+
+pytestmark = pytest.mark.integration
+
+
+def test_broker_dying_during_start_shows_its_last_log_lines() -> None:
+    kafka = LocalKafka(extra_properties={"num.io.threads": "not-a-number"}, startup_timeout=120)
+    with pytest.raises(SetupError) as caught:
+        kafka.start()
+    message = caught.value.message
+    assert "exited during start-up" in message
+    assert "num.io.threads" in message  # Kafka's own complaint, from its log
+    assert kafka.pid is None
+    assert kafka.data_dir is not None and not kafka.data_dir.exists()
+
+
+def test_maven_unable_to_resolve_offline_shows_mavens_last_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("mvn") is None:
+        pytest.skip("mvn is not installed")
+    monkeypatch.setenv("STREAMSERVE_CACHE", str(tmp_path / "cache"))
+    # An empty local repository plus --offline: Maven cannot resolve anything.
+    monkeypatch.setenv("MAVEN_OPTS", f"-Dmaven.repo.local={tmp_path / 'empty-m2'}")
+    with pytest.raises(SetupError) as caught:
+        jars.ensure_jars(offline=True)
+    message = caught.value.message
+    assert "Maven could not resolve Apache Kafka" in message
+    assert "offline" in message.lower()
+    assert not jars.jars_cached()
+
+
+def test_stop_sigkills_a_broker_that_does_not_stop_on_sigterm() -> None:
+    with LocalKafka(stop_timeout=2.0) as kafka:
+        pid = kafka.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # a frozen JVM cannot act on SIGTERM; SIGKILL still works
+    assert not process.pid_alive(pid)
+    assert kafka.data_dir is not None and not kafka.data_dir.exists()
