@@ -100,8 +100,7 @@ class ServerOptions:
                 )
             ]
         raise InvalidArgument(
-            "No models to serve: give --model_base_path (and --model_name) "
-            "or --model_config_file"
+            "No models to serve: give --model_base_path (and --model_name) or --model_config_file"
         )
 
 

@@ -20,7 +20,9 @@ Concurrency contract:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -41,7 +43,11 @@ from streamserve.runtimes.base import (
 from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
 from streamserve.server import examples as ex
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+# (model, version, protocol, api, status code name, seconds) — e.g. metrics
+RequestObserver = Callable[[str, str, str, str, str, float], None]
 InputDecoder = Callable[[Signature], Mapping[str, np.ndarray]]
 Handle = Any  # streamserve.repository.ServableHandle: .name, .version, .servable
 
@@ -125,6 +131,27 @@ class InferenceCore:
         self.manager = manager
         self.runner: Runner = runner or ThreadPoolRunner()
         self._inflight: set[asyncio.Future[Any]] = set()
+        self._observers: list[RequestObserver] = []
+
+    # -- request observation (adapters report, metrics listen) -----------------------------
+
+    def add_request_observer(self, observer: RequestObserver) -> None:
+        self._observers.append(observer)
+
+    @property
+    def observed(self) -> bool:
+        return bool(self._observers)
+
+    def observe_request(
+        self, model: str, version: str, protocol: str, api: str, status: str, started: float
+    ) -> None:
+        """Report one finished request; ``started`` is its ``time.perf_counter()``."""
+        seconds = time.perf_counter() - started
+        for observer in self._observers:
+            try:
+                observer(model, version, protocol, api, status, seconds)
+            except Exception:
+                log.exception("request observer failed")
 
     # -- predict ---------------------------------------------------------------------------
 

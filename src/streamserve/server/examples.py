@@ -98,7 +98,7 @@ def _json_feature(value: Any, where: str) -> np.ndarray:
     if all(isinstance(v, int | float) for v in values):
         return np.array(values, dtype=np.float32)
     raise InvalidArgument(
-        f"feature {where}: values must all be numbers or all be strings/{{\"b64\": ...}}"
+        f'feature {where}: values must all be numbers or all be strings/{{"b64": ...}}'
     )
 
 

@@ -1,15 +1,18 @@
 """The one table from :class:`~streamserve.errors.Code` to :class:`grpc.StatusCode`.
 
-Every gRPC servicer method is wrapped with :func:`grpc_errors`, so that a
-``StreamserveError`` ends the call with its status and message, and an unexpected
-exception ends it with ``INTERNAL`` (logged with its traceback) while the server
-keeps serving.
+Every gRPC servicer method is wrapped with :func:`grpc_method` (or :func:`grpc_errors`),
+so that a ``StreamserveError`` ends the call with its status and message, and an
+unexpected exception ends it with ``INTERNAL`` (logged with its traceback) while the
+server keeps serving. :func:`grpc_method` also reports each call to the core's request
+observers (metrics).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -62,3 +65,44 @@ def grpc_errors(method: Method) -> Method:
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     return wrapper  # type: ignore[return-value]
+
+
+def grpc_method(
+    protocol: str,
+    api: str,
+    model_of: Callable[[Any], str],
+    version_of: Callable[[Any], str],
+) -> Callable[[Method], Method]:
+    """Decorate an async method of a servicer that has a ``core`` (InferenceCore).
+
+    ``model_of(request)`` and ``version_of(response)`` name the model and the version
+    that answered, for the request observers.
+    """
+
+    def decorate(method: Method) -> Method:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            status, version = "OK", ""
+            try:
+                response = await method(self, request, context)
+                version = version_of(response)
+                return response
+            except StreamserveError as exc:
+                status = exc.code.name
+                await context.abort(grpc_status(exc.code), exc.message)
+            except asyncio.CancelledError:
+                status = "CANCELLED"
+                raise
+            except Exception as exc:
+                status = "INTERNAL"
+                log.exception("unexpected error in %s", method.__qualname__)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            finally:
+                core = self.core
+                if core.observed:
+                    core.observe_request(model_of(request), version, protocol, api, status, started)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

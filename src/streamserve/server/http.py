@@ -99,10 +99,17 @@ def parse_json(body: bytes) -> Any:
 def json_response(obj: Any, status: int = 200, allow_nan: bool = False) -> Response:
     """Serialise with orjson; ``allow_nan`` switches to the stdlib to emit NaN/Infinity."""
     if allow_nan:
-        body = json.dumps(obj, allow_nan=True, separators=(",", ":")).encode()
+        body = json.dumps(obj, separators=(",", ":"), default=_to_list).encode()
     else:
         body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(status=status, body=body)
+
+
+def _to_list(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if tolist is None:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return tolist()
 
 
 def error_response(code: Code, message: str, status: int | None = None) -> Response:

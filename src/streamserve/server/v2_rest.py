@@ -1,0 +1,544 @@
+"""KServe V2 / Open Inference Protocol over HTTP, on the REST port beside ``/v1``.
+
+Routes: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
+``GET /v2/models/{m}[/versions/{v}]`` (metadata), ``.../ready``,
+``POST .../infer`` (JSON, plus the binary tensor data extension tritonclient uses:
+``Inference-Header-Content-Length`` gives the JSON part's length and tensors with
+``parameters.binary_data_size`` follow it in input order) and the repository
+extension ``POST /v2/repository/index``, ``/v2/repository/models/{m}/load|unload``.
+Errors are ``{"error": "..."}`` with the HTTP status of the error's code.
+
+:class:`V2Plane` holds what the REST and gRPC V2 adapters share (metadata views,
+readiness, repository control, request addressing); both are thin translators over
+:class:`~streamserve.server.core.InferenceCore`.
+
+A request may pick a signature with ``parameters.signature_name`` (default
+``serving_default``) and a sticky A/B arm with ``parameters.routing_key`` or the
+``x-routing-key`` header; ``model_version`` in the response is the version that answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+import streamserve
+from streamserve.errors import InvalidArgument, NotFound, StreamserveError
+from streamserve.repository import ModelConfig, VersionState
+from streamserve.runtimes.base import DEFAULT_SIGNATURE, Signature
+from streamserve.server.core import InferenceCore, ModelRef
+from streamserve.server.http import Request, Response, json_response
+from streamserve.tensors import dtype_to_v2, numpy_to_v2_json, v2_json_to_numpy
+
+PROTOCOL = "v2"
+ROUTING_KEY_HEADER = "x-routing-key"
+HEADER_LENGTH = "inference-header-content-length"
+SERVER_NAME = "streamserve"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "parameters")
+LOAD_TIMEOUT_SECONDS = 300.0
+_BINARY_CONTENT_TYPE = b"application/octet-stream"
+
+_INDEX_STATE = {
+    VersionState.START: "LOADING",
+    VersionState.LOADING: "LOADING",
+    VersionState.AVAILABLE: "READY",
+    VersionState.UNLOADING: "UNLOADING",
+    VersionState.END: "UNAVAILABLE",
+    VersionState.UNKNOWN: "UNAVAILABLE",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Protocol-neutral V2 operations (shared with v2_grpc)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorView:
+    name: str
+    datatype: str
+    shape: list[int]  # -1 = any size
+
+
+@dataclass(frozen=True)
+class MetadataView:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorView]
+    outputs: list[TensorView]
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class V2Plane:
+    """V2 semantics over one :class:`InferenceCore` (one per server, thread-unsafe parts
+    run on the server's loop; repository changes run in worker threads)."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+        self.manager = core.manager
+        self._unloaded: dict[str, ModelConfig] = {}
+        self._repository_lock = asyncio.Lock()
+
+    # -- addressing ---------------------------------------------------------------------
+
+    @staticmethod
+    def ref(name: str, version: str, routing_key: str | None = None) -> ModelRef:
+        return ModelRef(name, parse_version(name, version), None, routing_key)
+
+    # -- health -------------------------------------------------------------------------
+
+    def server_ready(self) -> bool:
+        """Ready when every configured model has an AVAILABLE version."""
+        return all(self._has_available(name) for name in self.manager.model_names())
+
+    def model_ready(self, name: str, version: str) -> bool:
+        number = parse_version(name, version)
+        try:
+            statuses = self.manager.status(name, version=number)
+        except StreamserveError:
+            return False
+        return any(status.state == VersionState.AVAILABLE for status in statuses)
+
+    def _has_available(self, name: str) -> bool:
+        return self.model_ready(name, "")
+
+    @staticmethod
+    def server_metadata() -> dict[str, Any]:
+        return {
+            "name": SERVER_NAME,
+            "version": streamserve.__version__,
+            "extensions": list(EXTENSIONS),
+        }
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def metadata(self, name: str, version: str) -> MetadataView:
+        meta = self.core.metadata(self.ref(name, version))
+        signature = choose_signature(meta.signatures, "")
+        if version:
+            versions = [str(meta.version)]
+        else:
+            statuses = self.manager.status(name)
+            versions = [str(s.version) for s in statuses if s.state == VersionState.AVAILABLE]
+        return MetadataView(
+            name=meta.name,
+            versions=versions,
+            platform=self._platform(name),
+            inputs=[_tensor_view(spec) for spec in signature.inputs.values()],
+            outputs=[_tensor_view(spec) for spec in signature.outputs.values()],
+        )
+
+    def _platform(self, name: str) -> str:
+        try:
+            platform = self.manager.config(name).platform
+        except StreamserveError:
+            platform = ""
+        return {"onnx": "onnxruntime_onnx", "tensorflow": "tensorflow_savedmodel"}.get(
+            platform, platform or "onnxruntime_onnx"
+        )
+
+    # -- repository extension -------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        entries: list[IndexEntry] = []
+        for name in self.manager.model_names():
+            try:
+                statuses = self.manager.status(name)
+            except StreamserveError as exc:
+                entries.append(IndexEntry(name, "", "UNAVAILABLE", exc.message))
+                continue
+            for status in statuses:
+                state = _INDEX_STATE.get(status.state, "UNAVAILABLE")
+                entries.append(IndexEntry(name, str(status.version), state, status.error_message))
+        entries.extend(IndexEntry(name, "", "UNAVAILABLE", "unloaded") for name in self._unloaded)
+        if ready_only:
+            entries = [entry for entry in entries if entry.state == "READY"]
+        return sorted(entries, key=lambda e: (e.name, e.version))
+
+    async def load(self, name: str, base_path: str | None = None) -> None:
+        """Load (add) a model and wait until a version is AVAILABLE.
+
+        A model that is configured or was unloaded comes back with its own config;
+        ``base_path`` adds a new model (or moves an existing one).
+        """
+        async with self._repository_lock:
+            configs = {n: self.manager.config(n) for n in self.manager.model_names()}
+            config = configs.get(name) or self._unloaded.get(name)
+            if base_path:
+                config = ModelConfig(name, Path(base_path).absolute())
+            if config is None:
+                raise NotFound(
+                    f"Unknown model {name!r}: it is not configured; give "
+                    'parameters {"base_path": "/path/to/model"} to add it'
+                )
+            if configs.get(name) == config and self._has_available(name):
+                return
+            configs[name] = config
+            await asyncio.wait_for(
+                asyncio.to_thread(self.core.reload_config, list(configs.values())),
+                LOAD_TIMEOUT_SECONDS,
+            )
+            self._unloaded.pop(name, None)
+
+    async def unload(self, name: str) -> None:
+        """Unload every version of a model and forget it until it is loaded again."""
+        async with self._repository_lock:
+            names = self.manager.model_names()
+            if name not in names:
+                if name in self._unloaded:
+                    return
+                raise NotFound(f"Unknown model {name!r}: it is not loaded")
+            config = self.manager.config(name)
+            remaining = [self.manager.config(n) for n in names if n != name]
+            await asyncio.to_thread(self.core.reload_config, remaining)
+            self._unloaded[name] = config
+
+
+def parse_version(name: str, version: str) -> int | None:
+    if not version:
+        return None
+    try:
+        number = int(version)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise InvalidArgument(
+            f"Invalid version {version!r} for model {name!r}: expected a non-negative integer"
+        )
+    return number
+
+
+def choose_signature(signatures: Mapping[str, Signature], requested: str) -> Signature:
+    """The requested signature, else ``serving_default``, else the only one."""
+    name = requested or DEFAULT_SIGNATURE
+    signature = signatures.get(name)
+    if signature is None and not requested and len(signatures) == 1:
+        signature = next(iter(signatures.values()))
+    if signature is None:
+        available = ", ".join(sorted(signatures))
+        raise InvalidArgument(f"Unknown signature {name!r}; the model has: {available}")
+    return signature
+
+
+def _tensor_view(spec: Any) -> TensorView:
+    shape = [-1 if dim is None else int(dim) for dim in spec.shape] if spec.shape else [-1]
+    return TensorView(spec.name, dtype_to_v2(spec.dtype), shape)
+
+
+def plane_for(context: Any) -> V2Plane:
+    """One plane per server, shared by the V2 REST and gRPC adapters."""
+    plane = getattr(context, "_v2_plane", None)
+    if plane is None:
+        plane = V2Plane(context.core)
+        context._v2_plane = plane
+    return plane
+
+
+# ---------------------------------------------------------------------------------------
+# REST translation
+# ---------------------------------------------------------------------------------------
+
+
+def install(context: Any) -> None:
+    """Adapter hook called by :class:`streamserve.server.app.Server`."""
+    if context.rest_app is None:
+        return
+    rest = V2Rest(plane_for(context))
+    app = context.rest_app
+    app.add_route("GET", "/v2", rest.server_metadata)
+    app.add_route("GET", "/v2/health/live", rest.live)
+    app.add_route("GET", "/v2/health/ready", rest.ready)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_route("GET", prefix, rest.model_metadata)
+        app.add_route("GET", prefix + "/ready", rest.model_ready)
+        app.add_route("POST", prefix + "/infer", rest.infer)
+    app.add_route("POST", "/v2/repository/index", rest.repository_index)
+    app.add_route("POST", "/v2/repository/models/{name}/load", rest.load)
+    app.add_route("POST", "/v2/repository/models/{name}/unload", rest.unload)
+
+
+_EMPTY_OK = Response(status=200, body=b"")
+
+
+class V2Rest:
+    def __init__(self, plane: V2Plane) -> None:
+        self.plane = plane
+        self.core = plane.core
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.plane.server_metadata())
+
+    async def live(self, request: Request) -> Response:
+        return _EMPTY_OK
+
+    async def ready(self, request: Request) -> Response:
+        if self.plane.server_ready():
+            return _EMPTY_OK
+        return json_response({"error": "Server is not ready: not every model is loaded"}, 503)
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _name_version(request)
+        if self.plane.model_ready(name, version):
+            return _EMPTY_OK
+        return json_response({"error": f"Model {name!r} is not ready"}, 400)
+
+    async def model_metadata(self, request: Request) -> Response:
+        name, version = _name_version(request)
+        return await self._observed(request, "metadata", self._metadata(name, version))
+
+    async def _metadata(self, name: str, version: str) -> tuple[Response, str]:
+        view = self.plane.metadata(name, version)
+        body = {
+            "name": view.name,
+            "versions": view.versions,
+            "platform": view.platform,
+            "inputs": [_tensor_json(t) for t in view.inputs],
+            "outputs": [_tensor_json(t) for t in view.outputs],
+        }
+        return json_response(body), view.versions[0] if len(view.versions) == 1 else ""
+
+    async def infer(self, request: Request) -> Response:
+        return await self._observed(request, "infer", self._infer(request))
+
+    async def _infer(self, request: Request) -> tuple[Response, str]:
+        name, version = _name_version(request)
+        document, binary = split_binary_body(request.body, request.headers.get(HEADER_LENGTH))
+        parameters = _dict(document.get("parameters"), "parameters")
+        inputs = decode_inputs(document.get("inputs"), binary)
+        requested = _dict_list(document.get("outputs"), "outputs")
+        routing_key = request.headers.get(ROUTING_KEY_HEADER) or _opt_str(
+            parameters.get("routing_key"), "parameters.routing_key"
+        )
+        signature = _opt_str(parameters.get("signature_name"), "parameters.signature_name")
+        result = await self.core.predict(
+            self.plane.ref(name, version, routing_key),
+            inputs,
+            signature or "",
+            [_output_name(o) for o in requested],
+        )
+        all_binary = parameters.get("binary_data_output") is True
+        body: dict[str, Any] = {"model_name": result.model_name}
+        body["model_version"] = str(result.version)
+        if "id" in document:
+            body["id"] = document["id"]
+        binary_flags = {_output_name(o): _wants_binary(o, all_binary) for o in requested}
+        outputs, chunks = encode_outputs(result.outputs, binary_flags, all_binary)
+        body["outputs"] = outputs
+        return _infer_response(body, chunks), str(result.version)
+
+    async def repository_index(self, request: Request) -> Response:
+        document = request.json() if request.body.strip() else {}
+        ready_only = _dict(document, "body").get("ready") is True
+        entries = [
+            {k: v for k, v in entry.__dict__.items() if v != "" or k == "state"}
+            for entry in self.plane.repository_index(ready_only)
+        ]
+        return json_response(entries)
+
+    async def load(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        document = request.json() if request.body.strip() else {}
+        parameters = _dict(_dict(document, "body").get("parameters"), "parameters")
+        base_path = _opt_str(parameters.get("base_path"), "parameters.base_path")
+        await self.plane.load(name, base_path)
+        return _EMPTY_OK
+
+    async def unload(self, request: Request) -> Response:
+        await self.plane.unload(request.path_params["name"])
+        return _EMPTY_OK
+
+    async def _observed(
+        self, request: Request, api: str, work: Awaitable[tuple[Response, str]]
+    ) -> Response:
+        """Await ``work`` (→ response, version that answered) and report it to observers."""
+        started = time.perf_counter()
+        status, version = "OK", ""
+        try:
+            response, version = await work
+            return response
+        except StreamserveError as exc:
+            status = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            if self.core.observed:
+                name = request.path_params.get("name", "")
+                self.core.observe_request(name, version, PROTOCOL, api, status, started)
+
+
+# -- request decoding ---------------------------------------------------------------------
+
+
+def split_binary_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON document and the binary tail (binary tensor data extension)."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= len(body):
+            raise InvalidArgument(
+                f"Invalid Inference-Header-Content-Length {header_length!r} for a body "
+                f"of {len(body)} bytes"
+            )
+        json_part, binary = body[:length], body[length:]
+    if not json_part.strip():
+        raise InvalidArgument("The inference request has no JSON body")
+    try:
+        document = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"Invalid JSON in inference request: {exc}") from None
+    return _dict(document, "inference request"), binary
+
+
+def decode_inputs(raw_inputs: object, binary: bytes) -> dict[str, np.ndarray]:
+    """V2 JSON inputs (+ binary tail) → ``{name: array}``."""
+    inputs = _dict_list(raw_inputs, "inputs")
+    if not inputs:
+        raise InvalidArgument("The inference request has no inputs")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    view = memoryview(binary)
+    for tensor in inputs:
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument("Every input needs a non-empty string 'name'")
+        if name in arrays:
+            raise InvalidArgument(f"Input {name!r} is given more than once")
+        size = _binary_size(tensor, name)
+        chunk = None
+        if size is not None:
+            if offset + size > len(binary):
+                raise InvalidArgument(
+                    f"Input {name!r}: binary_data_size {size} goes past the end of the binary "
+                    f"data ({len(binary) - offset} bytes left)"
+                )
+            chunk = bytes(view[offset : offset + size])
+            offset += size
+        arrays[name] = v2_json_to_numpy(tensor, chunk)
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input's "
+            "binary_data_size"
+        )
+    return arrays
+
+
+def _binary_size(tensor: dict[str, Any], name: str) -> int | None:
+    parameters = _dict(tensor.get("parameters"), f"input {name!r} parameters")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidArgument(f"Input {name!r}: binary_data_size must be a non-negative integer")
+    return size
+
+
+def _output_name(output: dict[str, Any]) -> str:
+    name = output.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("Every requested output needs a non-empty string 'name'")
+    return name
+
+
+def _wants_binary(output: dict[str, Any], default: bool) -> bool:
+    parameters = _dict(output.get("parameters"), "output parameters")
+    flag = parameters.get("binary_data", default)
+    return flag is True
+
+
+# -- response encoding --------------------------------------------------------------------
+
+
+def encode_outputs(
+    outputs: Mapping[str, np.ndarray], binary_flags: Mapping[str, bool], all_binary: bool
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    encoded: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in outputs.items():
+        tensor, chunk = numpy_to_v2_json(name, array, binary_flags.get(name, all_binary))
+        encoded.append(tensor)
+        if chunk is not None:
+            chunks.append(chunk)
+    return encoded, chunks
+
+
+def _infer_response(body: dict[str, Any], chunks: list[bytes]) -> Response:
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return Response(body=header)
+    return Response(
+        body=b"".join([header, *chunks]),
+        content_type=_BINARY_CONTENT_TYPE,
+        headers=[(b"inference-header-content-length", str(len(header)).encode())],
+    )
+
+
+def _tensor_json(view: TensorView) -> dict[str, Any]:
+    return {"name": view.name, "datatype": view.datatype, "shape": view.shape}
+
+
+# -- small validators ---------------------------------------------------------------------
+
+
+def _name_version(request: Request) -> tuple[str, str]:
+    return request.path_params["name"], request.path_params.get("version", "")
+
+
+def _dict(value: object, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return value
+
+
+def _dict_list(value: object, what: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise InvalidArgument(f"'{what}' must be a list of JSON objects")
+    return value
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string")
+    return value
+
+
+__all__ = [
+    "IndexEntry",
+    "MetadataView",
+    "TensorView",
+    "V2Plane",
+    "choose_signature",
+    "decode_inputs",
+    "install",
+    "parse_version",
+    "plane_for",
+]
