@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamserve.errors import Code
+from streamserve.repository.config import ModelConfig
 from streamserve.repository.states import VersionState, VersionStatus
 from streamserve.runtimes.base import Servable
 
@@ -33,6 +34,45 @@ class VersionRecord:
 
     def status(self) -> VersionStatus:
         return VersionStatus(self.version, self.state, self.error_code, self.error_message)
+
+
+@dataclass(eq=False)
+class ModelRecord:
+    """Everything the manager knows about one model. Mutated only under the manager lock.
+
+    ``labels`` and ``split`` are the ones in force, which may lag ``config`` when a
+    reload's labels were refused.
+    """
+
+    config: ModelConfig
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+    aspired: dict[int, Path] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    split: dict[str, float] = field(default_factory=dict)
+    problem: str = ""
+    retired: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def is_available(self, version: int) -> bool:
+        record = self.versions.get(version)
+        return record is not None and record.state == VersionState.AVAILABLE
+
+    def prune_ended(self, keep: int = 16) -> None:
+        """Forget the oldest ended, unaspired versions so status history stays bounded."""
+        ended = sorted(
+            v
+            for v, r in self.versions.items()
+            if r.state == VersionState.END and v not in self.aspired
+        )
+        for version in ended[: max(len(ended) - keep, 0)]:
+            del self.versions[version]
+
+    def latest_available(self) -> VersionRecord | None:
+        available = [r for r in self.versions.values() if r.state == VersionState.AVAILABLE]
+        return max(available, key=lambda r: r.version, default=None)
 
 
 class ServableHandle:

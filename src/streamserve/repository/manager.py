@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -38,8 +37,12 @@ from streamserve.errors import (
 )
 from streamserve.repository.config import ModelConfig, validate_model_configs
 from streamserve.repository.events import EventDispatcher, Listener, StateEvent
-from streamserve.repository.handles import ServableHandle, VersionRecord
-from streamserve.repository.routing import choose_split_version, resolve_label
+from streamserve.repository.handles import ModelRecord, ServableHandle, VersionRecord
+from streamserve.repository.routing import (
+    choose_split_version,
+    label_assignment_error,
+    resolve_label,
+)
 from streamserve.repository.source import ScanResult, VersionSource
 from streamserve.repository.states import VersionState, VersionStatus
 from streamserve.repository.warmup import warm_up
@@ -57,31 +60,6 @@ def default_loader(version_dir: Path) -> Servable:
     return load_servable(version_dir)
 
 
-@dataclass(eq=False)
-class _Model:
-    """Everything the manager knows about one model. Mutated only under the manager lock."""
-
-    config: ModelConfig
-    versions: dict[int, VersionRecord] = field(default_factory=dict)
-    aspired: dict[int, Path] = field(default_factory=dict)
-    labels: dict[str, int] = field(default_factory=dict)
-    split: dict[str, float] = field(default_factory=dict)
-    problem: str = ""
-    retired: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def is_available(self, version: int) -> bool:
-        record = self.versions.get(version)
-        return record is not None and record.state == VersionState.AVAILABLE
-
-    def latest_available(self) -> VersionRecord | None:
-        available = [r for r in self.versions.values() if r.state == VersionState.AVAILABLE]
-        return max(available, key=lambda r: r.version, default=None)
-
-
 class ModelManager:
     """Loads, serves, labels and unloads model versions. See the module docstring."""
 
@@ -97,7 +75,7 @@ class ModelManager:
     ) -> None:
         configs = list(configs)
         validate_model_configs(configs)
-        self._models = {config.name: _Model(config) for config in configs}
+        self._models = {config.name: ModelRecord(config) for config in configs}
         self._poll_wait = file_system_poll_wait_seconds
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._loader = loader or default_loader
@@ -269,7 +247,7 @@ class ModelManager:
 
     def _select(
         self,
-        model: _Model | None,
+        model: ModelRecord | None,
         name: str,
         version: int | None,
         routing_key: str | bytes | None,
@@ -300,11 +278,11 @@ class ModelManager:
             except Exception:
                 log.exception("Polling model base paths failed; retrying next poll")
 
-    def _snapshot(self) -> list[_Model]:
+    def _snapshot(self) -> list[ModelRecord]:
         with self._lock:
             return list(self._models.values())
 
-    def _scan_and_reconcile(self, models: Iterable[_Model]) -> list[Future[None]]:
+    def _scan_and_reconcile(self, models: Iterable[ModelRecord]) -> list[Future[None]]:
         futures: list[Future[None]] = []
         for model in models:
             scan = self._source.scan(model.config)  # file-system I/O outside the lock
@@ -313,12 +291,12 @@ class ModelManager:
                     futures += self._reconcile(model, scan)
         return futures
 
-    def _reconcile(self, model: _Model, scan: ScanResult) -> list[Future[None]]:
+    def _reconcile(self, model: ModelRecord, scan: ScanResult) -> list[Future[None]]:
         model.problem = scan.problem
         model.aspired = self._source.aspired(model.config, scan)
         return self._apply_aspired(model)
 
-    def _apply_aspired(self, model: _Model) -> list[Future[None]]:
+    def _apply_aspired(self, model: ModelRecord) -> list[Future[None]]:
         """Start loads for new aspired versions; unload the rest when that keeps availability."""
         futures = []
         for version, path in model.aspired.items():
@@ -335,10 +313,11 @@ class ModelManager:
             for record in unaspired:
                 if record.state == VersionState.AVAILABLE:
                     self._begin_unload(model, record)
+        model.prune_ended()
         return futures
 
     @staticmethod
-    def _may_unload(model: _Model) -> bool:
+    def _may_unload(model: ModelRecord) -> bool:
         """Availability preserving: keep old versions until an aspired one serves."""
         return not model.aspired or any(model.is_available(v) for v in model.aspired)
 
@@ -348,7 +327,7 @@ class ModelManager:
 
     # ------------------------------------------------------------------ loading
 
-    def _submit_load(self, model: _Model, record: VersionRecord) -> Future[None]:
+    def _submit_load(self, model: ModelRecord, record: VersionRecord) -> Future[None]:
         try:
             return self._load_pool.submit(self._load, model, record)
         except RuntimeError:  # the pool is shut down: the manager is stopping
@@ -357,7 +336,7 @@ class ModelManager:
             done.set_result(None)
             return done
 
-    def _load(self, model: _Model, record: VersionRecord) -> None:
+    def _load(self, model: ModelRecord, record: VersionRecord) -> None:
         with self._lock:
             if record.state != VersionState.START:
                 return
@@ -383,7 +362,7 @@ class ModelManager:
             self._apply_aspired(model)
         log.info("Successfully loaded %s in %.3f s", description, seconds)
 
-    def _record_failure(self, model: _Model, record: VersionRecord, exc: Exception) -> None:
+    def _record_failure(self, model: ModelRecord, record: VersionRecord, exc: Exception) -> None:
         code = exc.code if isinstance(exc, StreamserveError) else Code.UNKNOWN
         message = str(exc) or type(exc).__name__
         log.error("Loading servable %s version %s failed: %s", model.name, record.version, message)
@@ -395,14 +374,14 @@ class ModelManager:
 
     # ------------------------------------------------------------------ unloading
 
-    def _begin_unload(self, model: _Model, record: VersionRecord) -> None:
+    def _begin_unload(self, model: ModelRecord, record: VersionRecord) -> None:
         """Stop routing to ``record``; it is closed once no handle holds it (lock held)."""
         log.info("Unloading servable %s version %s", model.name, record.version)
         self._set_state(model, record, VersionState.UNLOADING)
         if record.refcount == 0:
             self._schedule_close(model, record)
 
-    def _release(self, model: _Model, record: VersionRecord) -> None:
+    def _release(self, model: ModelRecord, record: VersionRecord) -> None:
         with self._lock:
             record.refcount -= 1
             if (
@@ -412,14 +391,14 @@ class ModelManager:
             ):
                 self._schedule_close(model, record)
 
-    def _schedule_close(self, model: _Model, record: VersionRecord) -> None:
+    def _schedule_close(self, model: ModelRecord, record: VersionRecord) -> None:
         record.close_scheduled = True
         try:
             self._close_pool.submit(self._close, model, record)
         except RuntimeError:  # the pool is shut down: close here
             self._close(model, record)
 
-    def _close(self, model: _Model, record: VersionRecord) -> None:
+    def _close(self, model: ModelRecord, record: VersionRecord) -> None:
         servable = record.servable
         if servable is not None:
             try:
@@ -431,7 +410,7 @@ class ModelManager:
             self._set_state(model, record, VersionState.END)
         log.info("Unloaded servable %s version %s", model.name, record.version)
 
-    def _retire(self, model: _Model) -> None:
+    def _retire(self, model: ModelRecord) -> None:
         """Unload every version of a model that left the config (lock held)."""
         model.retired = True
         model.aspired = {}
@@ -443,7 +422,7 @@ class ModelManager:
 
     def _set_state(
         self,
-        model: _Model,
+        model: ModelRecord,
         record: VersionRecord,
         state: VersionState,
         load_seconds: float | None = None,
@@ -456,7 +435,7 @@ class ModelManager:
 
     def _plan_reload(
         self, configs: list[ModelConfig]
-    ) -> tuple[list[str], dict[str, _Model], list[_Model]]:
+    ) -> tuple[list[str], dict[str, ModelRecord], list[ModelRecord]]:
         """Retire removed models, add new ones, update the rest in place.
 
         A model whose base path or platform changed is rebuilt beside the old one
@@ -464,8 +443,8 @@ class ModelManager:
         """
         wanted = {config.name: config for config in configs}
         added: list[str] = []
-        replaced: dict[str, _Model] = {}
-        touched: list[_Model] = []
+        replaced: dict[str, ModelRecord] = {}
+        touched: list[ModelRecord] = []
         with self._lock:
             for name in [n for n in self._models if n not in wanted]:
                 log.info("Removing model %s", name)
@@ -475,20 +454,20 @@ class ModelManager:
                 model = self._models.get(config.name)
                 if model is None:
                     log.info("Adding model %s (base path %s)", config.name, config.base_path)
-                    model = self._models[config.name] = _Model(config)
+                    model = self._models[config.name] = ModelRecord(config)
                     added.append(config.name)
                     touched.append(model)
                 elif (model.config.base_path, model.config.platform) != (
                     config.base_path,
                     config.platform,
                 ):
-                    replaced[config.name] = _Model(config)
+                    replaced[config.name] = ModelRecord(config)
                 else:
                     model.config = config
                     touched.append(model)
         return added, replaced, touched
 
-    def _swap_in(self, replaced: dict[str, _Model]) -> None:
+    def _swap_in(self, replaced: dict[str, ModelRecord]) -> None:
         with self._lock:
             for name, new in replaced.items():
                 old = self._models[name]
@@ -496,23 +475,16 @@ class ModelManager:
                 self._models[name] = new
                 self._retire(old)
 
-    def _update_labels(self, model: _Model, config: ModelConfig) -> str:
-        """Install ``config``'s labels and split; '' or why not (lock held by caller or free)."""
+    def _update_labels(self, model: ModelRecord, config: ModelConfig) -> str:
+        """Install ``config``'s labels and split; '' or why not (FailedPrecondition text)."""
         with self._lock:
-            for label, version in config.version_labels.items():
-                if model.is_available(version):
-                    continue
-                # TF Serving's rule: the flag allows new labels on unavailable versions,
-                # but never moves an existing label onto one.
-                if self._allow_unavailable_labels and model.labels.get(label, version) == version:
-                    continue
-                return (
-                    f"Request to assign label to version {version} of model {config.name}, "
-                    "which is not currently available for inference"
-                )
-            model.labels = dict(config.version_labels)
-            model.split = dict(config.traffic_split)
-            return ""
+            error = label_assignment_error(
+                config, model.labels, model.is_available, self._allow_unavailable_labels
+            )
+            if not error:
+                model.labels = dict(config.version_labels)
+                model.split = dict(config.traffic_split)
+            return error
 
     def _describe_unavailable(self, names: list[str]) -> list[str]:
         descriptions = []

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Mapping
 
 from streamserve.errors import InvalidArgument
-from streamserve.repository.config import split_key_version
+from streamserve.repository.config import ModelConfig, split_key_version
 
 
 def resolve_label(labels: Mapping[str, int], label: str) -> int:
@@ -23,6 +23,30 @@ def resolve_label(labels: Mapping[str, int], label: str) -> int:
     if version is None:
         raise InvalidArgument(f"Unrecognized servable version label: {label}")
     return version
+
+
+def label_assignment_error(
+    config: ModelConfig,
+    current: Mapping[str, int],
+    is_available: Callable[[int], bool],
+    allow_unavailable: bool,
+) -> str:
+    """Why ``config.version_labels`` may not be installed now, or '' when they may.
+
+    TF Serving's rule: labels point at AVAILABLE versions. The
+    ``allow_version_labels_for_unavailable_models`` flag lets a new label point at a
+    version still to come, but never moves an existing label onto one.
+    """
+    for label, version in config.version_labels.items():
+        if is_available(version):
+            continue
+        if allow_unavailable and current.get(label, version) == version:
+            continue
+        return (
+            f"Request to assign label to version {version} of model {config.name}, "
+            "which is not currently available for inference"
+        )
+    return ""
 
 
 def stable_fraction(routing_key: str | bytes) -> float:
