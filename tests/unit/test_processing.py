@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageOps
 
-from streamserve.errors import InvalidArgument
+from streamserve.errors import FailedPrecondition, InvalidArgument
 from streamserve.runtimes import DEFAULT_SIGNATURE, load_servable
 from streamserve.runtimes.images import BadImages, ImageSpec, preprocess_batch
 from streamserve.runtimes.processing import ProcessedServable, TopKOutput, top_k
@@ -353,5 +353,21 @@ def test_close_releases_pool_and_inner(classifier_dir: Path) -> None:
     images = images_array(*(encode(random_image(12, 12, seed=i)) for i in range(3)))
     servable.predict({"images": images})
     servable.close()
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(FailedPrecondition, match="closed"):
         servable.predict({"input": np.zeros((1, 3, CROP, CROP), np.float32)}, "tensor")
+    with pytest.raises(FailedPrecondition, match="closed"):
+        servable.predict({"images": images})
+
+
+def test_empty_batch_and_concurrent_calls(classifier_dir: Path) -> None:
+    servable = load_servable(classifier_dir)
+    empty = servable.predict({"images": images_array()})
+    assert empty["classes"].shape == (0, 3) and empty["scores"].shape == (0, 3)
+    batches = [
+        images_array(*(encode(random_image(12 + i, 16, seed=i + j)) for j in range(3)))
+        for i in range(8)
+    ]
+    expected = [servable.predict({"images": b})["scores"] for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: servable.predict({"images": b})["scores"], batches))
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))

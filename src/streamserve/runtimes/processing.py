@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from streamserve.errors import Internal, InvalidArgument
+from streamserve.errors import FailedPrecondition, Internal, InvalidArgument
 from streamserve.runtimes.base import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
@@ -250,6 +250,7 @@ class ProcessedServable:
         self._signatures = MappingProxyType(signatures)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
     @property
     def signatures(self) -> Mapping[str, Signature]:
@@ -308,6 +309,8 @@ class ProcessedServable:
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
+            if self._closed:
+                raise FailedPrecondition("the servable was closed (model version unloaded)")
             if self._pool is None:
                 workers = min(4, os.cpu_count() or 1)
                 self._pool = ThreadPoolExecutor(workers, thread_name_prefix="streamserve-images")
@@ -315,6 +318,7 @@ class ProcessedServable:
 
     def close(self) -> None:
         with self._pool_lock:
+            self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
@@ -326,6 +330,8 @@ def top_k(logits: np.ndarray, topk: TopKOutput) -> tuple[np.ndarray, np.ndarray]
 
     Ties keep the lower class index first (stable sort), so results are deterministic.
     """
+    if len(logits) == 0:
+        return np.empty((0, topk.k), dtype=object), np.empty((0, topk.k), dtype=np.float32)
     scores = np.asarray(logits, dtype=np.float32).reshape(len(logits), -1)
     if scores.shape[1] != len(topk.labels):
         raise Internal(
