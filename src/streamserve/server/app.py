@@ -115,6 +115,7 @@ class ServerContext:
     rest_app: App | None
     health: health.aio.HealthServicer
     on_stop: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    metrics: Any = None  # set by streamserve.server.metrics.install
 
 
 class Server:

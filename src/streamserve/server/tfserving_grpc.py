@@ -158,7 +158,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
 
-    @_rpc("status")
+    @grpc_method(PROTOCOL, "status", _request_model, lambda response: "")
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ref = model_ref(request.model_spec)
         response = get_model_status_pb2.GetModelStatusResponse()
