@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -44,14 +42,17 @@ def proto_files() -> list[Path]:
 
 
 def run_protoc(out_dir: Path) -> None:
+    from grpc_tools import protoc  # dev-only dependency
+
     well_known = resources.files("grpc_tools") / "_proto"
     args = [
-        sys.executable, "-m", "grpc_tools.protoc",
+        "protoc",
         f"-I{PROTO_ROOT}", f"-I{well_known}",
         f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}",
-        *(str(p) for p in proto_files()),
+        *(str(PROTO_ROOT / p) for p in proto_files()),
     ]
-    subprocess.run(args, check=True, cwd=PROTO_ROOT)
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed: {' '.join(args)}")
 
 
 def _rewrite_imports(text: str) -> str:
