@@ -20,17 +20,19 @@ path of ``--monitoring_config_file``) and at ``/metrics``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from streamserve.errors import InvalidArgument
+from streamserve.errors import InvalidArgument, StreamserveError
 
 TF_SERVING_METRICS_PATH = "/monitoring/prometheus/metrics"
 PLAIN_METRICS_PATH = "/metrics"
@@ -190,3 +192,80 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# ---------------------------------------------------------------------------------------
+# Server wiring (adapter hook)
+# ---------------------------------------------------------------------------------------
+
+
+def install(context: Any) -> None:
+    """Adapter hook called by :class:`streamserve.server.app.Server` (after the protocol
+    adapters): request observer, model state listener, batching runner, REST routes."""
+    metrics = ServerMetrics()
+    context.metrics = metrics
+    context.core.add_request_observer(metrics.observe_request)
+    _follow_version_states(metrics, context.manager)
+    if context.options.enable_batching:
+        _install_batching(context, metrics)
+    if context.rest_app is None:
+        return
+    paths = {PLAIN_METRICS_PATH, TF_SERVING_METRICS_PATH}
+    if context.options.monitoring_config_file:
+        config = parse_monitoring_config_file(context.options.monitoring_config_file)
+        paths = {PLAIN_METRICS_PATH, config.path} if config.enable else set()
+    for path in sorted(paths):
+        context.rest_app.add_route("GET", path, _metrics_handler(metrics))
+
+
+def _metrics_handler(metrics: ServerMetrics) -> Callable[[Any], Awaitable[Any]]:
+    from streamserve.server.http import Response
+
+    content_type = CONTENT_TYPE.encode()
+
+    async def handler(request: Any) -> Response:
+        return Response(body=metrics.render(), content_type=content_type)
+
+    return handler
+
+
+def _follow_version_states(metrics: ServerMetrics, manager: Any) -> None:
+    """Listen first, then seed the states of versions loaded before the server started."""
+    manager.add_listener(metrics.on_version_state)
+    for name in manager.model_names():
+        with contextlib.suppress(StreamserveError):
+            for status in manager.status(name):
+                metrics.on_version_state(name, status.version, int(status.state), None)
+
+
+def _install_batching(context: Any, metrics: ServerMetrics) -> None:
+    """Swap the core's default runner for a :class:`BatchingRunner`.
+
+    Lives here until the server wiring builds the runner itself: it needs the metrics
+    (batch sizes, queue depth), which exist only once adapters are installed.
+    """
+    from streamserve.batching import (
+        BatchingParameters,
+        BatchingRunner,
+        parse_batching_parameters_file,
+        per_model_parameters,
+    )
+    from streamserve.repository import VersionState
+    from streamserve.server.core import ThreadPoolRunner
+
+    core, manager, options = context.core, context.manager, context.options
+    if not isinstance(core.runner, ThreadPoolRunner):
+        return  # a runner chosen by the embedding code wins
+    base = BatchingParameters()
+    if options.batching_parameters_file:
+        base = parse_batching_parameters_file(options.batching_parameters_file)
+    params_for = per_model_parameters(lambda name: manager.config(name).base_path, base)
+    runner = BatchingRunner(base, params_for=params_for, metrics=metrics)
+    previous, core.runner = core.runner, runner
+    previous.close()
+
+    def forget_unloaded(name: str, version: int, state: int, load_seconds: float | None) -> None:
+        if state == VersionState.END:
+            runner.forget(name, version)
+
+    manager.add_listener(forget_unloaded)

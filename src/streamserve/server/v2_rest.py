@@ -35,7 +35,7 @@ from streamserve.repository import ModelConfig, VersionState
 from streamserve.runtimes.base import DEFAULT_SIGNATURE, Signature
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.server.http import Request, Response, json_response
-from streamserve.tensors import dtype_to_v2, numpy_to_v2_json, v2_json_to_numpy
+from streamserve.tensors import dtype_to_v2, numpy_to_v2_json, split_binary_data, v2_json_to_numpy
 
 PROTOCOL = "v2"
 ROUTING_KEY_HEADER = "x-routing-key"
@@ -414,46 +414,21 @@ def split_binary_body(body: bytes, header_length: str | None) -> tuple[dict[str,
 
 
 def decode_inputs(raw_inputs: object, binary: bytes) -> dict[str, np.ndarray]:
-    """V2 JSON inputs (+ binary tail) → ``{name: array}``."""
+    """V2 JSON inputs (+ the binary tail, sliced by ``binary_data_size``) → ``{name: array}``."""
     inputs = _dict_list(raw_inputs, "inputs")
     if not inputs:
         raise InvalidArgument("The inference request has no inputs")
-    arrays: dict[str, np.ndarray] = {}
-    offset = 0
-    view = memoryview(binary)
     for tensor in inputs:
-        name = tensor.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidArgument("Every input needs a non-empty string 'name'")
+        _dict(tensor.get("parameters"), f"input {tensor.get('name')!r} parameters")
+    chunks = split_binary_data(inputs, binary)
+    arrays: dict[str, np.ndarray] = {}
+    for tensor, chunk in zip(inputs, chunks, strict=True):
+        array = v2_json_to_numpy(tensor, chunk)
+        name = tensor["name"]
         if name in arrays:
             raise InvalidArgument(f"Input {name!r} is given more than once")
-        size = _binary_size(tensor, name)
-        chunk = None
-        if size is not None:
-            if offset + size > len(binary):
-                raise InvalidArgument(
-                    f"Input {name!r}: binary_data_size {size} goes past the end of the binary "
-                    f"data ({len(binary) - offset} bytes left)"
-                )
-            chunk = bytes(view[offset : offset + size])
-            offset += size
-        arrays[name] = v2_json_to_numpy(tensor, chunk)
-    if offset != len(binary):
-        raise InvalidArgument(
-            f"{len(binary) - offset} bytes of binary data are not claimed by any input's "
-            "binary_data_size"
-        )
+        arrays[name] = array
     return arrays
-
-
-def _binary_size(tensor: dict[str, Any], name: str) -> int | None:
-    parameters = _dict(tensor.get("parameters"), f"input {name!r} parameters")
-    size = parameters.get("binary_data_size")
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidArgument(f"Input {name!r}: binary_data_size must be a non-negative integer")
-    return size
 
 
 def _output_name(output: dict[str, Any]) -> str:
