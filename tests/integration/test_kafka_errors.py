@@ -16,12 +16,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_broker_dying_during_start_shows_its_last_log_lines() -> None:
-    kafka = LocalKafka(extra_properties={"num.io.threads": "not-a-number"}, startup_timeout=120)
+    # Kafka's storage tool accepts this; the broker fails when it loads the reporter class.
+    kafka = LocalKafka(extra_properties={"metric.reporters": "com.example.MissingReporter"})
     with pytest.raises(SetupError) as caught:
         kafka.start()
     message = caught.value.message
     assert "exited during start-up" in message
-    assert "num.io.threads" in message  # Kafka's own complaint, from its log
+    assert "first error:" in message
+    assert "ClassNotFoundException: com.example.MissingReporter" in message  # from its log
     assert kafka.pid is None
     assert kafka.data_dir is not None and not kafka.data_dir.exists()
 

@@ -216,16 +216,14 @@ class LocalKafka:
             process.terminate(proc.pid, timeout=self.stop_timeout,
                               is_alive=lambda: proc.poll() is None)
         new_log = _read_from(self.log_file, log_offset)
-        last_lines = "\n".join(new_log.strip().splitlines()[-30:])
+        report = _failure_report(new_log, self.log_file)
         if died and "Address already in use" in new_log:
-            raise _PortRaceError(last_lines)
+            raise _PortRaceError(report)
         if died:
             code = proc.returncode if proc is not None else "?"
-            raise SetupError(f"the Kafka broker exited during start-up (exit {code}); "
-                             f"last lines of {self.log_file}:\n{last_lines}")
+            raise SetupError(f"the Kafka broker exited during start-up (exit {code}); {report}")
         raise SetupError(f"the Kafka broker did not answer on {self.bootstrap_servers} within "
-                         f"{self.startup_timeout:.0f} s; last lines of {self.log_file}:\n"
-                         f"{last_lines}")
+                         f"{self.startup_timeout:.0f} s; {report}")
 
     def _mark_log(self, message: str) -> None:
         with open(self.log_file, "a") as handle:
@@ -238,6 +236,20 @@ class LocalKafka:
 
 class _PortRaceError(Exception):
     """Kafka lost a self-chosen port to another process between choice and bind."""
+
+
+def _failure_report(log_text: str, log_file: Path, last: int = 20) -> str:
+    """The first error with its causes (the why), then the log's last lines (the end)."""
+    lines = log_text.strip().splitlines()
+    first = next((i for i, line in enumerate(lines) if " ERROR " in line or " FATAL " in line),
+                 None)
+    parts = []
+    if first is not None:
+        block = lines[first:first + 40]
+        causes = [line for line in block[2:] if line.startswith("Caused by:")]
+        parts.append("first error:\n" + "\n".join([*block[:2], *causes]))
+    parts.append(f"last lines of {log_file}:\n" + "\n".join(lines[-last:]))
+    return "\n".join(parts)
 
 
 def _read_from(path: Path, offset: int) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 
 # Newest Kafka 4.x whose server runs on Java 17 (its classes target Java 17).
 KAFKA_VERSION = "4.4.0"
+_COPY_DEPENDENCIES = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
 _MAVEN_TIMEOUT_S = 1800
-_MAVEN_TAIL_LINES = 25
+_MAVEN_TAIL_LINES = 15
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def cache_root() -> Path:
@@ -88,8 +91,8 @@ def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
                          "PATH; install it, e.g. `apt-get install maven`")
     scratch = lib.with_name("lib.partial")
     shutil.rmtree(scratch, ignore_errors=True)
-    command = [mvn, "-B", "-q", "-f", str(find_pom()), f"-Dkafka.version={version}",
-               "dependency:copy-dependencies", "-DincludeScope=runtime",
+    command = [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(find_pom()),
+               f"-Dkafka.version={version}", _COPY_DEPENDENCIES, "-DincludeScope=runtime",
                f"-DoutputDirectory={scratch}"]
     if offline:
         command.insert(1, "--offline")
@@ -98,7 +101,7 @@ def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
     result = _run_maven(command)
     if result.returncode != 0 or not any(scratch.glob("kafka_2.13-*.jar")):
         shutil.rmtree(scratch, ignore_errors=True)
-        tail = "\n".join(result.stdout.strip().splitlines()[-_MAVEN_TAIL_LINES:])
+        tail = _maven_tail(result.stdout)
         raise SetupError(f"Maven could not resolve Apache Kafka {version} "
                          f"(exit {result.returncode}; is Maven Central reachable?). "
                          f"Maven's last lines:\n{tail}")
@@ -107,6 +110,12 @@ def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
     scratch.rename(lib)
     count = sum(1 for _ in lib.glob("*.jar"))
     log.info("fetched %d jars in %.1f s", count, time.monotonic() - started)
+
+
+def _maven_tail(output: str) -> str:
+    lines = [line.rstrip() for line in _ANSI_ESCAPE.sub("", output).splitlines()]
+    meaningful = [line for line in lines if line.strip() and line.strip() != "[ERROR]"]
+    return "\n".join(meaningful[-_MAVEN_TAIL_LINES:])
 
 
 def _run_maven(command: list[str]) -> subprocess.CompletedProcess[str]:
