@@ -1,0 +1,278 @@
+"""The processor's Kafka side: client settings, the consumer thread and the two sinks.
+
+The consumer lives on one dedicated thread (:class:`ConsumerThread`) so that blocking
+``consume()`` calls and the rebalance callbacks they run never block the event loop.
+
+A sink owns the producer and the delivery guarantee:
+
+- :class:`TransactionalSink` (exactly-once): outputs, DLQ records and the consumed offsets
+  go into one transaction per checkpoint (KIP-447: ``send_offsets_to_transaction`` with
+  the consumer's group metadata, so a zombie with an old generation is fenced).
+- :class:`AtLeastOnceSink`: idempotent producer; a checkpoint flushes the producer, then
+  commits offsets only if every delivery succeeded.
+
+``checkpoint`` raises :class:`CheckpointAborted` when the cycle's work must be redone
+(the caller rewinds to the committed offsets) and :class:`FatalStreamError` when the
+producer is unusable (fenced by a newer instance, fatal idempotence error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streamserve.errors import StreamserveError
+from streamserve.stream.telemetry import log_event
+
+log = logging.getLogger("streamserve.stream.kafka")
+
+T = TypeVar("T")
+Offsets = dict[tuple[str, int], int]
+Headers = list[tuple[str, bytes]]
+
+
+class CheckpointAborted(StreamserveError):
+    """The checkpoint did not commit; outputs since the last commit must be redone."""
+
+
+class FatalStreamError(StreamserveError):
+    """The processor cannot go on (e.g. fenced by a newer instance with the same id)."""
+
+
+def consumer_settings(
+    bootstrap_servers: str,
+    group_id: str,
+    group_instance_id: str | None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+        "max.poll.interval.ms": 300_000,
+        "enable.partition.eof": False,
+    }
+    if group_instance_id:
+        # Static membership: a restarted instance takes its partitions back at once.
+        settings["group.instance.id"] = group_instance_id
+    settings.update(overrides or {})
+    return settings
+
+
+def producer_settings(
+    bootstrap_servers: str,
+    transactional_id: str | None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    if transactional_id:
+        settings["transactional.id"] = transactional_id
+        settings["transaction.timeout.ms"] = 30_000
+    settings.update(overrides or {})
+    return settings
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+def topic_partitions(offsets: Offsets) -> list[TopicPartition]:
+    return [TopicPartition(topic, part, offset) for (topic, part), offset in offsets.items()]
+
+
+class ConsumerThread:
+    """Runs every call on the consumer on one thread, awaited from the event loop."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def consume(self, max_records: int, timeout_s: float) -> list[Message]:
+        return await self.call(self.consumer.consume, max_records, timeout_s)
+
+    async def close(self) -> None:
+        try:
+            await self.call(self.consumer.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+class _Sink:
+    """Producing shared by both guarantees. All methods are called from the event loop."""
+
+    def __init__(self, producer: Producer, timeout_s: float = 30.0) -> None:
+        self.producer = producer
+        self.timeout_s = timeout_s
+        self.failed_deliveries: list[KafkaError] = []
+
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes | None,
+        headers: Headers | None = None, partition: int | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # queue full: serve deliveries, then retry
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self.failed_deliveries.append(error)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.producer.flush, 5.0)
+
+
+class TransactionalSink(_Sink):
+    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
+        super().__init__(producer, timeout_s)
+        self.consumer = consumer
+        self.in_transaction = False
+
+    async def start(self) -> None:
+        """Fence older instances with our transactional.id and abort what they left open."""
+        try:
+            await asyncio.to_thread(self.producer.init_transactions, self.timeout_s)
+        except KafkaException as exc:
+            raise FatalStreamError(f"cannot initialise transactions: {exc}") from exc
+
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes | None,
+        headers: Headers | None = None, partition: int | None = None,
+    ) -> None:
+        if not self.in_transaction:
+            self._call(self.producer.begin_transaction)
+            self.in_transaction = True
+        super().produce(topic, value, key, headers, partition)
+
+    async def checkpoint(self, offsets: Offsets) -> bool:
+        """Commit this cycle's outputs together with ``offsets`` (one transaction)."""
+        if not self.in_transaction:
+            if not offsets:
+                return False
+            self._call(self.producer.begin_transaction)
+            self.in_transaction = True
+        try:
+            await asyncio.to_thread(self._commit_now, offsets)
+        except KafkaException as exc:
+            self.in_transaction = False
+            await self._after_failed_commit(exc)
+        self.in_transaction = False
+        return True
+
+    def _commit_now(self, offsets: Offsets) -> None:
+        if offsets:
+            self.producer.send_offsets_to_transaction(
+                topic_partitions(offsets), self.consumer.consumer_group_metadata(), self.timeout_s
+            )
+        for attempt in range(3):
+            try:
+                self.producer.commit_transaction(self.timeout_s)
+                return
+            except KafkaException as exc:
+                error = kafka_error(exc)
+                if error is None or not error.retriable() or attempt == 2:
+                    raise
+
+    async def _after_failed_commit(self, exc: KafkaException) -> None:
+        error = kafka_error(exc)
+        if error is not None and error.txn_requires_abort():
+            log_event(log, "transaction aborted", logging.WARNING, error=error.str())
+            await self.abort()
+            raise CheckpointAborted(f"transaction aborted: {error.str()}") from exc
+        raise FatalStreamError(f"transaction failed: {exc}") from exc
+
+    async def abort(self) -> None:
+        """Abort the open transaction (outputs since the last commit disappear)."""
+        self.in_transaction = False
+        self.failed_deliveries.clear()
+        try:
+            await asyncio.to_thread(self.producer.abort_transaction, self.timeout_s)
+        except KafkaException as exc:
+            error = kafka_error(exc)
+            if error is not None and error.code() == KafkaError._STATE:
+                return  # no transaction was open
+            raise FatalStreamError(f"cannot abort transaction: {exc}") from exc
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except KafkaException as exc:
+            raise FatalStreamError(f"producer failed: {exc}") from exc
+
+    async def close(self) -> None:
+        if self.in_transaction:
+            await self.abort()
+
+
+class AtLeastOnceSink(_Sink):
+    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
+        super().__init__(producer, timeout_s)
+        self.consumer = consumer
+
+    async def start(self) -> None:
+        return None
+
+    async def checkpoint(self, offsets: Offsets) -> bool:
+        """Wait for every delivery, then commit ``offsets``; a lost delivery aborts.
+
+        Returns False when the offset commit failed: outputs are delivered and the next
+        commit (absolute offsets) covers these records too, so nothing is redone.
+        """
+        remaining = await asyncio.to_thread(self.producer.flush, self.timeout_s)
+        if self.failed_deliveries or remaining:
+            errors = [e.str() for e in self.failed_deliveries[:3]]
+            self.failed_deliveries.clear()
+            raise CheckpointAborted(f"deliveries failed ({remaining} pending): {errors}")
+        if not offsets:
+            return False
+        try:
+            await asyncio.to_thread(
+                self.consumer.commit, offsets=topic_partitions(offsets), asynchronous=False
+            )
+        except KafkaException as exc:
+            log_event(log, "offset commit failed", logging.WARNING, error=str(exc))
+            return False
+        return True
+
+    async def abort(self) -> None:
+        self.failed_deliveries.clear()
+
+
+Sink = TransactionalSink | AtLeastOnceSink
+
+
+def describe_partitions(partitions: Sequence[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "-"

@@ -1,0 +1,538 @@
+"""The stream processor: Kafka topic → decode → micro-batch → model → encode → Kafka topic.
+
+One asyncio pipeline, stages connected by bounded queues::
+
+    consume (thread) → intake → decode workers → MicroBatcher → model-call workers
+                                                                      ↓
+    Kafka (one transaction per checkpoint) ← sink: outputs in offset order per partition
+
+How a record's journey stays correct:
+
+1. **Order.** Works finish in any order; the sink releases them per partition in offset
+   order (:class:`~streamserve.stream.pipeline.PartitionBook`).
+2. **Commit only what is handled.** A checkpoint (every ``commit_interval_ms``) commits,
+   per partition, the offset after the last record whose output or DLQ record was produced.
+   Exactly-once: outputs + offsets in one transaction; at-least-once: flush, then commit.
+3. **Rebalance.** Cooperative-sticky assignment. On revoke the sink checkpoints everything
+   produced so far (the revoked partitions' in-flight works are dropped: the next owner
+   redoes them from the committed offset). On lost partitions, or when a checkpoint is
+   aborted, everything uncommitted is dropped and each partition seeks back to its last
+   commit.
+4. **Failures.** A bad record → DLQ with headers naming stage, reason and exception; a
+   transient model error → retried (never DLQ); all breakers open → fallback model, or
+   consumption pauses until a half-open probe succeeds (:mod:`~streamserve.stream.invoker`).
+5. **Stop.** ``stop()`` stops consuming, lets in-flight work finish (bounded by
+   ``shutdown_timeout_s``), commits it and closes the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from streamserve.predictors.base import Predictor
+from streamserve.stream import kafka_io
+from streamserve.stream.batcher import MicroBatcher
+from streamserve.stream.breaker import BreakerPolicy
+from streamserve.stream.errors import RecordError
+from streamserve.stream.invoker import ModelInvoker, Outcome, RetryPolicy, build_invoker
+from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
+from streamserve.stream.pipeline import PartitionBook, Work
+from streamserve.stream.records import InputRecord, RecordCodec
+from streamserve.stream.telemetry import StreamMetrics, log_event
+from streamserve.stream.topics import ensure_topics
+
+log = logging.getLogger("streamserve.stream")
+
+Guarantee = Literal["exactly-once", "at-least-once"]
+ERROR_HEADER_PREFIX = "streamserve.error."
+SOURCE_HEADER_PREFIX = "streamserve.source."
+
+
+@dataclass
+class ProcessorConfig:
+    """Everything but the model and the record format. Times in ms unless named ``_s``."""
+
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    group_id: str
+    dlq_topic: str | None = None  # default: "<input_topic>.dlq"
+    guarantee: Guarantee = "exactly-once"
+    instance_id: str | None = None  # default: host name; keep it stable across restarts
+    static_membership: bool = True
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 5.0
+    max_in_flight: int = 4
+    decode_concurrency: int = 32
+    max_buffered_records: int = 2000
+    consume_batch_size: int = 500
+    commit_interval_ms: float = 100.0
+    shutdown_timeout_s: float = 7.0
+    output_partitioning: Literal["input", "key"] = "input"
+    create_missing_topics: bool = True
+    metrics_port: int | None = None
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    producer_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.guarantee not in ("exactly-once", "at-least-once"):
+            raise ValueError("guarantee must be 'exactly-once' or 'at-least-once'")
+        if min(self.max_batch_size, self.max_in_flight, self.decode_concurrency) < 1:
+            raise ValueError("max_batch_size, max_in_flight and decode_concurrency must be >= 1")
+
+    @property
+    def resolved_dlq_topic(self) -> str:
+        return self.dlq_topic or f"{self.input_topic}.dlq"
+
+    @property
+    def resolved_instance_id(self) -> str:
+        return self.instance_id or socket.gethostname()
+
+    @property
+    def transactional_id(self) -> str:
+        return f"streamserve-{self.group_id}-{self.resolved_instance_id}"
+
+
+ReadyCallback = Callable[[dict[str, Any]], None]
+
+
+class StreamProcessor:
+    """Run with ``await processor.run()``; ``stop()`` (thread-safe) ends it gracefully.
+
+    ``predictor`` is one :class:`Predictor` or several (one per remote target: each gets a
+    circuit breaker, calls go to the least busy one). ``fallback`` answers while every
+    breaker is open. ``codec`` decodes records and encodes outputs.
+    """
+
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        predictor: Predictor | Sequence[Predictor],
+        codec: RecordCodec,
+        fallback: Predictor | None = None,
+        metrics: StreamMetrics | None = None,
+        on_ready: ReadyCallback | None = None,
+    ) -> None:
+        self.config = config
+        self.codec = codec
+        self.metrics = metrics or StreamMetrics()
+        predictors = [predictor] if not isinstance(predictor, Sequence) else list(predictor)
+        self.invoker: ModelInvoker = build_invoker(
+            predictors, fallback, config.breaker, config.retry, self.metrics
+        )
+        self.on_ready = on_ready
+        self.book = PartitionBook()
+        self.metrics_port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._txn_lock = asyncio.Lock()
+        self._decode_queue: asyncio.Queue[Work] = asyncio.Queue()
+        self._batch_queue: asyncio.Queue[Work] = asyncio.Queue()
+        self._call_queue: asyncio.Queue[list[Work]] = asyncio.Queue(maxsize=1)
+        self._paused: set[tuple[str, int]] = set()
+        self._pause_reason = ""
+        self._consuming = True
+        self._sinking = True
+        self._closed = False
+        self._output_partitions = 1
+        self._records_in = self.metrics.records_in.labels(config.input_topic)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the processor to finish in-flight work, commit it and return from ``run``."""
+        loop = self._loop
+        if loop is None:
+            self._stop.set()
+        else:
+            loop.call_soon_threadsafe(self._stop.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._open()
+        except BaseException:
+            await self._close_clients(graceful=False)
+            raise
+        consume = asyncio.create_task(self._consume_loop(), name="consume")
+        sink = asyncio.create_task(self._sink_loop(), name="sink")
+        workers = self._start_workers()
+        stop = asyncio.create_task(self._stop.wait(), name="stop")
+        failure: BaseException | None = None
+        try:
+            done, _ = await asyncio.wait(
+                [stop, consume, sink, *workers], return_when=asyncio.FIRST_COMPLETED
+            )
+            failure = next((t.exception() for t in done if t is not stop and t.exception()), None)
+            if failure is None:
+                await self._drain(consume, sink)
+        except BaseException as exc:
+            failure = exc
+        finally:
+            await self._shutdown([stop, consume, sink, *workers], graceful=failure is None)
+        if failure is not None:
+            raise failure
+
+    async def _open(self) -> None:
+        cfg = self.config
+        partitions = await asyncio.to_thread(
+            ensure_topics, cfg.bootstrap_servers, cfg.input_topic,
+            [cfg.output_topic, cfg.resolved_dlq_topic], cfg.create_missing_topics,
+        )
+        self._output_partitions = partitions[cfg.output_topic]
+        static_id = cfg.resolved_instance_id if cfg.static_membership else None
+        consumer = Consumer(kafka_io.consumer_settings(
+            cfg.bootstrap_servers, cfg.group_id, static_id, cfg.consumer_overrides))
+        exactly_once = cfg.guarantee == "exactly-once"
+        producer = Producer(kafka_io.producer_settings(
+            cfg.bootstrap_servers, cfg.transactional_id if exactly_once else None,
+            cfg.producer_overrides))
+        self._kafka: kafka_io.ConsumerThread = kafka_io.ConsumerThread(consumer)
+        self._sink: kafka_io.Sink = (
+            kafka_io.TransactionalSink(producer, consumer) if exactly_once
+            else kafka_io.AtLeastOnceSink(producer, consumer)
+        )
+        await self._sink.start()
+        await self._kafka.call(
+            consumer.subscribe, [cfg.input_topic],
+            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+        )
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port)
+        info = {
+            "group": cfg.group_id, "instance": cfg.resolved_instance_id,
+            "guarantee": cfg.guarantee, "input": cfg.input_topic, "output": cfg.output_topic,
+            "dlq": cfg.resolved_dlq_topic, "metrics_port": self.metrics_port,
+        }
+        log_event(log, "stream started", **info)
+        if self.on_ready is not None:
+            self.on_ready(info)
+
+    def _start_workers(self) -> list[asyncio.Task[None]]:
+        cfg = self.config
+        batcher = MicroBatcher(
+            self._batch_queue, self._call_queue.put, cfg.max_batch_size,
+            cfg.max_batch_delay_ms / 1000,
+        )
+        tasks = [asyncio.create_task(batcher.run(), name="batcher")]
+        tasks += [asyncio.create_task(self._decode_loop(), name=f"decode-{i}")
+                  for i in range(cfg.decode_concurrency)]
+        tasks += [asyncio.create_task(self._call_loop(), name=f"call-{i}")
+                  for i in range(cfg.max_in_flight)]
+        return tasks
+
+    async def _drain(self, consume: asyncio.Task[None], sink: asyncio.Task[None]) -> None:
+        """Graceful stop: no new records; finish, produce and commit what is in flight."""
+        started = time.monotonic()
+        log_event(log, "stream stopping", buffered=self.book.buffered)
+        self._consuming = False
+        await consume
+        deadline = started + self.config.shutdown_timeout_s
+        while self.book.buffered > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._sinking = False
+        self._ready.set()
+        await sink
+        async with self._txn_lock:
+            self._emit_ready()
+            await self._checkpoint()
+            self._closed = True
+        log_event(log, "stream drained", unfinished=self.book.buffered,
+                  seconds=round(time.monotonic() - started, 3))
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]], graceful: bool) -> None:
+        self._closed = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_clients(graceful)
+        log_event(log, "stream stopped", graceful=graceful)
+
+    async def _close_clients(self, graceful: bool) -> None:
+        clients = (getattr(self, "_sink", None), getattr(self, "_kafka", None))  # set by _open
+        steps = [client.close for client in clients if client is not None]
+        for step in steps:
+            try:
+                await step()
+            except Exception as exc:  # closing after a failure must not hide the failure
+                log_event(log, "close failed", logging.WARNING, step=step.__qualname__,
+                          error=str(exc), graceful=graceful)
+
+    # ------------------------------------------------------------------ consuming
+
+    async def _consume_loop(self) -> None:
+        next_lag_update = 0.0
+        while self._consuming:
+            await self._apply_seeks()
+            await self._apply_flow_control()
+            messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
+            for message in messages:
+                self._intake(message)
+            if time.monotonic() >= next_lag_update:
+                await self._kafka.call(self._update_lag)
+                next_lag_update = time.monotonic() + 1.0
+
+    def _intake(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise FatalStreamError(f"consumer failed: {error.str()}")
+            if error.code() != KafkaError._PARTITION_EOF:
+                log_event(log, "consumer error", logging.WARNING, error=error.str())
+            return
+        timestamp_type, timestamp = message.timestamp()
+        record = InputRecord(
+            topic=message.topic(), partition=message.partition(), offset=message.offset(),
+            key=message.key(), value=message.value(), headers=message.headers() or (),
+            timestamp_ms=None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else timestamp,
+        )
+        work = self.book.intake(record)
+        if work is not None:
+            self._records_in.inc()
+            self._decode_queue.put_nowait(work)
+
+    async def _apply_seeks(self) -> None:
+        for state in self.book.seeks_due():
+            target = KafkaTopicPartition(state.topic, state.partition, state.seek_to)
+            try:
+                await self._kafka.call(self._kafka.consumer.seek, target)
+            except Exception as exc:  # e.g. not fetching yet: try again next round
+                log_event(log, "seek failed", logging.WARNING, partition=state.key, error=str(exc))
+                continue
+            log_event(log, "rewound", logging.INFO, topic=state.topic, partition=state.partition,
+                      offset=state.seek_to)
+            state.seek_to = None
+
+    async def _apply_flow_control(self) -> None:
+        """Pause every owned partition while the model is unreachable or the buffer is full."""
+        limit = self.config.max_buffered_records
+        reason = None
+        if self.invoker.blocked:
+            reason = "breaker-open"
+        elif self.book.buffered >= limit or (self._paused and self.book.buffered > limit // 2):
+            reason = "buffer-full"
+        owned = {state.key for state in self.book}
+        if reason is not None:
+            newly = owned - self._paused
+            if newly:
+                await self._kafka.call(self._kafka.consumer.pause, _tps(newly))
+                if not self._paused:
+                    level = logging.DEBUG if reason == "buffer-full" else logging.WARNING
+                    log_event(log, "consumption paused", level, reason=reason,
+                              buffered=self.book.buffered)
+                    self.metrics.pauses.labels(reason).inc()
+                    self._pause_reason = reason
+                self._paused |= newly
+        elif self._paused:
+            resumed = self._paused & owned
+            if resumed:
+                await self._kafka.call(self._kafka.consumer.resume, _tps(resumed))
+            self._paused.clear()
+            level = logging.DEBUG if self._pause_reason == "buffer-full" else logging.INFO
+            log_event(log, "consumption resumed", level, after=self._pause_reason,
+                      buffered=self.book.buffered)
+        self.metrics.paused.set(1 if self._paused else 0)
+        self.metrics.buffered.set(self.book.buffered)
+
+    def _update_lag(self) -> None:
+        """Runs on the consumer thread: high watermark (cached) minus next offset."""
+        for state in self.book:
+            if state.next_offset is None:
+                continue
+            tp = KafkaTopicPartition(state.topic, state.partition)
+            _low, high = self._kafka.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                self.metrics.consumer_lag.labels(state.topic, str(state.partition)).set(
+                    max(0, high - state.next_offset))
+
+    # ------------------------------------------------------------------ rebalancing
+
+    def _from_consumer_thread(self, coroutine: Any) -> None:
+        """Run a coroutine on the loop and wait for it (rebalance callbacks block consume)."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._from_consumer_thread(self._assigned(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._from_consumer_thread(self._revoked(partitions, lost=False))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._from_consumer_thread(self._revoked(partitions, lost=True))
+
+    async def _assigned(self, partitions: list[KafkaTopicPartition]) -> None:
+        if not partitions:
+            return
+        self.book.assign((tp.topic, tp.partition) for tp in partitions)
+        self.metrics.rebalances.labels("assigned").inc()
+        log_event(log, "partitions assigned", partitions=kafka_io.describe_partitions(partitions),
+                  owned=len(self.book))
+
+    async def _revoked(self, partitions: list[KafkaTopicPartition], lost: bool) -> None:
+        if not partitions:
+            return
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        async with self._txn_lock:
+            if not self._closed and not lost:
+                self._emit_ready()
+                await self._checkpoint()  # commit what the revoked partitions produced
+            self.book.remove(keys)
+            self._paused.difference_update(keys)
+            if not self._closed and lost and self.config.guarantee == "exactly-once":
+                # The open transaction may hold outputs of partitions now owned elsewhere.
+                await self._sink.abort()
+                self._rewind("partitions lost")
+        kind = "lost" if lost else "revoked"
+        self.metrics.rebalances.labels(kind).inc()
+        log_event(log, f"partitions {kind}", partitions=kafka_io.describe_partitions(partitions),
+                  owned=len(self.book))
+
+    # ------------------------------------------------------------------ work
+
+    async def _decode_loop(self) -> None:
+        while True:
+            work = await self._decode_queue.get()
+            if work.stale:
+                continue
+            try:
+                work.decoded = await self.codec.decode(work.record)
+            except RecordError as exc:
+                self._finish_failed(work, exc)
+                continue
+            except Exception as exc:
+                name = type(exc).__name__
+                self._finish_failed(work, RecordError("decode", str(exc) or name, name))
+                continue
+            if not work.stale:
+                self._batch_queue.put_nowait(work)
+
+    async def _call_loop(self) -> None:
+        while True:
+            batch = [work for work in await self._call_queue.get() if not work.stale]
+            if not batch:
+                continue
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.in_flight.inc()
+            try:
+                outcomes = await self.invoker.predict_each(
+                    [work.decoded for work in batch if work.decoded is not None],
+                    self.codec.signature_name,
+                )
+            finally:
+                self.metrics.in_flight.dec()
+            for work, outcome in zip(batch, outcomes, strict=True):
+                self._finish(work, outcome)
+            self._ready.set()
+
+    def _finish(self, work: Work, outcome: Outcome) -> None:
+        if outcome.error is not None or outcome.rows is None or work.decoded is None:
+            work.fail(outcome.error or RecordError("predict", "no output rows"))
+            return
+        latency_ms = (time.perf_counter() - work.received) * 1000
+        try:
+            value = self.codec.encode(work.decoded, outcome.rows, outcome.model_name,
+                                      outcome.model_version, latency_ms, outcome.mode)
+        except RecordError as exc:
+            work.fail(exc)
+            return
+        except Exception as exc:
+            name = type(exc).__name__
+            work.fail(RecordError("encode", str(exc) or name, name))
+            return
+        work.decoded = None  # free the inputs (images) early
+        work.succeed(value, outcome.mode)
+
+    def _finish_failed(self, work: Work, error: RecordError) -> None:
+        work.fail(error)
+        self._ready.set()
+
+    # ------------------------------------------------------------------ producing
+
+    async def _sink_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.commit_interval_ms / 1000
+        next_checkpoint = loop.time() + interval
+        while self._sinking:
+            timeout = next_checkpoint - loop.time()
+            if timeout > 0 and not self.book.has_ready():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), timeout)
+            self._ready.clear()
+            async with self._txn_lock:
+                self._emit_ready()
+                if loop.time() >= next_checkpoint:
+                    await self._checkpoint()
+                    next_checkpoint = loop.time() + interval
+
+    def _emit_ready(self) -> None:
+        now_ms = time.time() * 1000
+        for work in self.book.pop_ready():
+            record = work.record
+            if work.error is not None:
+                self._produce_dlq(record, work.error)
+            else:
+                self._sink.produce(self.config.output_topic, work.output, record.key,
+                                   partition=self._output_partition(record))
+                self.metrics.records_out.labels(work.mode).inc()
+                if work.mode == "fallback":
+                    self.metrics.fallback_records.inc()
+            if record.timestamp_ms is not None:
+                self.metrics.e2e_latency.observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
+        self._sink.poll()
+
+    def _output_partition(self, record: InputRecord) -> int | None:
+        if self.config.output_partitioning == "key":
+            return None
+        return record.partition % self._output_partitions
+
+    def _produce_dlq(self, record: InputRecord, error: RecordError) -> None:
+        exception = error.exception_name or (
+            type(error.__cause__).__name__ if error.__cause__ else type(error).__name__)
+        headers = [(k, v) for k, v in record.headers if v is not None] + [
+            (f"{ERROR_HEADER_PREFIX}stage", error.stage.encode()),
+            (f"{ERROR_HEADER_PREFIX}reason", error.reason.encode("utf-8", "replace")[:4096]),
+            (f"{ERROR_HEADER_PREFIX}exception", exception.encode()),
+            (f"{SOURCE_HEADER_PREFIX}topic", record.topic.encode()),
+            (f"{SOURCE_HEADER_PREFIX}partition", str(record.partition).encode()),
+            (f"{SOURCE_HEADER_PREFIX}offset", str(record.offset).encode()),
+        ]
+        self._sink.produce(self.config.resolved_dlq_topic, record.value, record.key, headers)
+        self.metrics.records_dlq.labels(error.stage).inc()
+        log_event(log, "record to dlq", logging.WARNING, position=record.position,
+                  stage=error.stage, reason=error.reason[:300], exception=exception)
+
+    async def _checkpoint(self) -> None:
+        """Commit produced outputs with their offsets; on abort, rewind. Hold ``_txn_lock``."""
+        offsets = self.book.offsets_to_commit()
+        try:
+            committed = await self._sink.checkpoint(offsets)
+        except CheckpointAborted as exc:
+            self.metrics.commits.labels("aborted").inc()
+            self._rewind(exc.message)
+            return
+        if committed and offsets:
+            self.book.mark_committed(offsets)
+            self.metrics.commits.labels("committed").inc()
+
+    def _rewind(self, reason: str) -> None:
+        rewound = self.book.rewind_all()
+        log_event(log, "rewinding to committed offsets", logging.WARNING, reason=reason,
+                  partitions=",".join(f"{s.topic}[{s.partition}]@{s.seek_to}" for s in rewound))
+
+
+def _tps(keys: set[tuple[str, int]]) -> list[KafkaTopicPartition]:
+    return [KafkaTopicPartition(topic, partition) for topic, partition in sorted(keys)]

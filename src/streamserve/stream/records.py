@@ -1,0 +1,385 @@
+"""Record codecs: Kafka record bytes ⇄ model tensors, one replaceable step each way.
+
+A :class:`RecordCodec` turns one consumed :class:`InputRecord` into named input tensors
+(``decode``) and one record's rows of the model's outputs into the output value
+(``encode``). Anything wrong with one record raises
+:class:`~streamserve.stream.errors.RecordError`, which sends that record to the DLQ.
+
+Shipped codecs:
+
+- :class:`TensorJsonCodec` — ``{"id": ..., "inputs": {name: nested list}}`` (TF Serving's
+  columnar JSON with the batch dimension; one record is one row or a small batch) →
+  ``{"id", "model": {"name", "version"}, "outputs": {name: nested list}, "latency_ms", "mode"}``.
+- :class:`ImageCodec` — a file path / ``file://`` / ``http(s)://`` string, JSON
+  ``{"id", "url"|"path"|"b64"}`` or raw image bytes → ``{"images": [bytes]}``;
+  output ``{"id", "source", "model", "predictions": [{"label", "score"}], "latency_ms",
+  "mode"}`` or, with ``output_format="classic"``, the classic example's
+  ``[label=score, ...]`` string.
+- :class:`CallableCodec` — plug in two plain functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import orjson
+
+from streamserve.stream.errors import RecordError
+from streamserve.stream.fetch import check_image, sniff_image_format
+
+DECODE = "decode"
+ENCODE = "encode"
+
+RecordId = str | int | float | None
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One consumed Kafka record, independent of the Kafka client library."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]] = ()
+    timestamp_ms: int | None = None
+
+    @property
+    def position(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass
+class DecodedRecord:
+    """What a codec made of one record: an id, where it came from, and its input rows."""
+
+    id: RecordId
+    source: str | None
+    inputs: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)  # codec-private context
+
+    @property
+    def rows(self) -> int:
+        """Rows along dim 0 (all inputs agree; checked by the codecs)."""
+        first = next(iter(self.inputs.values()), None)
+        return 1 if first is None or first.ndim == 0 else int(first.shape[0])
+
+
+@runtime_checkable
+class RecordCodec(Protocol):
+    """Decode one record into tensors; encode one record's output rows into bytes."""
+
+    signature_name: str | None
+
+    async def decode(self, record: InputRecord) -> DecodedRecord: ...
+
+    def encode(
+        self,
+        decoded: DecodedRecord,
+        rows: Mapping[str, np.ndarray],
+        model_name: str,
+        version: int,
+        latency_ms: float,
+        mode: str,
+    ) -> bytes: ...
+
+
+def parse_json_object(value: bytes | None) -> dict[str, Any]:
+    """The record value as a JSON object, or ``RecordError(stage="decode")``."""
+    if value is None:
+        raise RecordError(DECODE, "record has no value (tombstone)")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(DECODE, f"value is not valid JSON: {exc}", type(exc).__name__) from exc
+    if not isinstance(document, dict):
+        raise RecordError(DECODE, f"value must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _record_id(document: Mapping[str, Any], record: InputRecord) -> RecordId:
+    record_id = document.get("id")
+    if record_id is None:
+        return record.position
+    if not isinstance(record_id, str | int | float):
+        raise RecordError(DECODE, "'id' must be a string or a number")
+    return record_id
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(document: object) -> bytes:
+    """JSON bytes; numpy arrays natively, ``bytes`` as UTF-8 text or ``{"b64": ...}``."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+    except orjson.JSONEncodeError as exc:
+        raise RecordError(
+            ENCODE, f"cannot encode output as JSON: {exc}", type(exc).__name__
+        ) from exc
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _json_to_array(name: str, value: object, dtype: np.dtype | None) -> np.ndarray:
+    try:
+        array = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise RecordError(
+            DECODE, f"input {name!r} is not a rectangular array of one type: {exc}",
+            type(exc).__name__,
+        ) from exc
+    if dtype is not None:
+        return array
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)
+    if array.dtype.kind == "U":
+        return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
+    if array.dtype.kind not in "biu":
+        raise RecordError(DECODE, f"input {name!r} must hold numbers, booleans or strings")
+    return array
+
+
+class TensorJsonCodec:
+    """TF Serving columnar JSON in, JSON out. See the module docstring for the shapes.
+
+    ``dtypes`` fixes the numpy dtype per input name (e.g. from the model's signature);
+    otherwise JSON floats become ``float32``, integers ``int64`` and strings ``bytes``.
+    """
+
+    def __init__(
+        self,
+        dtypes: Mapping[str, np.dtype | str] | None = None,
+        signature_name: str | None = None,
+    ) -> None:
+        self.dtypes = {name: np.dtype(dtype) for name, dtype in (dtypes or {}).items()}
+        self.signature_name = signature_name
+
+    async def decode(self, record: InputRecord) -> DecodedRecord:
+        document = parse_json_object(record.value)
+        record_id = _record_id(document, record)
+        inputs = document.get("inputs")
+        if not isinstance(inputs, dict) or not inputs:
+            raise RecordError(DECODE, "'inputs' must be a non-empty object of name: nested list")
+        tensors = {
+            str(name): _json_to_array(name, value, self.dtypes.get(name))
+            for name, value in inputs.items()
+        }
+        _check_rows(tensors)
+        return DecodedRecord(record_id, None, tensors)
+
+    def encode(
+        self,
+        decoded: DecodedRecord,
+        rows: Mapping[str, np.ndarray],
+        model_name: str,
+        version: int,
+        latency_ms: float,
+        mode: str,
+    ) -> bytes:
+        outputs = {name: _jsonable(array) for name, array in rows.items()}
+        return dumps({
+            "id": decoded.id,
+            "model": {"name": model_name, "version": version},
+            "outputs": outputs,
+            "latency_ms": round(latency_ms, 3),
+            "mode": mode,
+        })
+
+
+def _check_rows(tensors: Mapping[str, np.ndarray]) -> None:
+    leading = {name: (array.shape[0] if array.ndim else None) for name, array in tensors.items()}
+    if any(rows is None for rows in leading.values()):
+        raise RecordError(DECODE, "every input needs a batch dimension (wrap one row in a list)")
+    if len(set(leading.values())) != 1:
+        raise RecordError(DECODE, f"inputs disagree on the number of rows: {leading}")
+    if next(iter(leading.values())) == 0:
+        raise RecordError(DECODE, "inputs have zero rows")
+
+
+def _jsonable(array: np.ndarray) -> object:
+    # orjson writes numeric arrays itself (fast); object arrays need element conversion.
+    return array.tolist() if array.dtype == object else array
+
+
+# --------------------------------------------------------------------------- images
+
+Fetcher = Callable[[str], Awaitable[bytes]]
+
+
+class ImageFetcherLike(Protocol):
+    async def fetch(self, source: str) -> bytes: ...
+
+
+class ImageCodec:
+    """Image references or image bytes in, top-k predictions out.
+
+    ``fetcher`` resolves paths and URLs safely (see :mod:`streamserve.stream.fetch`);
+    inline images (raw bytes, ``b64``) get the same content checks. The model's image
+    signature takes ``input_name`` (default ``images``, DT_STRING [N] of encoded images)
+    and returns ``classes_name`` / ``scores_name`` [N, k].
+    """
+
+    def __init__(
+        self,
+        fetcher: ImageFetcherLike,
+        output_format: str = "json",
+        signature_name: str | None = None,
+        input_name: str = "images",
+        classes_name: str = "classes",
+        scores_name: str = "scores",
+        max_pixels: int = 40_000_000,
+    ) -> None:
+        if output_format not in ("json", "classic"):
+            raise ValueError("output_format must be 'json' or 'classic'")
+        self.fetcher = fetcher
+        self.output_format = output_format
+        self.signature_name = signature_name
+        self.input_name = input_name
+        self.classes_name = classes_name
+        self.scores_name = scores_name
+        self.max_pixels = max_pixels
+
+    async def decode(self, record: InputRecord) -> DecodedRecord:
+        value = record.value
+        if not value:
+            raise RecordError(DECODE, "record has no value")
+        if sniff_image_format(value) is not None:
+            return self._inline(record.position, "bytes", value)
+        try:
+            text = value.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise RecordError(
+                DECODE, "value is neither an image, JSON, nor a path or URL", type(exc).__name__
+            ) from exc
+        if text.startswith("{"):
+            return await self._decode_json(record, text.encode("utf-8"))
+        return await self._fetched(record.position, text)
+
+    async def _decode_json(self, record: InputRecord, value: bytes) -> DecodedRecord:
+        document = parse_json_object(value)
+        record_id = _record_id(document, record)
+        given = [key for key in ("url", "path", "b64") if key in document]
+        if len(given) != 1:
+            raise RecordError(DECODE, "JSON image record needs exactly one of 'url', 'path', 'b64'")
+        key = given[0]
+        source = document[key]
+        if not isinstance(source, str):
+            raise RecordError(DECODE, f"'{key}' must be a string")
+        if key != "b64":
+            return await self._fetched(record_id, source)
+        try:
+            data = base64.b64decode(source, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RecordError(
+                DECODE, f"'b64' is not valid base64: {exc}", type(exc).__name__
+            ) from exc
+        return self._inline(record_id, "b64", data)
+
+    async def _fetched(self, record_id: RecordId, source: str) -> DecodedRecord:
+        data = await self.fetcher.fetch(source)
+        return self._as_input(record_id, source, data)
+
+    def _inline(self, record_id: RecordId, source: str, data: bytes) -> DecodedRecord:
+        check_image(data, self.max_pixels)
+        return self._as_input(record_id, source, data)
+
+    def _as_input(self, record_id: RecordId, source: str, data: bytes) -> DecodedRecord:
+        images = np.empty(1, dtype=object)
+        images[0] = data
+        return DecodedRecord(record_id, source, {self.input_name: images})
+
+    def encode(
+        self,
+        decoded: DecodedRecord,
+        rows: Mapping[str, np.ndarray],
+        model_name: str,
+        version: int,
+        latency_ms: float,
+        mode: str,
+    ) -> bytes:
+        predictions = self._predictions(rows)
+        if self.output_format == "classic":
+            return classic_format(predictions).encode("utf-8")
+        return dumps({
+            "id": decoded.id,
+            "source": decoded.source,
+            "model": {"name": model_name, "version": version},
+            "predictions": predictions,
+            "latency_ms": round(latency_ms, 3),
+            "mode": mode,
+        })
+
+    def _predictions(self, rows: Mapping[str, np.ndarray]) -> list[dict[str, object]]:
+        try:
+            classes = np.asarray(rows[self.classes_name]).reshape(-1)
+            scores = np.asarray(rows[self.scores_name], dtype=np.float64).reshape(-1)
+        except KeyError as exc:
+            raise RecordError(
+                ENCODE, f"model output {exc.args[0]!r} missing (has {sorted(rows)})", "KeyError"
+            ) from exc
+        if classes.shape != scores.shape:
+            raise RecordError(ENCODE, "classes and scores outputs differ in size")
+        return [
+            {"label": _label_text(label), "score": round(float(score), 6)}
+            for label, score in zip(classes, scores, strict=True)
+        ]
+
+
+def _label_text(label: object) -> str:
+    if isinstance(label, bytes):
+        return label.decode("utf-8", errors="replace")
+    return str(label)
+
+
+def classic_format(predictions: Sequence[Mapping[str, object]]) -> str:
+    """The classic Kafka Streams example's output: ``[label=score, label=score, ...]``."""
+    return "[" + ", ".join(f"{p['label']}={p['score']}" for p in predictions) + "]"
+
+
+# --------------------------------------------------------------------------- functions
+
+DecodeFn = Callable[[InputRecord], Awaitable[DecodedRecord]]
+EncodeFn = Callable[[DecodedRecord, Mapping[str, np.ndarray], str, int, float, str], bytes]
+
+
+class CallableCodec:
+    """A codec from two functions, for users who bring their own record formats."""
+
+    def __init__(
+        self, decode: DecodeFn, encode: EncodeFn, signature_name: str | None = None
+    ) -> None:
+        self._decode = decode
+        self._encode = encode
+        self.signature_name = signature_name
+
+    async def decode(self, record: InputRecord) -> DecodedRecord:
+        return await self._decode(record)
+
+    def encode(
+        self,
+        decoded: DecodedRecord,
+        rows: Mapping[str, np.ndarray],
+        model_name: str,
+        version: int,
+        latency_ms: float,
+        mode: str,
+    ) -> bytes:
+        return self._encode(decoded, rows, model_name, version, latency_ms, mode)
