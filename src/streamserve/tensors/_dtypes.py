@@ -134,6 +134,18 @@ def bfloat16_from_bits(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def array_from_values(values: object, dtype: np.dtype, name: str) -> np.ndarray:
+    """Repeated protobuf values → array; int8/16 and uint8/16 (sent as 32-bit) are range-checked."""
+    if dtype.kind not in "iu" or dtype.itemsize >= 4:
+        return np.array(values, dtype=dtype)
+    wide = np.array(values, dtype=np.int64)
+    info = np.iinfo(dtype)
+    if wide.size and (wide.min() < info.min or wide.max() > info.max):
+        bad = wide.min() if wide.min() < info.min else wide.max()
+        raise InvalidArgument(f"tensor '{name}': value {bad} out of range for {dtype}")
+    return wide.astype(dtype)
+
+
 def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 

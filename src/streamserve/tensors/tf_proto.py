@@ -17,6 +17,7 @@ from streamserve.protos.gen.tensorflow.core.framework import tensor_pb2, types_p
 from streamserve.tensors._dtypes import (
     BFLOAT16,
     OBJECT,
+    array_from_values,
     as_bytes,
     bfloat16_from_bits,
     bytes_array,
@@ -135,7 +136,7 @@ def _typed_values(tf_type: int, values: Sequence[object], dtype: np.dtype, name:
             if parts.size % 2:
                 raise InvalidArgument(f"tensor '{name}': complex values need real/imag pairs")
             return parts.view(dtype)
-        return np.array(values, dtype=dtype)
+        return array_from_values(values, dtype, name)
     except OverflowError as error:
         raise InvalidArgument(f"tensor '{name}': value out of range for {dtype}: {error}") from None
 

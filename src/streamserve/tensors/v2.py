@@ -17,6 +17,7 @@ from streamserve.errors import InvalidArgument
 from streamserve.protos.gen.inference import grpc_service_pb2
 from streamserve.tensors._dtypes import (
     OBJECT,
+    array_from_values,
     as_bytes,
     bytes_array,
     check_shape,
@@ -76,10 +77,7 @@ def infer_input_to_numpy(tensor: InferTensor, raw: bytes | memoryview | None = N
         )
     if dtype == OBJECT:
         return bytes_array(list(values), shape)
-    try:
-        return np.array(values, dtype=dtype).reshape(shape)
-    except OverflowError as error:
-        raise InvalidArgument(f"tensor '{name}': value out of range for {dtype}: {error}") from None
+    return array_from_values(values, dtype, name).reshape(shape)
 
 
 infer_output_to_numpy = infer_input_to_numpy
