@@ -1,0 +1,259 @@
+"""``streamserve stream``: run model inference on a Kafka topic, embedded or remote.
+
+Embedded:  streamserve stream --bootstrap-servers B --input-topic IN --output-topic OUT
+               --group-id G --model-base-path models/tiny [--model-name tiny]
+Remote:    ... --model-server grpc://h1:8500,grpc://h2:8500 --model-name tiny
+               [--model-version N | --model-label L] [--protocol tfserving|v2]
+Images:    ... --codec image [--output-format classic] [--fetch-allowed-root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "run model inference on a Kafka topic (embedded or remote model), exactly-once"
+
+DEFAULT_FETCH_MAX_BYTES = 20_000_000
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    kafka = parser.add_argument_group("Kafka")
+    kafka.add_argument("--bootstrap-servers", required=True)
+    kafka.add_argument("--input-topic", required=True)
+    kafka.add_argument("--output-topic", required=True)
+    kafka.add_argument("--group-id", required=True)
+    kafka.add_argument("--dlq-topic", help="dead-letter topic (default: <input-topic>.dlq)")
+    kafka.add_argument("--guarantee", choices=["exactly-once", "at-least-once"],
+                       default="exactly-once")
+    kafka.add_argument("--instance-id", help="stable id of this instance (transactional.id and "
+                       "static group membership derive from it; default: host name)")
+    kafka.add_argument("--no-static-membership", action="store_true",
+                       help="join the group as a dynamic member")
+    kafka.add_argument("--output-partitioning", choices=["input", "key"], default="input",
+                       help="input: output partition = input partition (keeps per-partition "
+                       "order visible); key: Kafka's default partitioner on the key")
+    kafka.add_argument("--no-create-topics", action="store_true",
+                       help="fail instead of creating missing output/DLQ topics")
+    kafka.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE")
+    kafka.add_argument("--producer-config", action="append", default=[], metavar="KEY=VALUE")
+
+    model = parser.add_argument_group("model (embedded: --model-base-path; remote: --model-server)")
+    where = model.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model-base-path", type=Path, help="model directory with version dirs")
+    where.add_argument("--model-server", help="grpc://h:8500 or http://h:8501, comma-separated")
+    model.add_argument("--model-name", help="default: the base path's directory name")
+    pick = model.add_mutually_exclusive_group()
+    pick.add_argument("--model-version", type=int)
+    pick.add_argument("--model-label")
+    model.add_argument("--protocol", choices=["tfserving", "v2"], default="tfserving")
+    model.add_argument("--signature-name", help="default: serving_default")
+    model.add_argument("--request-timeout-s", type=float, default=10.0)
+    model.add_argument("--fallback-model-base-path", type=Path,
+                       help="embedded model used while every remote breaker is open")
+    model.add_argument("--fallback-model-name", help="default: --model-name")
+
+    flow = parser.add_argument_group("throughput and resilience")
+    flow.add_argument("--max-batch-size", type=int, default=32)
+    flow.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    flow.add_argument("--max-in-flight", type=int, default=4)
+    flow.add_argument("--decode-concurrency", type=int, default=32)
+    flow.add_argument("--max-buffered-records", type=int, default=2000)
+    flow.add_argument("--commit-interval-ms", type=float, default=100.0)
+    flow.add_argument("--shutdown-timeout-s", type=float, default=7.0)
+    flow.add_argument("--breaker-failures", type=int, default=5)
+    flow.add_argument("--breaker-cooldown-s", type=float, default=1.0)
+    flow.add_argument("--breaker-max-cooldown-s", type=float, default=10.0)
+
+    records = parser.add_argument_group("records")
+    records.add_argument("--codec", choices=["tensor", "image"], default="tensor")
+    records.add_argument("--output-format", choices=["json", "classic"], default="json")
+    records.add_argument("--input-dtype", action="append", default=[], metavar="NAME=DTYPE",
+                         help="tensor codec: numpy dtype of an input (default: from the model "
+                         "in embedded mode, else float32 for JSON floats, int64 for integers)")
+    records.add_argument("--fetch-allowed-root", action="append", default=[], type=Path,
+                         help="image files may be read below this directory (repeatable; the "
+                         "working directory is always allowed)")
+    records.add_argument("--fetch-allowed-host", action="append", default=[],
+                         help="trusted host (name, host:port, IP or network) even if private")
+    records.add_argument("--fetch-allow-private-addresses", action="store_true")
+    records.add_argument("--fetch-max-bytes", type=int, default=DEFAULT_FETCH_MAX_BYTES)
+    records.add_argument("--fetch-timeout-s", type=float, default=10.0)
+    records.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+
+    ops = parser.add_argument_group("operations")
+    ops.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: any port)")
+    ops.add_argument("--log-format", choices=["text", "json"], default="text")
+
+
+def run(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_format)
+    try:
+        asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> None:
+    from streamserve.stream.processor import StreamProcessor
+
+    async with contextlib.AsyncExitStack() as stack:
+        predictors, fallback, dtypes = await _build_predictors(args, stack)
+        codec = await _build_codec(args, dtypes, stack)
+        processor = StreamProcessor(_processor_config(args), predictors, codec, fallback,
+                                    on_ready=_print_ready)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, processor.stop)
+        await processor.run()
+
+
+def _print_ready(info: dict[str, Any]) -> None:
+    fields = " ".join(f"{key}={value}" for key, value in info.items())
+    print(f"streamserve stream ready: {fields}", flush=True)
+
+
+def _processor_config(args: argparse.Namespace) -> Any:
+    from streamserve.stream.breaker import BreakerPolicy
+    from streamserve.stream.processor import ProcessorConfig
+
+    return ProcessorConfig(
+        bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic,
+        output_topic=args.output_topic, group_id=args.group_id, dlq_topic=args.dlq_topic,
+        guarantee=args.guarantee, instance_id=args.instance_id,
+        static_membership=not args.no_static_membership,
+        max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+        max_in_flight=args.max_in_flight, decode_concurrency=args.decode_concurrency,
+        max_buffered_records=args.max_buffered_records,
+        commit_interval_ms=args.commit_interval_ms, shutdown_timeout_s=args.shutdown_timeout_s,
+        output_partitioning=args.output_partitioning,
+        create_missing_topics=not args.no_create_topics, metrics_port=args.metrics_port,
+        breaker=BreakerPolicy(args.breaker_failures, args.breaker_cooldown_s,
+                              max(args.breaker_max_cooldown_s, args.breaker_cooldown_s)),
+        consumer_overrides=_key_values(args.consumer_config, "--consumer-config"),
+        producer_overrides=_key_values(args.producer_config, "--producer-config"),
+    )
+
+
+async def _build_predictors(
+    args: argparse.Namespace, stack: contextlib.AsyncExitStack
+) -> tuple[list[Any], Any, dict[str, Any]]:
+    """(one predictor per target, fallback or None, input dtypes known from the model)."""
+    from streamserve.errors import InvalidArgument
+
+    if args.model_base_path is not None:
+        name = args.model_name or args.model_base_path.resolve().name
+        predictor = await _embedded(args.model_base_path, name, "embedded", stack,
+                                    args.model_version, args.model_label)
+        dtypes = _signature_dtypes(predictor.manager, name, args.signature_name)
+        if args.fallback_model_base_path is not None:
+            raise InvalidArgument("--fallback-model-base-path only applies to --model-server")
+        return [predictor], None, dtypes
+    if not args.model_name:
+        raise InvalidArgument("--model-server needs --model-name")
+    predictors = [await _remote(args, target, stack) for target in _targets(args.model_server)]
+    fallback = None
+    if args.fallback_model_base_path is not None:
+        name = args.fallback_model_name or args.model_name
+        fallback = await _embedded(args.fallback_model_base_path, name, "fallback", stack)
+    return predictors, fallback, {}
+
+
+def _targets(spec: str) -> list[str]:
+    from streamserve.errors import InvalidArgument
+
+    targets = [t.strip() for t in spec.split(",") if t.strip()]
+    for target in targets:
+        if not target.startswith(("grpc://", "http://", "https://")):
+            raise InvalidArgument(f"model server {target!r} must start with grpc:// or http(s)://")
+    if not targets:
+        raise InvalidArgument("--model-server names no target")
+    return targets
+
+
+async def _embedded(
+    base_path: Path, name: str, mode: str, stack: contextlib.AsyncExitStack,
+    version: int | None = None, label: str | None = None,
+) -> Any:
+    from streamserve.predictors.embedded import EmbeddedPredictor
+    from streamserve.repository import ModelConfig, ModelManager
+
+    manager = ModelManager([ModelConfig(name=name, base_path=base_path.resolve())])
+    await asyncio.to_thread(manager.start)
+    predictor = EmbeddedPredictor(manager, name, version=version, label=label, mode=mode,
+                                  owns_manager=True)
+    stack.push_async_callback(predictor.close)
+    return predictor
+
+
+def _signature_dtypes(manager: Any, name: str, signature_name: str | None) -> dict[str, Any]:
+    try:
+        with manager.handle(name) as handle:
+            signature = handle.servable.signatures[signature_name or "serving_default"]
+            return {input_name: spec.dtype for input_name, spec in signature.inputs.items()}
+    except Exception:  # no version loaded yet / unknown signature: infer from JSON
+        return {}
+
+
+async def _remote(args: argparse.Namespace, target: str, stack: contextlib.AsyncExitStack) -> Any:
+    from streamserve.predictors.factory import PredictorSpec, create_predictor
+
+    spec = PredictorSpec(targets=[target], model_name=args.model_name,
+                         model_version=args.model_version, model_label=args.model_label,
+                         protocol=args.protocol, timeout_s=args.request_timeout_s)
+    predictor = create_predictor(spec)
+    stack.push_async_callback(predictor.close)
+    return predictor
+
+
+async def _build_codec(
+    args: argparse.Namespace, dtypes: dict[str, Any], stack: contextlib.AsyncExitStack
+) -> Any:
+    from streamserve.stream.records import ImageCodec, TensorJsonCodec
+
+    if args.codec == "tensor":
+        dtypes.update(_key_values(args.input_dtype, "--input-dtype"))
+        return TensorJsonCodec(dtypes, signature_name=args.signature_name)
+    from streamserve.stream.fetch import FetchPolicy, ImageFetcher
+
+    fetcher = ImageFetcher(FetchPolicy(
+        allowed_roots=tuple(args.fetch_allowed_root),
+        allow_private_addresses=args.fetch_allow_private_addresses,
+        allowed_hosts=tuple(args.fetch_allowed_host),
+        max_bytes=args.fetch_max_bytes, timeout_s=args.fetch_timeout_s,
+        max_pixels=args.max_pixels,
+    ))
+    stack.push_async_callback(fetcher.close)
+    return ImageCodec(fetcher, output_format=args.output_format,
+                      signature_name=args.signature_name, max_pixels=args.max_pixels)
+
+
+def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    from streamserve.errors import InvalidArgument
+
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{flag} expects KEY=VALUE, got {pair!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _configure_logging(log_format: str) -> None:
+    if log_format != "json":
+        return
+    from streamserve.stream.telemetry import JsonLogFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
