@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from streamserve import cli
 from streamserve.errors import SetupError
 from streamserve.kafka import LocalKafka, config, jars
+from streamserve.kafka.broker import _lock_data_dir
 from streamserve.kafka.java import parse_major, require_java
 
 
@@ -70,6 +72,15 @@ def test_localkafka_refuses_an_unwritable_data_dir(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(SetupError, match=r"data dir .*a-file/data is not writable: Not a direct"):
         LocalKafka(data_dir=blocker / "data").start()
+
+
+def test_localkafka_refuses_a_data_dir_another_broker_uses(tmp_path: Path) -> None:
+    held = _lock_data_dir(tmp_path)  # what a running broker holds
+    try:
+        with pytest.raises(SetupError, match="is in use by another running Kafka broker"):
+            LocalKafka(data_dir=tmp_path).start()
+    finally:
+        os.close(held)
 
 
 def test_fetch_without_maven_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,9 @@ A given ``data_dir`` keeps topics and records across restarts.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -58,6 +60,7 @@ class LocalKafka:
         self.startup_seconds: float | None = None
         self._owns_data_dir = False
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -96,11 +99,15 @@ class LocalKafka:
                 config.require_port_free(self.host, self.port)
             if self.controller_port is not None:
                 config.require_port_free(self.host, self.controller_port)
+            assert self.data_dir is not None
+            self._lock_fd = _lock_data_dir(self.data_dir)
             lib = jars.ensure_jars(self.version)
             self._start_with_retries(java.executable, lib)
         except BaseException:
             self.stop()  # e.g. Ctrl-C while waiting: leave no process and no temp dir behind
             raise
+        finally:
+            self._release_lock()  # the broker holds its inherited copy for as long as it runs
         if not self.detached:
             atexit.register(self.stop)
         return self
@@ -187,7 +194,8 @@ class LocalKafka:
         self._proc = process.launch([*base[:1], *JVM_OPTIONS, *base[1:], "kafka.Kafka",
                                      str(props_file)],
                                     self.log_file, cwd=self.data_dir,
-                                    die_with_parent=not self.detached)
+                                    die_with_parent=not self.detached,
+                                    pass_fds=() if self._lock_fd is None else (self._lock_fd,))
         ready = admin.wait_until_ready(self.bootstrap_servers, self.startup_timeout,
                                        keep_waiting=self.is_running)
         if not ready:
@@ -216,7 +224,8 @@ class LocalKafka:
             process.terminate(proc.pid, timeout=self.stop_timeout,
                               is_alive=lambda: proc.poll() is None)
         new_log = _read_from(self.log_file, log_offset)
-        report = _failure_report(new_log, self.log_file)
+        where = "its temporary data dir is removed" if self._owns_data_dir else self.log_file
+        report = _failure_report(new_log, f"the broker's log ({where})")
         if died and "Address already in use" in new_log:
             raise _PortRaceError(report)
         if died:
@@ -229,16 +238,37 @@ class LocalKafka:
         with open(self.log_file, "a") as handle:
             handle.write(f"==== streamserve: {message} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
 
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def _remove_owned_data_dir(self) -> None:
         if self._owns_data_dir and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Lock ``data_dir`` for one broker: two on the same files corrupt its metadata log.
+
+    Kafka's own lock comes too late in its start-up to prevent that. The returned descriptor
+    is passed to the broker, so the lock lives exactly as long as the broker process.
+    """
+    fd = os.open(data_dir / ".streamserve.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SetupError(f"data dir {data_dir} is in use by another running Kafka broker; "
+                         f"stop that one first or choose another --data-dir") from None
+    return fd
 
 
 class _PortRaceError(Exception):
     """Kafka lost a self-chosen port to another process between choice and bind."""
 
 
-def _failure_report(log_text: str, log_file: Path, last: int = 20) -> str:
+def _failure_report(log_text: str, log_name: str, last: int = 20) -> str:
     """The first error with its causes (the why), then the log's last lines (the end)."""
     lines = log_text.strip().splitlines()
     first = next((i for i, line in enumerate(lines) if " ERROR " in line or " FATAL " in line),
@@ -248,7 +278,7 @@ def _failure_report(log_text: str, log_file: Path, last: int = 20) -> str:
         block = lines[first:first + 40]
         causes = [line for line in block[2:] if line.startswith("Caused by:")]
         parts.append("first error:\n" + "\n".join([*block[:2], *causes]))
-    parts.append(f"last lines of {log_file}:\n" + "\n".join(lines[-last:]))
+    parts.append(f"last lines of {log_name}:\n" + "\n".join(lines[-last:]))
     return "\n".join(parts)
 
 

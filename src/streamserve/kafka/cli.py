@@ -38,6 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--controller-port", type=int, help="KRaft controller port")
     start.add_argument("--host", default="127.0.0.1", help="address to listen on")
     start.add_argument("--timeout", type=float, default=180.0, help="start-up deadline, s")
+    start.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra server.properties setting (repeatable), e.g. "
+                            "auto.create.topics.enable=true")
     start.set_defaults(kafka_run=_start)
 
     stop = actions.add_parser("stop", help="stop the broker that `start` launched")
@@ -104,7 +107,7 @@ def _start(args: argparse.Namespace) -> int:
         print(f"fetched in {time.monotonic() - begun:.1f} s", flush=True)
     kafka = LocalKafka(data_dir=args.data_dir, port=args.port, host=args.host,
                        controller_port=args.controller_port, startup_timeout=args.timeout,
-                       detached=True)
+                       detached=True, extra_properties=_parse_overrides(args.override))
     kafka.start()
     assert kafka.pid is not None and kafka.data_dir is not None
     state.save(state.BrokerState(
@@ -118,6 +121,16 @@ def _start(args: argparse.Namespace) -> int:
     print("stop it with: streamserve kafka stop")
     print(kafka.bootstrap_servers)
     return 0
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SetupError(f"--override wants KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
 
 
 def _stop(args: argparse.Namespace) -> int:
