@@ -61,9 +61,9 @@ class GrpcTarget(Generic[Stub]):
             return await invoke(self._shared_stub())
         except grpc.aio.AioRpcError as exc:
             code = Code(exc.code().value[0])
-            raise error_from_code(code, exc.details() or "", self.target) from exc
+            raise error_from_code(code, exc.details() or "", f"grpc://{self.target}") from exc
         except grpc.aio.UsageError as exc:  # e.g. the channel was closed under us
-            raise error_from_transport(exc, self.target) from exc
+            raise error_from_transport(exc, f"grpc://{self.target}") from exc
 
     async def close(self) -> None:
         channel, self._channel, self._stub = self._channel, None, None
