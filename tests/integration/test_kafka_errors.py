@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,8 @@ def test_broker_dying_during_start_shows_its_last_log_lines() -> None:
 
 
 def test_maven_unable_to_resolve_offline_shows_mavens_last_lines(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if shutil.which("mvn") is None:
         pytest.skip("mvn is not installed")
     monkeypatch.setenv("STREAMSERVE_CACHE", str(tmp_path / "cache"))
@@ -50,3 +54,26 @@ def test_stop_sigkills_a_broker_that_does_not_stop_on_sigterm() -> None:
         os.kill(pid, signal.SIGSTOP)  # a frozen JVM cannot act on SIGTERM; SIGKILL still works
     assert not process.pid_alive(pid)
     assert kafka.data_dir is not None and not kafka.data_dir.exists()
+
+
+def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    """SIGKILL leaves no chance for atexit: the kernel's parent-death signal stops the JVM."""
+    script = (
+        "import sys, time\n"
+        "from streamserve.kafka import LocalKafka\n"
+        f"kafka = LocalKafka(data_dir={str(tmp_path / 'data')!r}).start()\n"
+        "print(kafka.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        broker_pid = int(parent.stdout.readline())
+        assert process.pid_alive(broker_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while process.pid_alive(broker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process.pid_alive(broker_pid)
