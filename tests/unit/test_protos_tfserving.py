@@ -5,6 +5,7 @@ Importing tensorflow_serving loads TensorFlow (~15 s), hence the ``tensorflow`` 
 
 from __future__ import annotations
 
+import importlib
 from concurrent import futures
 
 import grpc
@@ -18,22 +19,34 @@ from streamserve.protos import tfs
 
 pytestmark = pytest.mark.tensorflow
 
-tfs_apis = pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2_grpc")
-tf = pytest.importorskip("tensorflow")
+# Their modules register the reference descriptors in protobuf's default pool.
+REFERENCE_MODULES = [
+    "tensorflow.core.protobuf.meta_graph_pb2",
+    "tensorflow_serving.apis.classification_pb2",
+    "tensorflow_serving.apis.inference_pb2",
+    "tensorflow_serving.apis.model_management_pb2",
+    "tensorflow_serving.apis.model_service_pb2",
+    "tensorflow_serving.apis.model_service_pb2_grpc",
+    "tensorflow_serving.apis.prediction_service_pb2",
+    "tensorflow_serving.apis.prediction_service_pb2_grpc",
+    "tensorflow_serving.apis.regression_pb2",
+    "tensorflow_serving.config.model_server_config_pb2",
+]
 
-from tensorflow.core.example import example_pb2 as tf_example  # noqa: E402
-from tensorflow.core.framework import tensor_pb2 as tf_tensor  # noqa: E402
-from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2  # noqa: E402, F401
-from tensorflow_serving.apis import (  # noqa: E402
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    inference_pb2,
-    model_service_pb2,
-    predict_pb2,
-    prediction_service_pb2,
-)
-from tensorflow_serving.apis import model_management_pb2 as their_management  # noqa: E402
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+
+@pytest.fixture(scope="module")
+def tf():
+    """TensorFlow and tensorflow-serving-api, imported only when a test here runs (not at
+    collection: TensorFlow takes ~15 s to import)."""
+    pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    for name in REFERENCE_MODULES:
+        importlib.import_module(name)
+    return importlib.import_module("tensorflow")
+
+
+def their(module: str):
+    return importlib.import_module(module)
+
 
 OUR_FILES_COMPLETE = [
     tfs.types_pb2, tfs.tensor_shape_pb2, tfs.tensor_pb2, tfs.example_pb2, tfs.feature_pb2,
@@ -46,18 +59,19 @@ OUR_FILES_COMPLETE = [
 
 
 @pytest.mark.parametrize("module", OUR_FILES_COMPLETE, ids=lambda m: m.DESCRIPTOR.name)
-def test_file_matches_tensorflow_serving(module):
+def test_file_matches_tensorflow_serving(tf, module):
     assert compare_file(module.DESCRIPTOR, descriptor_pool.Default()) >= 1
 
 
-def test_signature_def_subset_matches_tensorflow():
+def test_signature_def_subset_matches_tensorflow(tf):
     checked = compare_file(
         tfs.meta_graph_pb2.DESCRIPTOR, descriptor_pool.Default(), subset={"tensorflow.TensorInfo"}
     )
     assert checked >= 3
 
 
-def test_classes_differ_but_names_agree():
+def test_classes_differ_but_names_agree(tf):
+    predict_pb2 = their("tensorflow_serving.apis.predict_pb2")
     assert tfs.predict_pb2.PredictRequest is not predict_pb2.PredictRequest
     assert (
         tfs.predict_pb2.PredictRequest.DESCRIPTOR.full_name
@@ -88,14 +102,15 @@ SAMPLES = [
 
 @pytest.mark.parametrize("array", SAMPLES, ids=lambda a: f"{a.dtype}{list(np.shape(a))}")
 @pytest.mark.parametrize("use_tensor_content", [True, False])
-def test_our_tensor_protos_parse_in_tensorflow(array, use_tensor_content):
+def test_our_tensor_protos_parse_in_tensorflow(tf, array, use_tensor_content):
+    tf_tensor = their("tensorflow.core.framework.tensor_pb2")
     ours = tensors.numpy_to_tensor_proto(array, use_tensor_content=use_tensor_content)
     theirs = tf_tensor.TensorProto.FromString(ours.SerializeToString())
     np.testing.assert_array_equal(tf.make_ndarray(theirs), np.asarray(array))
 
 
 @pytest.mark.parametrize("array", SAMPLES, ids=lambda a: f"{a.dtype}{list(np.shape(a))}")
-def test_tensorflow_tensor_protos_parse_in_ours(array):
+def test_tensorflow_tensor_protos_parse_in_ours(tf, array):
     theirs = tf.make_tensor_proto(array)
     ours = tfs.tensor_pb2.TensorProto.FromString(theirs.SerializeToString())
     decoded = tensors.tensor_proto_to_numpy(ours)
@@ -103,7 +118,8 @@ def test_tensorflow_tensor_protos_parse_in_ours(array):
     np.testing.assert_array_equal(decoded, np.asarray(array))
 
 
-def test_bfloat16_both_ways():
+def test_bfloat16_both_ways(tf):
+    tf_tensor = their("tensorflow.core.framework.tensor_pb2")
     values = tf.constant([1.5, -2.0, 3.0], dtype=tf.bfloat16)
     theirs = tf.make_tensor_proto(values)
     decoded = tensors.tensor_proto_to_numpy(tfs.tensor_pb2.TensorProto.FromString(
@@ -114,7 +130,8 @@ def test_bfloat16_both_ways():
     assert back.astype(np.float32).tolist() == [1.5, -2.0, 3.0]
 
 
-def test_predict_request_round_trip():
+def test_predict_request_round_trip(tf):
+    predict_pb2 = their("tensorflow_serving.apis.predict_pb2")
     theirs = predict_pb2.PredictRequest()
     theirs.model_spec.name = "m"
     theirs.model_spec.version_label = "canary"
@@ -144,7 +161,8 @@ def _our_metadata_response() -> tfs.get_model_metadata_pb2.GetModelMetadataRespo
     return response
 
 
-def test_metadata_any_unpacks_with_tensorflow_serving():
+def test_metadata_any_unpacks_with_tensorflow_serving(tf):
+    get_model_metadata_pb2 = their("tensorflow_serving.apis.get_model_metadata_pb2")
     ours = _our_metadata_response()
     theirs = get_model_metadata_pb2.GetModelMetadataResponse.FromString(ours.SerializeToString())
     signatures = get_model_metadata_pb2.SignatureDefMap()
@@ -160,7 +178,9 @@ def test_metadata_any_unpacks_with_tensorflow_serving():
     assert mine.signature_def["serving_default"].method_name == "tensorflow/serving/predict"
 
 
-def test_model_server_config_text_agrees():
+def test_model_server_config_text_agrees(tf):
+    model_server_config_pb2 = their("tensorflow_serving.config.model_server_config_pb2")
+    their_management = their("tensorflow_serving.apis.model_management_pb2")
     text = """model_config_list { config { name: 'a' base_path: '/m/a' model_platform: 'onnx'
       model_version_policy { latest { num_versions: 2 } } version_labels { key: 'x' value: 1 }}}"""
     ours = text_format.Parse(text, tfs.model_server_config_pb2.ModelServerConfig())
@@ -172,7 +192,10 @@ def test_model_server_config_text_agrees():
         reload.SerializeToString()).config == ours
 
 
-def test_status_and_multi_inference_cross_parse():
+def test_status_and_multi_inference_cross_parse(tf):
+    get_model_status_pb2 = their("tensorflow_serving.apis.get_model_status_pb2")
+    inference_pb2 = their("tensorflow_serving.apis.inference_pb2")
+    tf_example = their("tensorflow.core.example.example_pb2")
     status = tfs.get_model_status_pb2.GetModelStatusResponse()
     version = status.model_version_status.add(version=1, state=30)
     version.status.error_code = tfs.error_codes_pb2.NOT_FOUND
@@ -191,7 +214,12 @@ def test_status_and_multi_inference_cross_parse():
     assert list(feature.float_list.value) == [3.5]
 
 
-def test_tensorflow_serving_stubs_talk_to_our_services():
+def test_tensorflow_serving_stubs_talk_to_our_services(tf):
+    predict_pb2 = their("tensorflow_serving.apis.predict_pb2")
+    get_model_metadata_pb2 = their("tensorflow_serving.apis.get_model_metadata_pb2")
+    get_model_status_pb2 = their("tensorflow_serving.apis.get_model_status_pb2")
+    prediction_grpc = their("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    model_service_grpc = their("tensorflow_serving.apis.model_service_pb2_grpc")
     class Prediction(tfs.prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             response = tfs.predict_pb2.PredictResponse(model_spec=request.model_spec)
@@ -213,7 +241,7 @@ def test_tensorflow_serving_stubs_talk_to_our_services():
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = tfs_apis.PredictionServiceStub(channel)
+            stub = prediction_grpc.PredictionServiceStub(channel)
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "m"
             request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.arange(3, dtype=np.float32)))
@@ -224,13 +252,9 @@ def test_tensorflow_serving_stubs_talk_to_our_services():
                 timeout=10,
             )
             assert metadata.model_spec.version.value == 3
-            from tensorflow_serving.apis import model_service_pb2_grpc
-
-            models = model_service_pb2_grpc.ModelServiceStub(channel)
+            models = model_service_grpc.ModelServiceStub(channel)
             with pytest.raises(grpc.RpcError) as failure:
                 models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(), timeout=10)
             assert failure.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         server.stop(None)
-    assert prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
-    assert model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -42,17 +44,15 @@ def proto_files() -> list[Path]:
 
 
 def run_protoc(out_dir: Path) -> None:
-    from grpc_tools import protoc  # dev-only dependency
-
+    # A child process: protoc's C++ runtime must not share a process with tensorflow's.
     well_known = resources.files("grpc_tools") / "_proto"
     args = [
-        "protoc",
+        sys.executable, "-m", "grpc_tools.protoc",
         f"-I{PROTO_ROOT}", f"-I{well_known}",
         f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}",
         *(str(PROTO_ROOT / p) for p in proto_files()),
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    subprocess.run(args, check=True)
 
 
 def _rewrite_imports(text: str) -> str:
