@@ -158,7 +158,16 @@ def test_http_404(server_url: str) -> None:
 
 def test_redirect_to_metadata_address_refused(server_url: str) -> None:
     error = _refused(f"{server_url}/to-metadata", **TRUST_LOCAL)
-    assert "169.254.169.254" in error.reason and "non-public" in error.reason
+    assert "link-local address 169.254.169.254" in error.reason
+
+
+def test_metadata_address_refused_even_with_private_allowed(server_url: str) -> None:
+    error = _refused(f"{server_url}/to-metadata", allow_private_addresses=True)
+    assert "link-local address 169.254.169.254" in error.reason
+    error = _refused("http://169.254.169.254/latest/meta-data/", allow_private_addresses=True)
+    assert "link-local" in error.reason
+    error = _refused("http://[fe80::1]/x.png", allow_private_addresses=True)
+    assert "link-local" in error.reason
 
 
 def test_redirect_followed_and_rechecked(server_url: str) -> None:

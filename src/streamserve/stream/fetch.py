@@ -9,8 +9,9 @@ to the input topic:
    root — the working directory plus the configured roots;
 3. a URL's host is resolved once, every resolved address must be public (no loopback,
    private, link-local such as ``169.254.169.254``, multicast or reserved ranges) unless
-   private addresses are allowed or the host is in ``allowed_hosts``; the connection then
-   goes to that checked address (DNS pinning), so a second lookup cannot swap it;
+   the host is in ``allowed_hosts``, or private addresses are allowed (link-local ones stay
+   refused even then); the connection then goes to that checked address (DNS pinning), so
+   a later lookup cannot swap it;
 4. redirects are followed by hand, each hop re-checked as in 1 and 3;
 5. at most ``max_bytes`` are read, within ``timeout_s`` overall;
 6. the bytes must start with a known image signature, and Pillow must read the header
@@ -147,8 +148,8 @@ def check_image(
 # --------------------------------------------------------------------------- address checks
 
 
-def is_public_address(address: IPAddress) -> bool:
-    """True for globally routable unicast addresses, looking through IPv6 embeddings."""
+def _unwrap(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64), else itself."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is None and address.teredo is not None:
@@ -156,8 +157,28 @@ def is_public_address(address: IPAddress) -> bool:
         if embedded is None and address in _NAT64:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
-            return is_public_address(embedded)
+            return embedded
+    return address
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """True for globally routable unicast addresses, looking through IPv6 embeddings."""
+    address = _unwrap(address)
     return address.is_global and not address.is_multicast
+
+
+def address_refusal(address: IPAddress, allow_private: bool) -> str | None:
+    """Why ``address`` may not be fetched from, or ``None`` when it may.
+
+    Link-local addresses (169.254.0.0/16 — cloud metadata services live at 169.254.169.254
+    — and fe80::/10) stay refused even with ``allow_private``; only an explicit
+    ``allowed_hosts`` entry lets them through.
+    """
+    if is_public_address(address):
+        return None
+    if _unwrap(address).is_link_local:
+        return "link-local"
+    return None if allow_private else "non-public"
 
 
 @dataclass(frozen=True)
@@ -333,15 +354,14 @@ class ImageFetcher:
             raise RecordError(FETCH_STAGE, f"URL has no host: {_describe(url)}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         addresses = await _resolve(parts.host, port)
-        if not self.policy.allow_private_addresses and not self._trust.trusts(
-            parts.host, port, addresses
-        ):
+        if not self._trust.trusts(parts.host, port, addresses):
             for address in addresses:
-                if not is_public_address(address):
+                refusal = address_refusal(address, self.policy.allow_private_addresses)
+                if refusal is not None:
                     raise RecordError(
                         FETCH_STAGE,
-                        f"host {parts.host!r} resolves to non-public address {address}; "
-                        "refused (allow it with allowed_hosts or allow_private_addresses)",
+                        f"host {parts.host!r} resolves to {refusal} address {address}; "
+                        "refused (trust it with allowed_hosts)",
                     )
         return _PinnedRequest(
             url=parts.copy_with(host=str(addresses[0])),
