@@ -103,11 +103,17 @@ class HttpTarget:
 
 
 def dump_json(value: object, allow_nan: bool = False) -> bytes:
-    """orjson when every float is finite; else stdlib json, which writes NaN/Infinity as TF
-    Serving reads them (orjson would write ``null``)."""
+    """orjson (numpy arrays written natively) when every float is finite; else stdlib json,
+    which writes NaN/Infinity as TF Serving reads them (orjson would write ``null``)."""
     if allow_nan:
         return json.dumps(value, allow_nan=True, separators=(",", ":")).encode()
-    return orjson.dumps(value)
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def is_orjson_native(array: np.ndarray) -> bool:
+    """Whether orjson writes ``array`` itself: C-contiguous, native byte order, numeric."""
+    dtype = array.dtype
+    return array.ndim > 0 and dtype.kind in "biuf" and dtype.isnative and array.flags.c_contiguous
 
 
 def parse_json_object(body: bytes | memoryview, what: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from streamserve.predictors.http_target import (
     HttpTarget,
     dump_json,
     has_non_finite,
+    is_orjson_native,
     parse_json_object,
 )
 from streamserve.protos.gen.tensorflow.core.framework import types_pb2
@@ -62,8 +63,9 @@ class TfServingRestPredictor:
         signature = signature_name or DEFAULT_SIGNATURE
         output_specs = await self._output_specs(signature)
         arrays = {name: np.asarray(array) for name, array in inputs.items()}
-        request = {"signature_name": signature, "inputs": _encode_inputs(arrays)}
-        body = dump_json(request, allow_nan=has_non_finite(arrays.values()))
+        allow_nan = has_non_finite(arrays.values())
+        request = {"signature_name": signature, "inputs": _encode_inputs(arrays, allow_nan)}
+        body = dump_json(request, allow_nan=allow_nan)
         reply = await self._http.request("POST", self._model_path + ":predict", body, _JSON_HEADERS)
         outputs = _decode_outputs(parse_json_object(reply.body, "predict"), output_specs)
         return Prediction(
@@ -105,11 +107,19 @@ def _model_path(name: str, version: int | None, label: str | None) -> str:
     return path
 
 
-def _encode_inputs(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    encoded = tensors.numpy_to_rest_predictions(arrays, row_format=False)
-    if len(arrays) == 1 and not (isinstance(encoded, dict) and encoded.keys() == arrays.keys()):
-        return {next(iter(arrays)): encoded}  # the encoder dropped a lone tensor's name
-    return encoded  # type: ignore[no-any-return]
+def _encode_inputs(arrays: Mapping[str, np.ndarray], allow_nan: bool) -> dict[str, Any]:
+    """Columnar ``inputs``: numeric arrays stay arrays for orjson to write directly (about
+    half the bytes and time of nested lists: float32 in its shortest exact form); strings
+    and the rest go through the tensors codec (UTF-8 text or ``{"b64": ...}``)."""
+    native = {} if allow_nan else {n: a for n, a in arrays.items() if is_orjson_native(a)}
+    others = {name: array for name, array in arrays.items() if name not in native}
+    encoded: dict[str, Any] = dict(native)
+    if others:
+        values = tensors.numpy_to_rest_predictions(others, row_format=False)
+        if len(others) == 1:
+            values = {next(iter(others)): values}  # the encoder drops a lone tensor's name
+        encoded.update(values)  # type: ignore[call-overload]
+    return encoded
 
 
 def _decode_outputs(
