@@ -54,13 +54,14 @@ def jars_cached(version: str | None = None) -> bool:
 
 
 def find_pom() -> Path:
-    """``kafka/pom.xml`` of the source tree this package runs from (editable install / clone)."""
+    """The repo's ``kafka/pom.xml``: packaged beside this module (a symlink in the source tree,
+    a copy in a wheel), else found in the clone this package runs from."""
     explicit = os.environ.get("STREAMSERVE_KAFKA_POM")
     if explicit:
         candidates = [Path(explicit)]
     else:
         repo_root = Path(__file__).resolve().parents[3]
-        candidates = [repo_root / "kafka" / "pom.xml", Path.cwd() / "kafka" / "pom.xml"]
+        candidates = [Path(__file__).with_name("pom.xml"), repo_root / "kafka" / "pom.xml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
