@@ -1,0 +1,358 @@
+"""``streamserve demo``: the classic "TF Serving + gRPC + Kafka Streams" example, end to end.
+
+1. Starts the project's own Apache Kafka broker and creates ``ImageInputTopic`` and
+   ``ImageOutputTopic``.
+2. Starts the model server with the ImageNet classifier and the stream processor in
+   remote mode (gRPC, like the classic example).
+3. Serves the sample photos over a local HTTP server and produces their URLs and file
+   paths; prints each source's top-3 labels and end-to-end latency.
+4. Runs the same images through embedded mode and prints both modes' latency
+   percentiles and throughput side by side.
+
+Everything it starts is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HELP = "Run the flagship demo: images on Kafka → ImageNet classifier → predictions"
+INPUT_TOPIC = "ImageInputTopic"
+OUTPUT_TOPIC = "ImageOutputTopic"
+MODEL_NAME = "imagenet"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-base-path", type=Path, default=Path("models/imagenet"))
+    parser.add_argument("--rounds", type=int, default=3, help="times each image is sent per mode")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--timeout-s", type=float, default=180.0, help="per-mode output deadline")
+    parser.add_argument("--work-dir", type=Path, default=None, help="logs (default: a temp dir)")
+
+
+@dataclass(frozen=True)
+class Sent:
+    id: str
+    source: str
+    produced_at: float
+
+
+@dataclass(frozen=True)
+class Received:
+    id: str
+    source: str
+    labels: list[tuple[str, float]]
+    mode: str
+    latency_ms: float
+    received_at: float
+
+
+@contextlib.contextmanager
+def _image_http_server(folder: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _sources(images: list[Path], base_url: str) -> list[str]:
+    """Each image once as an HTTP URL and once as a file path (the classic example's form)."""
+    return [f"{base_url}/{image.name}" for image in images] + [str(image) for image in images]
+
+
+def _produce(
+    bootstrap: str, mode: str, sources: list[str], rounds: int, pace_s: float, tag: str
+) -> list[Sent]:
+    from confluent_kafka import Producer
+    from tqdm import tqdm
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    sent = []
+    total = len(sources) * rounds
+    for index in tqdm(
+        range(total), desc=f"{mode:>8}: producing", unit="rec", leave=False, disable=None
+    ):
+        source = sources[index % len(sources)]
+        record_id = f"{mode}-{tag}-{index:04d}"
+        field = "url" if source.startswith("http") else "path"
+        value = json.dumps({"id": record_id, field: source}).encode()
+        producer.produce(INPUT_TOPIC, key=record_id.encode(), value=value)
+        producer.poll(0)
+        sent.append(Sent(record_id, source, time.time()))
+        if pace_s:
+            time.sleep(pace_s)
+    producer.flush(30)
+    return sent
+
+
+class _OutputReader:
+    """Reads ``ImageOutputTopic`` (read_committed) from its end at construction time."""
+
+    def __init__(self, bootstrap: str, partitions: int) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"streamserve-demo-reader-{time.time_ns()}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
+        assigned = []
+        for partition in range(partitions):
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(OUTPUT_TOPIC, partition), timeout=10
+            )
+            assigned.append(TopicPartition(OUTPUT_TOPIC, partition, high))
+        self.consumer.assign(assigned)
+
+    def collect(self, expected: dict[str, Sent], timeout_s: float, mode: str) -> list[Received]:
+        from tqdm import tqdm
+
+        received: dict[str, Received] = {}
+        deadline = time.monotonic() + timeout_s
+        with tqdm(
+            total=len(expected), desc=f"{mode:>8}: predictions", unit="rec", leave=False
+        ) as bar:
+            while len(received) < len(expected) and time.monotonic() < deadline:
+                for message in self.consumer.consume(100, timeout=0.5):
+                    result = self._parse(message, expected)
+                    if result is not None and result.id not in received:
+                        received[result.id] = result
+                        bar.update(1)
+        return [received[key] for key in expected if key in received]
+
+    @staticmethod
+    def _parse(message: Any, expected: dict[str, Sent]) -> Received | None:
+        if message.error() is not None:
+            return None
+        document = json.loads(message.value())
+        sent = expected.get(str(document.get("id")))
+        if sent is None:
+            return None
+        labels = [(p["label"], float(p["score"])) for p in document.get("predictions", [])]
+        now = time.time()
+        latency_ms = (now - sent.produced_at) * 1000.0
+        return Received(sent.id, sent.source, labels, document.get("mode", "?"), latency_ms, now)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _start_group_at_end(bootstrap: str, group_id: str, partitions: int) -> None:
+    """Commit the group's offsets at the input's end, so a new mode sees only new records."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    try:
+        offsets = []
+        for partition in range(partitions):
+            tp = TopicPartition(INPUT_TOPIC, partition)
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            offsets.append(TopicPartition(INPUT_TOPIC, partition, high))
+        _commit_with_retry(consumer, offsets)
+    finally:
+        consumer.close()
+
+
+def _commit_with_retry(consumer: Any, offsets: list[Any], timeout_s: float = 60.0) -> None:
+    """Commit, retrying while a fresh broker's group coordinator is still loading."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _processor_args(
+    bootstrap: str, mode: str, model_args: list[str], roots: list[Path]
+) -> list[str]:
+    args = [
+        f"--bootstrap-servers={bootstrap}",
+        f"--input-topic={INPUT_TOPIC}",
+        f"--output-topic={OUTPUT_TOPIC}",
+        f"--group-id=streamserve-demo-{mode}",
+        f"--instance-id=demo-{mode}",
+        "--codec=image",
+        f"--model-name={MODEL_NAME}",
+        "--fetch-allowed-host=127.0.0.1",
+        "--max-batch-delay-ms=5",
+        *model_args,
+    ]
+    for root in roots:
+        args.append(f"--fetch-allowed-root={root}")
+    return args
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    paced: list[Received]  # one record every PACE_S: end-to-end latency without queueing
+    burst: list[Received]  # all at once: throughput
+    burst_seconds: float
+
+    @property
+    def records_per_second(self) -> float:
+        return len(self.burst) / self.burst_seconds if self.burst_seconds else 0.0
+
+
+PACE_S = 0.05
+
+
+def _run_mode(
+    kafka: str,
+    mode: str,
+    model_args: list[str],
+    sources: list[str],
+    args: argparse.Namespace,
+    work_dir: Path,
+) -> ModeResult:
+    from streamserve.stream.testing import StreamProcess
+
+    roots = [Path(s).parent for s in sources if not s.startswith("http")][:1]
+    _start_group_at_end(kafka, f"streamserve-demo-{mode}", args.partitions)
+    reader = _OutputReader(kafka, args.partitions)
+    processor = StreamProcess(
+        _processor_args(kafka, mode, model_args, roots), work_dir / f"processor-{mode}.log"
+    )
+    try:
+        with processor:
+            processor.wait_ready(timeout=120)
+            _warm_up(kafka, mode, sources, reader, args.timeout_s)
+            paced = _produce(kafka, mode, sources, args.rounds, PACE_S, "paced")
+            paced_results = reader.collect({s.id: s for s in paced}, args.timeout_s, mode)
+            burst = _produce(kafka, mode, sources, args.rounds, 0.0, "burst")
+            burst_results = reader.collect({s.id: s for s in burst}, args.timeout_s, mode)
+            last = max((r.received_at for r in burst_results), default=burst[0].produced_at)
+            return ModeResult(paced_results, burst_results, last - burst[0].produced_at)
+    finally:
+        reader.close()
+
+
+def _warm_up(
+    kafka: str, mode: str, sources: list[str], reader: _OutputReader, timeout_s: float
+) -> None:
+    """One record through the pipeline first: the group has joined and the model is warm."""
+    warm = _produce(kafka, mode, sources[:1], 1, 0.0, "warmup")
+    if not reader.collect({s.id: s for s in warm}, timeout_s, mode):
+        raise TimeoutError(f"{mode}: no prediction for the warm-up record in {timeout_s:.0f}s")
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def _print_predictions(results: list[Received]) -> None:
+    seen: set[str] = set()
+    print(f"\n{'source':<52} {'top-3 labels (score)':<66} {'e2e ms':>7}")
+    for result in results:
+        if result.source in seen:
+            continue
+        seen.add(result.source)
+        labels = ", ".join(f"{label} ({score:.2f})" for label, score in result.labels[:3])
+        print(f"{_shorten(result.source, 52):<52} {labels:<66} {result.latency_ms:7.1f}")
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def _print_comparison(by_mode: dict[str, ModeResult]) -> None:
+    print(
+        f"\n{'mode':<10} {'p50 ms':>8} {'p99 ms':>8}   (paced, {PACE_S * 1000:.0f} ms apart)"
+        f"   {'burst records/s':>15}"
+    )
+    for mode, result in by_mode.items():
+        latencies = [r.latency_ms for r in result.paced]
+        print(
+            f"{mode:<10} {_percentile(latencies, 0.5):8.1f} {_percentile(latencies, 0.99):8.1f}"
+            f"   {'':24}{result.records_per_second:15.1f}"
+        )
+
+
+def _start_platform(
+    stack: contextlib.ExitStack, args: argparse.Namespace, work_dir: Path
+) -> tuple[str, Any]:
+    from streamserve.kafka import LocalKafka
+    from streamserve.processes import ModelServerProcess
+
+    started = time.perf_counter()
+    kafka = stack.enter_context(LocalKafka())
+    for topic in (INPUT_TOPIC, OUTPUT_TOPIC):
+        kafka.create_topic(topic, partitions=args.partitions)
+    print(f"kafka     {kafka.bootstrap_servers} ready in {time.perf_counter() - started:.1f}s")
+    started = time.perf_counter()
+    server = ModelServerProcess(
+        [f"--model_name={MODEL_NAME}", f"--model_base_path={args.model_base_path.resolve()}"],
+        work_dir / "server.log",
+    )
+    stack.enter_context(server)
+    server.wait_ready(MODEL_NAME)
+    print(
+        f"server    gRPC {server.grpc_target}, REST {server.rest_url} "
+        f"ready in {time.perf_counter() - started:.1f}s"
+    )
+    return kafka.bootstrap_servers, server
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamserve.errors import SetupError
+    from streamserve.models.samples import copy_samples
+
+    if not (args.model_base_path / "1" / "model.onnx").exists():
+        raise SetupError(
+            f"no model at {args.model_base_path}/1: run "
+            f"`streamserve models build imagenet --out {args.model_base_path}` first"
+        )
+    with contextlib.ExitStack() as stack:
+        work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work_dir.mkdir(parents=True, exist_ok=True)
+        images = copy_samples(work_dir / "images")
+        kafka, server = _start_platform(stack, args, work_dir)
+        base_url = stack.enter_context(_image_http_server(work_dir / "images"))
+        sources = _sources(images, base_url)
+        print(f"images    {len(images)} sample photos served at {base_url} and as file paths")
+        modes = {
+            "remote": [f"--model-server=grpc://{server.grpc_target}"],
+            "embedded": [f"--model-base-path={args.model_base_path.resolve()}"],
+        }
+        by_mode: dict[str, ModeResult] = {}
+        expected = len(sources) * args.rounds
+        for mode, model_args in modes.items():
+            result = by_mode[mode] = _run_mode(kafka, mode, model_args, sources, args, work_dir)
+            got = len(result.paced) + len(result.burst)
+            print(f"\n== {mode} mode: {got}/{2 * expected} predictions")
+            _print_predictions(result.paced)
+        _print_comparison(by_mode)
+        if args.work_dir:
+            print(f"\nlogs in {work_dir}")
+        complete = all(len(r.paced) == len(r.burst) == expected for r in by_mode.values())
+        return 0 if complete else 1
