@@ -12,14 +12,13 @@ matching the classic example's per-record channel for the benchmark baseline.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import numpy as np
 import orjson
-from multidict import CIMultiDictProxy
 
 from streamserve.errors import InvalidArgument
 from streamserve.predictors.status import error_from_http, error_from_transport
@@ -30,7 +29,7 @@ DEFAULT_CONNECTIONS = 64
 @dataclass(frozen=True)
 class HttpReply:
     status: int
-    headers: CIMultiDictProxy[str]
+    headers: Mapping[str, str]  # case-insensitive
     body: bytes
 
 
