@@ -208,7 +208,9 @@ class LocalKafka:
         assert self.data_dir is not None
         if (self.data_dir / "kafka-logs" / "meta.properties").exists():
             return  # formatted on an earlier start: keep its cluster id and data
-        command = [*base[:1], "-Xmx256m", *base[1:], "kafka.tools.StorageTool", "format",
+        # A short-lived tool: the quick JIT tier and serial GC make it start faster.
+        quick_jvm = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+        command = [*base[:1], *quick_jvm, *base[1:], "kafka.tools.StorageTool", "format",
                    "--cluster-id", config.new_cluster_id(), "--config", str(props_file)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                 check=False)
