@@ -174,7 +174,7 @@ class LocalKafka:
                 if all(fixed) or attempt == _PORT_RETRIES:
                     raise SetupError(f"the Kafka broker could not bind its ports "
                                      f"({self.port}, {self.controller_port}): address already "
-                                     f"in use; last lines of {self.log_file}:\n{exc}") from None
+                                     f"in use; {exc}") from None
                 log.info("port taken while starting Kafka; retrying with new ports")
 
     def _start_once(self, java: str, lib: Path) -> None:
