@@ -25,9 +25,11 @@ class Predictor(Protocol):
 
     Errors: ``InvalidArgument`` when the model rejects the input (not retryable);
     ``Unavailable``/``DeadlineExceeded`` for transient failures (retryable).
+    A remote predictor belongs to the event loop of its first call.
     """
 
     mode: str  # "embedded" | "remote" | "fallback"
+    target: str  # where calls go, e.g. "grpc://host:8500" or "embedded://name"
 
     async def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
