@@ -6,7 +6,11 @@ import time
 from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported in its stubs
+    AdminClient,
+    ClusterMetadata,
+    NewTopic,
+)
 
 from streamserve.errors import DeadlineExceeded, InvalidArgument, Unavailable
 
