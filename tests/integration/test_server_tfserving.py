@@ -777,3 +777,23 @@ def test_rest_outputs_equal_onnxruntime_bit_for_bit(zoo_server: ServerProcess, z
         "names_out": np.array([s.encode() for s in outputs["names_out"]], dtype=object),
     }
     assert_bitwise_equal(got, want)
+
+
+# -- graceful shutdown -----------------------------------------------------------------------
+
+
+def test_sigterm_stops_gracefully_under_load(
+    serve_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    build_multi(tmp_path / "m" / "1")
+    server = serve_process("--model_name=m", f"--model_base_path={tmp_path / 'm'}")
+    server.wait_ready("m")
+    inputs = multi_inputs(2)
+    with ClosedLoopClients(server, lambda: predict_request("m", inputs)) as clients:
+        poll_until(lambda: clients.count(1) >= 20, deadline())
+        assert server.stop() == 0
+    # Calls racing the stop are refused (UNAVAILABLE, or CANCELLED when gRPC had accepted the
+    # stream but not yet dispatched it); calls being handled finish (test_server_app.py).
+    refused = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
+    assert {failure.split(":")[0] for failure in clients.failures} <= refused
+    assert "streamserve: shutting down" in server.stderr()
