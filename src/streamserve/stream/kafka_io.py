@@ -11,7 +11,7 @@ A sink owns the producer and the delivery guarantee:
 - :class:`AtLeastOnceSink`: idempotent producer; a checkpoint flushes the producer, then
   commits offsets only if every delivery succeeded.
 
-``checkpoint`` raises :class:`CheckpointAborted` when the cycle's work must be redone
+``commit`` raises :class:`CheckpointAborted` when the cycle's work must be redone
 (the caller rewinds to the committed offsets) and :class:`FatalStreamError` when the
 producer is unusable (fenced by a newer instance, fatal idempotence error).
 """
@@ -121,10 +121,18 @@ class ConsumerThread:
 
 
 class _Sink:
-    """Producing shared by both guarantees. All methods are called from the event loop."""
+    """Producing shared by both guarantees.
 
-    def __init__(self, producer: Producer, timeout_s: float = 30.0) -> None:
+    Thread ownership: ``produce``/``poll`` run on the event loop; ``start``, ``commit``,
+    ``abort`` and ``close`` block and run on the consumer thread (``commit`` needs the
+    consumer's group metadata, which librdkafka only hands out while that thread is not
+    stuck in a rebalance callback waiting for someone else). The processor never lets a
+    ``produce`` overlap a ``commit``.
+    """
+
+    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
         self.producer = producer
+        self.consumer = consumer
         self.timeout_s = timeout_s
         self.failed_deliveries: list[KafkaError] = []
 
@@ -151,20 +159,19 @@ class _Sink:
         if error is not None:
             self.failed_deliveries.append(error)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.producer.flush, 5.0)
+    def close(self) -> None:
+        self.producer.flush(5.0)
 
 
 class TransactionalSink(_Sink):
     def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
-        super().__init__(producer, timeout_s)
-        self.consumer = consumer
+        super().__init__(producer, consumer, timeout_s)
         self.in_transaction = False
 
-    async def start(self) -> None:
+    def start(self) -> None:
         """Fence older instances with our transactional.id and abort what they left open."""
         try:
-            await asyncio.to_thread(self.producer.init_transactions, self.timeout_s)
+            self.producer.init_transactions(self.timeout_s)
         except KafkaException as exc:
             raise FatalStreamError(f"cannot initialise transactions: {exc}") from exc
 
@@ -173,85 +180,86 @@ class TransactionalSink(_Sink):
         headers: Headers | None = None, partition: int | None = None,
     ) -> None:
         if not self.in_transaction:
-            self._call(self.producer.begin_transaction)
-            self.in_transaction = True
+            self._begin()
         super().produce(topic, value, key, headers, partition)
 
-    async def checkpoint(self, offsets: Offsets) -> bool:
-        """Commit this cycle's outputs together with ``offsets`` (one transaction)."""
+    def commit(self, offsets: Offsets) -> bool:
+        """Commit this cycle's outputs together with ``offsets`` (one transaction).
+
+        KIP-447: the offsets carry the consumer's group metadata (generation, member), so
+        the broker refuses them from an instance that no longer owns the partitions.
+        """
         if not self.in_transaction:
             if not offsets:
                 return False
-            self._call(self.producer.begin_transaction)
-            self.in_transaction = True
+            self._begin()
         try:
-            await asyncio.to_thread(self._commit_now, offsets)
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    topic_partitions(offsets), self.consumer.consumer_group_metadata(),
+                    self.timeout_s,
+                )
+            self._commit_with_retries()
         except KafkaException as exc:
+            self._after_failed_commit(exc)
+        finally:
             self.in_transaction = False
-            await self._after_failed_commit(exc)
-        self.in_transaction = False
         return True
 
-    def _commit_now(self, offsets: Offsets) -> None:
-        if offsets:
-            self.producer.send_offsets_to_transaction(
-                topic_partitions(offsets), self.consumer.consumer_group_metadata(), self.timeout_s
-            )
-        for attempt in range(3):
+    def _commit_with_retries(self, attempts: int = 3) -> None:
+        for attempt in range(attempts):
             try:
                 self.producer.commit_transaction(self.timeout_s)
                 return
             except KafkaException as exc:
                 error = kafka_error(exc)
-                if error is None or not error.retriable() or attempt == 2:
+                if error is None or not error.retriable() or attempt == attempts - 1:
                     raise
 
-    async def _after_failed_commit(self, exc: KafkaException) -> None:
+    def _after_failed_commit(self, exc: KafkaException) -> None:
         error = kafka_error(exc)
         if error is not None and error.txn_requires_abort():
             log_event(log, "transaction aborted", logging.WARNING, error=error.str())
-            await self.abort()
+            self.abort()
             raise CheckpointAborted(f"transaction aborted: {error.str()}") from exc
         raise FatalStreamError(f"transaction failed: {exc}") from exc
 
-    async def abort(self) -> None:
-        """Abort the open transaction (outputs since the last commit disappear)."""
+    def abort(self) -> None:
+        """Abort the open transaction (its outputs and offsets disappear)."""
         self.in_transaction = False
-        self.failed_deliveries.clear()
         try:
-            await asyncio.to_thread(self.producer.abort_transaction, self.timeout_s)
+            self.producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
             error = kafka_error(exc)
             if error is not None and error.code() == KafkaError._STATE:
                 return  # no transaction was open
             raise FatalStreamError(f"cannot abort transaction: {exc}") from exc
+        finally:
+            self.failed_deliveries.clear()
 
-    def _call(self, fn: Callable[[], None]) -> None:
+    def _begin(self) -> None:
         try:
-            fn()
+            self.producer.begin_transaction()
         except KafkaException as exc:
-            raise FatalStreamError(f"producer failed: {exc}") from exc
+            raise FatalStreamError(f"cannot begin a transaction: {exc}") from exc
+        self.in_transaction = True
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self.in_transaction:
-            await self.abort()
+            self.abort()
 
 
 class AtLeastOnceSink(_Sink):
-    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
-        super().__init__(producer, timeout_s)
-        self.consumer = consumer
-
-    async def start(self) -> None:
+    def start(self) -> None:
         return None
 
-    async def checkpoint(self, offsets: Offsets) -> bool:
+    def commit(self, offsets: Offsets) -> bool:
         """Wait for every delivery, then commit ``offsets``; a lost delivery aborts.
 
         Returns False when the offset commit failed: outputs are delivered and the next
         commit (absolute offsets) covers these records too, so nothing is redone.
         """
-        remaining = await asyncio.to_thread(self.producer.flush, self.timeout_s)
+        remaining = self.producer.flush(self.timeout_s)
         if self.failed_deliveries or remaining:
             errors = [e.str() for e in self.failed_deliveries[:3]]
             self.failed_deliveries.clear()
@@ -259,15 +267,13 @@ class AtLeastOnceSink(_Sink):
         if not offsets:
             return False
         try:
-            await asyncio.to_thread(
-                self.consumer.commit, offsets=topic_partitions(offsets), asynchronous=False
-            )
+            self.consumer.commit(offsets=topic_partitions(offsets), asynchronous=False)
         except KafkaException as exc:
             log_event(log, "offset commit failed", logging.WARNING, error=str(exc))
             return False
         return True
 
-    async def abort(self) -> None:
+    def abort(self) -> None:
         self.failed_deliveries.clear()
 
 

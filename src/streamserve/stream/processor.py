@@ -28,7 +28,6 @@ How a record's journey stays correct:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -138,7 +137,7 @@ class StreamProcessor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
-        self._txn_lock = asyncio.Lock()
+        self._committing = False
         self._decode_queue: asyncio.Queue[Work] = asyncio.Queue()
         self._batch_queue: asyncio.Queue[Work] = asyncio.Queue()
         self._call_queue: asyncio.Queue[list[Work]] = asyncio.Queue(maxsize=1)
@@ -205,7 +204,7 @@ class StreamProcessor:
             kafka_io.TransactionalSink(producer, consumer) if exactly_once
             else kafka_io.AtLeastOnceSink(producer, consumer)
         )
-        await self._sink.start()
+        await self._kafka.call(self._sink.start)
         await self._kafka.call(
             consumer.subscribe, [cfg.input_topic],
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
@@ -246,10 +245,8 @@ class StreamProcessor:
         self._sinking = False
         self._ready.set()
         await sink
-        async with self._txn_lock:
-            self._emit_ready()
-            await self._checkpoint()
-            self._closed = True
+        await self._checkpoint()
+        self._closed = True
         log_event(log, "stream drained", unfinished=self.book.buffered,
                   seconds=round(time.monotonic() - started, 3))
 
@@ -262,18 +259,24 @@ class StreamProcessor:
         log_event(log, "stream stopped", graceful=graceful)
 
     async def _close_clients(self, graceful: bool) -> None:
-        clients = (getattr(self, "_sink", None), getattr(self, "_kafka", None))  # set by _open
-        steps = [client.close for client in clients if client is not None]
+        kafka = getattr(self, "_kafka", None)  # set by _open
+        if kafka is None:
+            return
+        steps = [kafka.close]
+        if getattr(self, "_sink", None) is not None:
+            steps.insert(0, lambda: kafka.call(self._sink.close))
         for step in steps:
             try:
                 await step()
             except Exception as exc:  # closing after a failure must not hide the failure
-                log_event(log, "close failed", logging.WARNING, step=step.__qualname__,
-                          error=str(exc), graceful=graceful)
+                log_event(log, "close failed", logging.WARNING, error=str(exc), graceful=graceful)
 
     # ------------------------------------------------------------------ consuming
 
     async def _consume_loop(self) -> None:
+        """Owns the consumer thread's time: consume, seek, pause, checkpoint, in turn."""
+        interval = self.config.commit_interval_ms / 1000
+        next_checkpoint = time.monotonic() + interval
         next_lag_update = 0.0
         while self._consuming:
             await self._apply_seeks()
@@ -281,6 +284,9 @@ class StreamProcessor:
             messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
             for message in messages:
                 self._intake(message)
+            if time.monotonic() >= next_checkpoint:
+                await self._checkpoint()
+                next_checkpoint = time.monotonic() + interval
             if time.monotonic() >= next_lag_update:
                 await self._kafka.call(self._update_lag)
                 next_lag_update = time.monotonic() + 1.0
@@ -360,43 +366,72 @@ class StreamProcessor:
 
     # ------------------------------------------------------------------ rebalancing
 
-    def _from_consumer_thread(self, coroutine: Any) -> None:
-        """Run a coroutine on the loop and wait for it (rebalance callbacks block consume)."""
+    def _on_loop(self, coroutine: Any) -> Any:
+        """From the consumer thread: run a coroutine on the loop and wait for its result."""
         assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        self._from_consumer_thread(self._assigned(partitions))
+        self._on_loop(self._assigned(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        self._from_consumer_thread(self._revoked(partitions, lost=False))
+        """Consumer thread, inside ``consume()``: commit what the revoked partitions produced.
+
+        Their queued works are dropped; the next owner redoes them from the committed offset.
+        Committing right here, on this thread, is what keeps the group metadata reachable.
+        """
+        if not partitions:
+            return
+        offsets = self._on_loop(self._begin_revoke(partitions))
+        if offsets is not None:
+            self._commit_on_consumer_thread(offsets)
+        self._on_loop(self._rebalanced(partitions, "revoked"))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        self._from_consumer_thread(self._revoked(partitions, lost=True))
+        """Lost partitions may already be owned elsewhere: the open transaction must go."""
+        if not partitions:
+            return
+        abort = self.config.guarantee == "exactly-once" and not self._closed
+        if abort:
+            self._sink.abort()
+        self._on_loop(self._lost(partitions, rewind=abort))
+
+    def _commit_on_consumer_thread(self, offsets: kafka_io.Offsets) -> None:
+        try:
+            committed = self._sink.commit(offsets)
+        except CheckpointAborted as exc:
+            self._on_loop(self._after_checkpoint(offsets, None, exc.message))
+        else:
+            self._on_loop(self._after_checkpoint(offsets, committed, None))
 
     async def _assigned(self, partitions: list[KafkaTopicPartition]) -> None:
-        if not partitions:
-            return
-        self.book.assign((tp.topic, tp.partition) for tp in partitions)
-        self.metrics.rebalances.labels("assigned").inc()
-        log_event(log, "partitions assigned", partitions=kafka_io.describe_partitions(partitions),
-                  owned=len(self.book))
+        if partitions:
+            self.book.assign((tp.topic, tp.partition) for tp in partitions)
+            await self._rebalanced(partitions, "assigned")
 
-    async def _revoked(self, partitions: list[KafkaTopicPartition], lost: bool) -> None:
-        if not partitions:
-            return
+    async def _begin_revoke(
+        self, partitions: list[KafkaTopicPartition]
+    ) -> kafka_io.Offsets | None:
+        """Emit what is ready, snapshot offsets, forget the revoked partitions."""
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        async with self._txn_lock:
-            if not self._closed and not lost:
-                self._emit_ready()
-                await self._checkpoint()  # commit what the revoked partitions produced
-            self.book.remove(keys)
-            self._paused.difference_update(keys)
-            if not self._closed and lost and self.config.guarantee == "exactly-once":
-                # The open transaction may hold outputs of partitions now owned elsewhere.
-                await self._sink.abort()
-                self._rewind("partitions lost")
-        kind = "lost" if lost else "revoked"
+        offsets = None
+        if not self._closed:
+            self._committing = True
+            self._emit_ready()
+            offsets = self.book.offsets_to_commit()
+        self.book.remove(keys)
+        self._paused.difference_update(keys)
+        return offsets
+
+    async def _lost(self, partitions: list[KafkaTopicPartition], rewind: bool) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.book.remove(keys)
+        self._paused.difference_update(keys)
+        if rewind:
+            self._rewind("partitions lost")
+        await self._rebalanced(partitions, "lost")
+
+    async def _rebalanced(self, partitions: list[KafkaTopicPartition], kind: str) -> None:
         self.metrics.rebalances.labels(kind).inc()
         log_event(log, f"partitions {kind}", partitions=kafka_io.describe_partitions(partitions),
                   owned=len(self.book))
@@ -463,20 +498,13 @@ class StreamProcessor:
     # ------------------------------------------------------------------ producing
 
     async def _sink_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.config.commit_interval_ms / 1000
-        next_checkpoint = loop.time() + interval
+        """Produce finished outputs as they become ready (never during a commit)."""
         while self._sinking:
-            timeout = next_checkpoint - loop.time()
-            if timeout > 0 and not self.book.has_ready():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), timeout)
             self._ready.clear()
-            async with self._txn_lock:
-                self._emit_ready()
-                if loop.time() >= next_checkpoint:
-                    await self._checkpoint()
-                    next_checkpoint = loop.time() + interval
+            if self._committing or not self.book.has_ready():
+                await self._ready.wait()
+                continue
+            self._emit_ready()
 
     def _emit_ready(self) -> None:
         now_ms = time.time() * 1000
@@ -516,15 +544,35 @@ class StreamProcessor:
                   stage=error.stage, reason=error.reason[:300], exception=exception)
 
     async def _checkpoint(self) -> None:
-        """Commit produced outputs with their offsets; on abort, rewind. Hold ``_txn_lock``."""
-        offsets = self.book.offsets_to_commit()
+        """Produce what is ready, then commit it with its offsets on the consumer thread.
+
+        Called only by the consume loop (or the drain after it), so it never overlaps a
+        ``consume()`` and its rebalance callbacks; ``_committing`` keeps the sink loop from
+        producing into a transaction that is being committed.
+        """
+        self._committing = True
         try:
-            committed = await self._sink.checkpoint(offsets)
-        except CheckpointAborted as exc:
+            self._emit_ready()
+            offsets = self.book.offsets_to_commit()
+            try:
+                committed = await self._kafka.call(self._sink.commit, offsets)
+            except CheckpointAborted as exc:
+                await self._after_checkpoint(offsets, None, exc.message)
+            else:
+                await self._after_checkpoint(offsets, committed, None)
+        finally:
+            self._committing = False
+            self._ready.set()
+
+    async def _after_checkpoint(
+        self, offsets: kafka_io.Offsets, committed: bool | None, aborted: str | None
+    ) -> None:
+        self._committing = False
+        self._ready.set()
+        if aborted is not None:
             self.metrics.commits.labels("aborted").inc()
-            self._rewind(exc.message)
-            return
-        if committed and offsets:
+            self._rewind(aborted)
+        elif committed and offsets:
             self.book.mark_committed(offsets)
             self.metrics.commits.labels("committed").inc()
 
