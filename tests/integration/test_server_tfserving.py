@@ -457,13 +457,17 @@ def test_classify_and_regress_over_grpc_and_curl(zoo_server: ServerProcess) -> N
 # -- 3. versions, labels, zero-failure switches ---------------------------------------------
 
 
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
 def test_new_version_replaces_old_under_load(
-    serve_process: Callable[..., ServerProcess], tmp_path: Path
+    serve_process: Callable[..., ServerProcess], tmp_path: Path, batching: bool
 ) -> None:
     base = tmp_path / "m"
     build_multi(base / "1")
     server = serve_process(
-        "--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0.5"
+        "--model_name=m",
+        f"--model_base_path={base}",
+        "--file_system_poll_wait_seconds=0.5",
+        f"--enable_batching={str(batching).lower()}",
     )
     server.wait_ready("m")
     channel, _, model_stub = stubs(server)
