@@ -24,8 +24,10 @@ def kafka_bootstrap() -> Iterator[str]:
     from streamserve.kafka import LocalKafka
 
     with LocalKafka() as kafka:
-        print(f"\nKafka {kafka.version} at {kafka.bootstrap_servers}, "
-              f"started in {kafka.startup_seconds:.1f} s")
+        print(
+            f"\nKafka {kafka.version} at {kafka.bootstrap_servers}, "
+            f"started in {kafka.startup_seconds:.1f} s"
+        )
         yield kafka.bootstrap_servers
 
 

@@ -22,15 +22,20 @@ ABORTED = 500
 
 
 def _transactional_producer(bootstrap: str) -> Producer:
-    producer = Producer({"bootstrap.servers": bootstrap,
-                         "transactional.id": f"txn-{uuid.uuid4().hex}",
-                         "linger.ms": 5})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"txn-{uuid.uuid4().hex}",
+            "linger.ms": 5,
+        }
+    )
     producer.init_transactions(30)
     return producer
 
 
-def _produce_in_transaction(producer: Producer, topic: str, values: list[bytes],
-                            commit: bool) -> None:
+def _produce_in_transaction(
+    producer: Producer, topic: str, values: list[bytes], commit: bool
+) -> None:
     producer.begin_transaction()
     for index, value in enumerate(values):
         producer.produce(topic, key=str(index).encode(), value=value)
@@ -44,9 +49,16 @@ def _produce_in_transaction(producer: Producer, topic: str, values: list[bytes],
 
 def _read_all(bootstrap: str, topic: str, partitions: int, isolation: str) -> list[bytes]:
     """Every record up to the end of each partition as seen under ``isolation``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": isolation, "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "enable.partition.eof": True,
+        }
+    )
     consumer.subscribe([topic])
     values: list[bytes] = []
     at_end: set[int] = set()
@@ -66,7 +78,8 @@ def _read_all(bootstrap: str, topic: str, partitions: int, isolation: str) -> li
 
 
 def test_transaction_of_10000_records_is_read_back_exactly_with_read_committed(
-        kafka_bootstrap: str, topic_factory: Callable[..., str]) -> None:
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
     topic = topic_factory(partitions=3, prefix="txn")
     producer = _transactional_producer(kafka_bootstrap)
     aborted = [f"aborted-{i}".encode() for i in range(ABORTED)]
@@ -83,22 +96,33 @@ def test_transaction_of_10000_records_is_read_back_exactly_with_read_committed(
     assert sorted(everything) == sorted(committed + aborted)
 
 
-def test_kcat_lists_the_broker_and_topics(kafka_bootstrap: str,
-                                          topic_factory: Callable[..., str]) -> None:
+def test_kcat_lists_the_broker_and_topics(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
     kcat = shutil.which("kcat")
     if kcat is None:
         pytest.skip("kcat is not installed (apt-get install kcat)")
     topic = topic_factory(partitions=2, prefix="kcat")
-    result = subprocess.run([kcat, "-L", "-b", kafka_bootstrap, "-m", "10"],
-                            capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [kcat, "-L", "-b", kafka_bootstrap, "-m", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "1 brokers:" in result.stdout
     assert f"broker 1 at {kafka_bootstrap}" in result.stdout
     assert f'topic "{topic}" with 2 partitions' in result.stdout
 
 
 def _cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "streamserve", "kafka", *args],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "streamserve", "kafka", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result

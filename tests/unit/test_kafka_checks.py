@@ -24,8 +24,9 @@ def _fake_java(directory: Path, version_line: str) -> Path:
     return directory
 
 
-@pytest.mark.parametrize(("text", "major"), [("17.0.15", 17), ("1.8.0_292", 8), ("21-ea", 21),
-                                               ("11", 11), ("25+36", 25)])
+@pytest.mark.parametrize(
+    ("text", "major"), [("17.0.15", 17), ("1.8.0_292", 8), ("21-ea", 21), ("11", 11), ("25+36", 25)]
+)
 def test_parse_major(text: str, major: int) -> None:
     assert parse_major(text) == major
 
@@ -106,8 +107,9 @@ def test_pom_is_found_and_names_the_default_version() -> None:
 
 
 def test_single_node_properties(tmp_path: Path) -> None:
-    props = config.server_properties("127.0.0.1", 9092, 9093, tmp_path,
-                                     extra={"num.io.threads": "2"})
+    props = config.server_properties(
+        "127.0.0.1", 9092, 9093, tmp_path, extra={"num.io.threads": "2"}
+    )
     assert props["process.roles"] == "broker,controller"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
     assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
@@ -125,17 +127,19 @@ def test_cluster_ids_look_like_kafkas() -> None:
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
 
 
-def test_cli_status_without_a_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_status_without_a_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("STREAMSERVE_RUN_DIR", str(tmp_path))
     assert cli.main(["kafka", "status"]) == 3
     assert capsys.readouterr().out.strip() == "not running"
 
 
 def test_cli_create_topic_without_a_broker_is_a_clear_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("STREAMSERVE_RUN_DIR", str(tmp_path))
     assert cli.main(["kafka", "create-topic", "x"]) == 2
     assert "error: no broker started by `streamserve kafka start` is running" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )

@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 __all__ = ["KAFKA_VERSION", "LocalKafka", "ensure_jars"]
 
-_HOMES = {"LocalKafka": "streamserve.kafka.broker", "KAFKA_VERSION": "streamserve.kafka.jars",
-          "ensure_jars": "streamserve.kafka.jars"}
+_HOMES = {
+    "LocalKafka": "streamserve.kafka.broker",
+    "KAFKA_VERSION": "streamserve.kafka.jars",
+    "ensure_jars": "streamserve.kafka.jars",
+}
 
 
 def __getattr__(name: str) -> Any:

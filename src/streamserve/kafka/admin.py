@@ -20,8 +20,14 @@ _POLL_S = 0.2
 def admin_client(bootstrap_servers: str) -> AdminClient:
     # Errors reach callers as exceptions; librdkafka's own stderr lines would only be noise
     # (e.g. "connection refused" while a broker is still starting).
-    return AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0,
-                        "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 500})
+    return AdminClient(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "log_level": 0,
+            "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 500,
+        }
+    )
 
 
 def metadata(bootstrap_servers: str, timeout: float = 10.0) -> ClusterMetadata:
@@ -31,8 +37,9 @@ def metadata(bootstrap_servers: str, timeout: float = 10.0) -> ClusterMetadata:
         raise Unavailable(f"Kafka at {bootstrap_servers} did not answer: {exc}") from None
 
 
-def is_ready(bootstrap_servers: str, timeout: float = 2.0,
-             client: AdminClient | None = None) -> bool:
+def is_ready(
+    bootstrap_servers: str, timeout: float = 2.0, client: AdminClient | None = None
+) -> bool:
     """True when the broker answers a metadata request and names a live broker and controller."""
     try:
         cluster = (client or admin_client(bootstrap_servers)).list_topics(timeout=timeout)
@@ -41,8 +48,9 @@ def is_ready(bootstrap_servers: str, timeout: float = 2.0,
     return bool(cluster.brokers) and cluster.controller_id >= 0
 
 
-def wait_until_ready(bootstrap_servers: str, timeout: float,
-                     keep_waiting: Callable[[], bool] = lambda: True) -> bool:
+def wait_until_ready(
+    bootstrap_servers: str, timeout: float, keep_waiting: Callable[[], bool] = lambda: True
+) -> bool:
     """Poll until the broker answers; False once ``timeout`` passes or ``keep_waiting`` says no."""
     client = admin_client(bootstrap_servers)
     deadline = time.monotonic() + timeout
@@ -58,8 +66,13 @@ def list_topics(bootstrap_servers: str, timeout: float = 10.0) -> list[str]:
     return sorted(name for name in cluster.topics if not name.startswith("__"))
 
 
-def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1,
-                  config: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+def create_topics(
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    config: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
     """Create topics with ``partitions`` partitions each; existing topics are left as they are.
 
     Idempotent, but an existing topic with a different partition count is an InvalidArgument.
@@ -69,8 +82,10 @@ def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
     if partitions < 1:
         raise InvalidArgument(f"partitions must be at least 1, got {partitions}")
     client = admin_client(bootstrap_servers)
-    new_topics = [NewTopic(name, num_partitions=partitions, replication_factor=1,
-                           config=dict(config or {})) for name in names]
+    new_topics = [
+        NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config or {}))
+        for name in names
+    ]
     futures = client.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
     for name, future in futures.items():
         try:
@@ -82,19 +97,26 @@ def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
     for name in names:
         found = wait_for_topic(bootstrap_servers, name, timeout=timeout)
         if found != partitions:
-            raise InvalidArgument(f"topic {name!r} already exists with {found} partitions, "
-                                  f"not {partitions}")
+            raise InvalidArgument(
+                f"topic {name!r} already exists with {found} partitions, not {partitions}"
+            )
 
 
-def create_topic(bootstrap_servers: str, name: str, partitions: int = 1,
-                 config: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+def create_topic(
+    bootstrap_servers: str,
+    name: str,
+    partitions: int = 1,
+    config: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
     create_topics(bootstrap_servers, [name], partitions, config, timeout)
 
 
 def delete_topic(bootstrap_servers: str, name: str, timeout: float = 30.0) -> bool:
     """Delete ``name``; False when it did not exist."""
     futures = admin_client(bootstrap_servers).delete_topics(
-        [name], operation_timeout=timeout, request_timeout=timeout)
+        [name], operation_timeout=timeout, request_timeout=timeout
+    )
     try:
         futures[name].result(timeout=timeout)
     except KafkaException as exc:
@@ -113,10 +135,15 @@ def wait_for_topic(bootstrap_servers: str, name: str, timeout: float = 30.0) -> 
             topic = client.list_topics(topic=name, timeout=5).topics.get(name)
         except KafkaException:
             topic = None
-        if (topic is not None and topic.error is None and topic.partitions
-                and all(p.leader >= 0 for p in topic.partitions.values())):
+        if (
+            topic is not None
+            and topic.error is None
+            and topic.partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        ):
             return len(topic.partitions)
         if time.monotonic() >= deadline:
-            raise DeadlineExceeded(f"topic {name!r} not ready on {bootstrap_servers} "
-                                   f"within {timeout:.0f} s")
+            raise DeadlineExceeded(
+                f"topic {name!r} not ready on {bootstrap_servers} within {timeout:.0f} s"
+            )
         time.sleep(_POLL_S)

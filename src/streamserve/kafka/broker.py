@@ -28,8 +28,13 @@ from streamserve.kafka.java import require_java
 
 log = logging.getLogger(__name__)
 
-JVM_OPTIONS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
-               "-Djava.awt.headless=true"]
+JVM_OPTIONS = [
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+]
 LOG_FILE = "kafka.log"
 _PORT_RETRIES = 3
 
@@ -42,11 +47,19 @@ class LocalKafka:
     and by the kernel if this process dies.
     """
 
-    def __init__(self, data_dir: str | Path | None = None, port: int | None = None, *,
-                 controller_port: int | None = None, host: str = "127.0.0.1",
-                 version: str | None = None, startup_timeout: float = 180.0,
-                 stop_timeout: float = 30.0, detached: bool = False,
-                 extra_properties: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        port: int | None = None,
+        *,
+        controller_port: int | None = None,
+        host: str = "127.0.0.1",
+        version: str | None = None,
+        startup_timeout: float = 180.0,
+        stop_timeout: float = 30.0,
+        detached: bool = False,
+        extra_properties: dict[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.controller_port = controller_port
@@ -118,16 +131,21 @@ class LocalKafka:
         if proc is not None:
             atexit.unregister(self.stop)
             if proc.poll() is None:
-                clean = process.terminate(proc.pid, timeout=self.stop_timeout,
-                                          is_alive=lambda: proc.poll() is None)
+                clean = process.terminate(
+                    proc.pid, timeout=self.stop_timeout, is_alive=lambda: proc.poll() is None
+                )
                 if not clean:
-                    log.warning("Kafka broker pid %d ignored SIGTERM for %.0f s; killed it",
-                                proc.pid, self.stop_timeout)
+                    log.warning(
+                        "Kafka broker pid %d ignored SIGTERM for %.0f s; killed it",
+                        proc.pid,
+                        self.stop_timeout,
+                    )
             proc.wait()
         self._remove_owned_data_dir()
 
-    def create_topic(self, name: str, partitions: int = 1,
-                     config: dict[str, str] | None = None) -> str:
+    def create_topic(
+        self, name: str, partitions: int = 1, config: dict[str, str] | None = None
+    ) -> str:
         admin.create_topic(self.bootstrap_servers, name, partitions, config)
         return name
 
@@ -143,8 +161,12 @@ class LocalKafka:
     def __enter__(self) -> LocalKafka:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def __repr__(self) -> str:
@@ -172,17 +194,25 @@ class LocalKafka:
                 return
             except _PortRaceError as exc:
                 if all(fixed) or attempt == _PORT_RETRIES:
-                    raise SetupError(f"the Kafka broker could not bind its ports "
-                                     f"({self.port}, {self.controller_port}): address already "
-                                     f"in use; {exc}") from None
+                    raise SetupError(
+                        f"the Kafka broker could not bind its ports "
+                        f"({self.port}, {self.controller_port}): address already "
+                        f"in use; {exc}"
+                    ) from None
                 log.info("port taken while starting Kafka; retrying with new ports")
 
     def _start_once(self, java: str, lib: Path) -> None:
         assert self.data_dir is not None and self.port and self.controller_port
         props_file = config.write_properties(
             self.data_dir / "server.properties",
-            config.server_properties(self.host, self.port, self.controller_port,
-                                     self.data_dir / "kafka-logs", self.extra_properties))
+            config.server_properties(
+                self.host,
+                self.port,
+                self.controller_port,
+                self.data_dir / "kafka-logs",
+                self.extra_properties,
+            ),
+        )
         log4j_file = self.data_dir / "log4j2.properties"
         log4j_file.write_text(config.LOG4J2_PROPERTIES)
         classpath = f"{lib}/*"
@@ -191,18 +221,27 @@ class LocalKafka:
         started = time.monotonic()
         self._mark_log(f"starting Kafka {self.version} on {self.bootstrap_servers}")
         log_offset = self.log_file.stat().st_size
-        self._proc = process.launch([*base[:1], *JVM_OPTIONS, *base[1:], "kafka.Kafka",
-                                     str(props_file)],
-                                    self.log_file, cwd=self.data_dir,
-                                    die_with_parent=not self.detached,
-                                    pass_fds=() if self._lock_fd is None else (self._lock_fd,))
-        ready = admin.wait_until_ready(self.bootstrap_servers, self.startup_timeout,
-                                       keep_waiting=self.is_running)
+        self._proc = process.launch(
+            [*base[:1], *JVM_OPTIONS, *base[1:], "kafka.Kafka", str(props_file)],
+            self.log_file,
+            cwd=self.data_dir,
+            die_with_parent=not self.detached,
+            pass_fds=() if self._lock_fd is None else (self._lock_fd,),
+        )
+        ready = admin.wait_until_ready(
+            self.bootstrap_servers, self.startup_timeout, keep_waiting=self.is_running
+        )
         if not ready:
             self._fail_start(log_offset)
         self.startup_seconds = time.monotonic() - started
-        log.info("Kafka %s ready at %s in %.1f s (pid %d, log %s)", self.version,
-                 self.bootstrap_servers, self.startup_seconds, self.pid, self.log_file)
+        log.info(
+            "Kafka %s ready at %s in %.1f s (pid %d, log %s)",
+            self.version,
+            self.bootstrap_servers,
+            self.startup_seconds,
+            self.pid,
+            self.log_file,
+        )
 
     def _format_storage_if_new(self, base: list[str], props_file: Path) -> None:
         assert self.data_dir is not None
@@ -210,21 +249,32 @@ class LocalKafka:
             return  # formatted on an earlier start: keep its cluster id and data
         # A short-lived tool: the quick JIT tier and serial GC make it start faster.
         quick_jvm = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
-        command = [*base[:1], *quick_jvm, *base[1:], "kafka.tools.StorageTool", "format",
-                   "--cluster-id", config.new_cluster_id(), "--config", str(props_file)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                                check=False)
+        command = [
+            *base[:1],
+            *quick_jvm,
+            *base[1:],
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            config.new_cluster_id(),
+            "--config",
+            str(props_file),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
-            raise SetupError(f"formatting Kafka storage in {self.data_dir} failed "
-                             f"(exit {result.returncode}):\n{output}")
+            raise SetupError(
+                f"formatting Kafka storage in {self.data_dir} failed "
+                f"(exit {result.returncode}):\n{output}"
+            )
 
     def _fail_start(self, log_offset: int) -> None:
         died = not self.is_running()
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            process.terminate(proc.pid, timeout=self.stop_timeout,
-                              is_alive=lambda: proc.poll() is None)
+            process.terminate(
+                proc.pid, timeout=self.stop_timeout, is_alive=lambda: proc.poll() is None
+            )
         new_log = _read_from(self.log_file, log_offset)
         where = "its temporary data dir is removed" if self._owns_data_dir else self.log_file
         report = _failure_report(new_log, f"the broker's log ({where})")
@@ -233,8 +283,10 @@ class LocalKafka:
         if died:
             code = proc.returncode if proc is not None else "?"
             raise SetupError(f"the Kafka broker exited during start-up (exit {code}); {report}")
-        raise SetupError(f"the Kafka broker did not answer on {self.bootstrap_servers} within "
-                         f"{self.startup_timeout:.0f} s; {report}")
+        raise SetupError(
+            f"the Kafka broker did not answer on {self.bootstrap_servers} within "
+            f"{self.startup_timeout:.0f} s; {report}"
+        )
 
     def _mark_log(self, message: str) -> None:
         with open(self.log_file, "a") as handle:
@@ -261,8 +313,10 @@ def _lock_data_dir(data_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise SetupError(f"data dir {data_dir} is in use by another running Kafka broker; "
-                         f"stop that one first or choose another --data-dir") from None
+        raise SetupError(
+            f"data dir {data_dir} is in use by another running Kafka broker; "
+            f"stop that one first or choose another --data-dir"
+        ) from None
     return fd
 
 
@@ -273,11 +327,12 @@ class _PortRaceError(Exception):
 def _failure_report(log_text: str, log_name: str, last: int = 20) -> str:
     """The first error with its causes (the why), then the log's last lines (the end)."""
     lines = log_text.strip().splitlines()
-    first = next((i for i, line in enumerate(lines) if " ERROR " in line or " FATAL " in line),
-                 None)
+    first = next(
+        (i for i, line in enumerate(lines) if " ERROR " in line or " FATAL " in line), None
+    )
     parts = []
     if first is not None:
-        block = lines[first:first + 40]
+        block = lines[first : first + 40]
         causes = [line for line in block[2:] if line.startswith("Caused by:")]
         parts.append("first error:\n" + "\n".join([*block[:2], *causes]))
     parts.append(f"last lines of {log_name}:\n" + "\n".join(lines[-last:]))

@@ -26,26 +26,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="kafka_action", required=True, metavar="ACTION")
 
     fetch = actions.add_parser("fetch", help="download Apache Kafka's jars with Maven (once)")
-    fetch.add_argument("--offline", action="store_true",
-                       help="use only the local Maven repository (~/.m2)")
+    fetch.add_argument(
+        "--offline", action="store_true", help="use only the local Maven repository (~/.m2)"
+    )
     fetch.add_argument("--force", action="store_true", help="fetch again even when cached")
     fetch.set_defaults(kafka_run=_fetch)
 
     start = actions.add_parser("start", help="start a detached broker; prints host:port last")
-    start.add_argument("--data-dir", help="keep data here across restarts (default: a temp "
-                                          "dir removed on stop)")
+    start.add_argument(
+        "--data-dir", help="keep data here across restarts (default: a temp dir removed on stop)"
+    )
     start.add_argument("--port", type=int, help="client port (default: a free one)")
     start.add_argument("--controller-port", type=int, help="KRaft controller port")
     start.add_argument("--host", default="127.0.0.1", help="address to listen on")
     start.add_argument("--timeout", type=float, default=180.0, help="start-up deadline, s")
-    start.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra server.properties setting (repeatable), e.g. "
-                            "auto.create.topics.enable=true")
+    start.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server.properties setting (repeatable), e.g. auto.create.topics.enable=true",
+    )
     start.set_defaults(kafka_run=_start)
 
     stop = actions.add_parser("stop", help="stop the broker that `start` launched")
-    stop.add_argument("--timeout", type=float, default=30.0,
-                      help="seconds to wait after SIGTERM before SIGKILL")
+    stop.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait after SIGTERM before SIGKILL"
+    )
     stop.set_defaults(kafka_run=_stop)
 
     status = actions.add_parser("status", help="is the broker running? (exit 3 when not)")
@@ -101,23 +108,42 @@ def _start(args: argparse.Namespace) -> int:
     begun = time.monotonic()
     require_java()
     if not jars.jars_cached():
-        print(f"fetching Apache Kafka {jars.kafka_version()} jars with Maven (first run only) ...",
-              flush=True)
+        print(
+            f"fetching Apache Kafka {jars.kafka_version()} jars with Maven (first run only) ...",
+            flush=True,
+        )
         jars.ensure_jars()
         print(f"fetched in {time.monotonic() - begun:.1f} s", flush=True)
-    kafka = LocalKafka(data_dir=args.data_dir, port=args.port, host=args.host,
-                       controller_port=args.controller_port, startup_timeout=args.timeout,
-                       detached=True, extra_properties=_parse_overrides(args.override))
+    kafka = LocalKafka(
+        data_dir=args.data_dir,
+        port=args.port,
+        host=args.host,
+        controller_port=args.controller_port,
+        startup_timeout=args.timeout,
+        detached=True,
+        extra_properties=_parse_overrides(args.override),
+    )
     kafka.start()
     assert kafka.pid is not None and kafka.data_dir is not None
-    state.save(state.BrokerState(
-        pid=kafka.pid, bootstrap_servers=kafka.bootstrap_servers, version=kafka.version,
-        data_dir=str(kafka.data_dir), log_file=str(kafka.log_file),
-        owns_data_dir=kafka.owns_data_dir, started_at=time.time()))
-    print(f"Kafka {kafka.version} ready in {kafka.startup_seconds:.1f} s "
-          f"({time.monotonic() - begun:.1f} s in all); pid {kafka.pid}")
-    print(f"data dir {kafka.data_dir}{' (temporary)' if kafka.owns_data_dir else ''}; "
-          f"log {kafka.log_file}")
+    state.save(
+        state.BrokerState(
+            pid=kafka.pid,
+            bootstrap_servers=kafka.bootstrap_servers,
+            version=kafka.version,
+            data_dir=str(kafka.data_dir),
+            log_file=str(kafka.log_file),
+            owns_data_dir=kafka.owns_data_dir,
+            started_at=time.time(),
+        )
+    )
+    print(
+        f"Kafka {kafka.version} ready in {kafka.startup_seconds:.1f} s "
+        f"({time.monotonic() - begun:.1f} s in all); pid {kafka.pid}"
+    )
+    print(
+        f"data dir {kafka.data_dir}{' (temporary)' if kafka.owns_data_dir else ''}; "
+        f"log {kafka.log_file}"
+    )
     print("stop it with: streamserve kafka stop")
     print(kafka.bootstrap_servers)
     return 0
@@ -142,8 +168,9 @@ def _stop(args: argparse.Namespace) -> int:
         return 0
     if state.is_alive(current):
         started = time.monotonic()
-        clean = process.terminate(current.pid, timeout=args.timeout,
-                                  is_alive=lambda: state.is_alive(current))
+        clean = process.terminate(
+            current.pid, timeout=args.timeout, is_alive=lambda: state.is_alive(current)
+        )
         how = "stopped" if clean else f"killed (no clean shutdown within {args.timeout:.0f} s)"
         print(f"Kafka pid {current.pid} {how} in {time.monotonic() - started:.1f} s")
     else:
@@ -160,8 +187,10 @@ def _status(args: argparse.Namespace) -> int:
         print("not running")
         return EXIT_NOT_RUNNING
     if not state.is_alive(current):
-        print(f"not running: the broker started as pid {current.pid} has exited; its log: "
-              f"{current.log_file} (`streamserve kafka logs`)")
+        print(
+            f"not running: the broker started as pid {current.pid} has exited; its log: "
+            f"{current.log_file} (`streamserve kafka logs`)"
+        )
         return EXIT_NOT_RUNNING
     answering = admin.is_ready(current.bootstrap_servers, timeout=5.0)
     health = "answering" if answering else "NOT answering metadata requests"
@@ -217,6 +246,8 @@ def _require_state(alive: bool = True) -> BrokerState:
 
     current = state.load()
     if current is None or (alive and not state.is_alive(current)):
-        raise SetupError("no broker started by `streamserve kafka start` is running "
-                         "(start one, or pass --bootstrap HOST:PORT)")
+        raise SetupError(
+            "no broker started by `streamserve kafka start` is running "
+            "(start one, or pass --bootstrap HOST:PORT)"
+        )
     return current

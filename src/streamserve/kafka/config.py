@@ -71,9 +71,11 @@ def require_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise SetupError(f"port {port} on {host} is already in use; stop whatever "
-                                 f"listens there or choose another port (omit --port to let "
-                                 f"the OS pick a free one)") from None
+                raise SetupError(
+                    f"port {port} on {host} is already in use; stop whatever "
+                    f"listens there or choose another port (omit --port to let "
+                    f"the OS pick a free one)"
+                ) from None
             raise SetupError(f"cannot use port {port} on {host}: {exc.strerror}") from None
 
 
@@ -97,8 +99,13 @@ def new_cluster_id() -> str:
             return text
 
 
-def server_properties(host: str, port: int, controller_port: int, log_dir: Path,
-                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_properties(
+    host: str,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     props = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),

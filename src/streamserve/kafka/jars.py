@@ -65,10 +65,12 @@ def find_pom() -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise SetupError("cannot find kafka/pom.xml (looked at "
-                     + ", ".join(str(c) for c in candidates)
-                     + "); install streamserve from a clone with `pip install -e .` "
-                       "or set STREAMSERVE_KAFKA_POM to the pom's path")
+    raise SetupError(
+        "cannot find kafka/pom.xml (looked at "
+        + ", ".join(str(c) for c in candidates)
+        + "); install streamserve from a clone with `pip install -e .` "
+        "or set STREAMSERVE_KAFKA_POM to the pom's path"
+    )
 
 
 def ensure_jars(version: str | None = None, *, offline: bool = False, force: bool = False) -> Path:
@@ -88,13 +90,24 @@ def ensure_jars(version: str | None = None, *, offline: bool = False, force: boo
 def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise SetupError("Maven (`mvn`) is needed once to fetch Apache Kafka's jars but is not on "
-                         "PATH; install it, e.g. `apt-get install maven`")
+        raise SetupError(
+            "Maven (`mvn`) is needed once to fetch Apache Kafka's jars but is not on "
+            "PATH; install it, e.g. `apt-get install maven`"
+        )
     scratch = lib.with_name("lib.partial")
     shutil.rmtree(scratch, ignore_errors=True)
-    command = [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(find_pom()),
-               f"-Dkafka.version={version}", _COPY_DEPENDENCIES, "-DincludeScope=runtime",
-               f"-DoutputDirectory={scratch}"]
+    command = [
+        mvn,
+        "-B",
+        "-q",
+        "-Dstyle.color=never",
+        "-f",
+        str(find_pom()),
+        f"-Dkafka.version={version}",
+        _COPY_DEPENDENCIES,
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={scratch}",
+    ]
     if offline:
         command.insert(1, "--offline")
     log.info("fetching Apache Kafka %s jars with Maven into %s", version, lib)
@@ -103,9 +116,11 @@ def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
     if result.returncode != 0 or not any(scratch.glob("kafka_2.13-*.jar")):
         shutil.rmtree(scratch, ignore_errors=True)
         tail = _maven_tail(result.stdout)
-        raise SetupError(f"Maven could not resolve Apache Kafka {version} "
-                         f"(exit {result.returncode}; is Maven Central reachable?). "
-                         f"Maven's last lines:\n{tail}")
+        raise SetupError(
+            f"Maven could not resolve Apache Kafka {version} "
+            f"(exit {result.returncode}; is Maven Central reachable?). "
+            f"Maven's last lines:\n{tail}"
+        )
     if lib.exists():
         shutil.rmtree(lib)
     scratch.rename(lib)
@@ -121,8 +136,14 @@ def _maven_tail(output: str) -> str:
 
 def _run_maven(command: list[str]) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=_MAVEN_TIMEOUT_S, check=False)
+        return subprocess.run(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=_MAVEN_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise SetupError(f"Maven did not finish within {_MAVEN_TIMEOUT_S} s") from None
     except OSError as exc:

@@ -29,13 +29,17 @@ def find_java() -> str:
     if java_home:
         candidate = Path(java_home) / "bin" / "java"
         if not os.access(candidate, os.X_OK):
-            raise SetupError(f"JAVA_HOME is {java_home} but {candidate} is not an executable; "
-                             f"fix JAVA_HOME or unset it to use the java on PATH")
+            raise SetupError(
+                f"JAVA_HOME is {java_home} but {candidate} is not an executable; "
+                f"fix JAVA_HOME or unset it to use the java on PATH"
+            )
         return str(candidate)
     found = shutil.which("java")
     if found is None:
-        raise SetupError(f"Java {MIN_JAVA} or newer is needed to run the Kafka broker, but no "
-                         f"`java` was found on PATH; {_INSTALL_HINT}")
+        raise SetupError(
+            f"Java {MIN_JAVA} or newer is needed to run the Kafka broker, but no "
+            f"`java` was found on PATH; {_INSTALL_HINT}"
+        )
     return found
 
 
@@ -51,8 +55,9 @@ def require_java(minimum: int = MIN_JAVA) -> Java:
     """Return the Java to run Kafka with, or raise SetupError saying what to fix."""
     executable = find_java()
     try:
-        result = subprocess.run([executable, "-version"], capture_output=True, text=True,
-                                timeout=60, check=False)
+        result = subprocess.run(
+            [executable, "-version"], capture_output=True, text=True, timeout=60, check=False
+        )
     except OSError as exc:
         raise SetupError(f"cannot run {executable} -version: {exc}; {_INSTALL_HINT}") from None
     except subprocess.TimeoutExpired:
@@ -60,14 +65,18 @@ def require_java(minimum: int = MIN_JAVA) -> Java:
     output = result.stderr + result.stdout
     match = _VERSION_RE.search(output)
     if result.returncode != 0 or match is None:
-        raise SetupError(f"cannot tell the version of {executable} (`java -version` printed: "
-                         f"{output.strip()[:300]!r}); {_INSTALL_HINT}")
+        raise SetupError(
+            f"cannot tell the version of {executable} (`java -version` printed: "
+            f"{output.strip()[:300]!r}); {_INSTALL_HINT}"
+        )
     version = match.group(1)
     try:
         major = parse_major(version)
     except ValueError:
         raise SetupError(f"cannot parse Java version {version!r} from {executable}") from None
     if major < minimum:
-        raise SetupError(f"Java {minimum} or newer is needed to run the Kafka broker, but "
-                         f"{executable} is Java {version}; {_INSTALL_HINT}")
+        raise SetupError(
+            f"Java {minimum} or newer is needed to run the Kafka broker, but "
+            f"{executable} is Java {version}; {_INSTALL_HINT}"
+        )
     return Java(executable=executable, version=version, major=major)

@@ -23,8 +23,14 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def launch(command: list[str], log_file: Path, *, cwd: Path, die_with_parent: bool,
-           pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+def launch(
+    command: list[str],
+    log_file: Path,
+    *,
+    cwd: Path,
+    die_with_parent: bool,
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.Popen[bytes]:
     """Start ``command`` with stdout+stderr appended to ``log_file``, in a new session."""
     with open(log_file, "ab") as log:
         return subprocess.Popen(
