@@ -383,9 +383,12 @@ def _json_tensor(**overrides: object) -> dict:
     return tensor
 
 
+HEADER = "Inference-Header-Content-Length"
+
+
 def _with_binary(tensors: list[dict], binary: bytes) -> tuple[bytes, dict[str, str]]:
     header = json.dumps({"inputs": tensors}).encode()
-    return header + binary, {"Inference-Header-Content-Length": str(len(header))}
+    return header + binary, {HEADER: str(len(header))}
 
 
 BAD_HTTP = {
@@ -426,6 +429,48 @@ def test_bad_http_input_is_400_and_server_keeps_serving(
     assert expected in message
     print(f"{case}: 400 {message}")
     check_multi(http.infer("multi", http_inputs(True)))
+
+
+MORE_BAD_HTTP = {
+    "header length past the body": (b'{"inputs": []}', {HEADER: "999"}, 400, "Inference-Header"),
+    "header length not a number": (b'{"inputs": []}', {HEADER: "ten"}, 400, "Inference-Header"),
+    "binary bytes nobody claims": (
+        *_with_binary([_json_tensor()], b"\0\0\0\0"), 400, "4 unexpected bytes"
+    ),
+    "not JSON": (b"{inputs", {}, 400, "JSON"),
+    "JSON but not an object": (b"[1, 2]", {}, 400, "must be a JSON object"),
+    "no inputs": (b'{"inputs": []}', {}, 400, "no inputs"),
+    "input given twice": (
+        json.dumps({"inputs": [_json_tensor(), _json_tensor()]}).encode(), {}, 400, "more than once"
+    ),
+    "routing_key not a string": (
+        json.dumps({"inputs": [_json_tensor()], "parameters": {"routing_key": 5}}).encode(),
+        {}, 400, "routing_key",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MORE_BAD_HTTP))
+def test_malformed_http_requests_are_rejected_clearly(server: Served, case: str) -> None:
+    body, headers, status, expected = MORE_BAD_HTTP[case]
+    got, payload, _ = post(server, "/v2/models/multi/infer", body, headers)
+    assert got == status, payload
+    assert expected in json.loads(payload)["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "expected"),
+    [
+        ("/v2/models/nope/infer", 404, "nope"),
+        ("/v2/models/multi/versions/9/infer", 404, "multi"),
+        ("/v2/models/multi/versions/x1/infer", 400, "Invalid version"),
+    ],
+)
+def test_unknown_model_or_version(server: Served, path: str, status: int, expected: str) -> None:
+    body = json.dumps({"inputs": [_json_tensor()]}).encode()
+    got, payload, _ = post(server, path, body)
+    assert got == status, payload
+    assert expected in json.loads(payload)["error"]
 
 
 def _raw_request(

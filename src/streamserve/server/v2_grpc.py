@@ -51,7 +51,11 @@ def _model_of(request: Any) -> str:
 
 
 def _version_of(response: Any) -> str:
-    return str(getattr(response, "model_version", ""))
+    version = getattr(response, "model_version", "")
+    if not version:  # ModelMetadata: the version when only one answered
+        versions = getattr(response, "versions", ())
+        version = versions[0] if len(versions) == 1 else ""
+    return str(version)
 
 
 def _rpc(api: str) -> Any:
