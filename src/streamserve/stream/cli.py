@@ -148,18 +148,25 @@ async def _build_predictors(
 ) -> tuple[list[Any], Any, dict[str, Any]]:
     """(one predictor per target, fallback or None, input dtypes known from the model)."""
     from streamserve.errors import InvalidArgument
+    from streamserve.predictors.factory import PredictorSpec, create_members
 
     if args.model_base_path is not None:
-        name = args.model_name or args.model_base_path.resolve().name
-        predictor = await _embedded(args.model_base_path, name, "embedded", stack,
-                                    args.model_version, args.model_label)
-        dtypes = _signature_dtypes(predictor.manager, name, args.signature_name)
         if args.fallback_model_base_path is not None:
             raise InvalidArgument("--fallback-model-base-path only applies to --model-server")
+        if args.model_label is not None:
+            raise InvalidArgument("--model-label needs --model-server (a model server config)")
+        predictor = await _embedded(args.model_base_path, args.model_name, "embedded", stack,
+                                    args.model_version)
+        dtypes = _signature_dtypes(predictor.manager, predictor.model_name, args.signature_name)
         return [predictor], None, dtypes
     if not args.model_name:
         raise InvalidArgument("--model-server needs --model-name")
-    predictors = [await _remote(args, target, stack) for target in _targets(args.model_server)]
+    spec = PredictorSpec(targets=[args.model_server], model_name=args.model_name,
+                         model_version=args.model_version, model_label=args.model_label,
+                         protocol=args.protocol, timeout_s=args.request_timeout_s)
+    predictors = create_members(spec)
+    for predictor in predictors:
+        stack.push_async_callback(predictor.close)
     fallback = None
     if args.fallback_model_base_path is not None:
         name = args.fallback_model_name or args.model_name
@@ -167,29 +174,15 @@ async def _build_predictors(
     return predictors, fallback, {}
 
 
-def _targets(spec: str) -> list[str]:
-    from streamserve.errors import InvalidArgument
-
-    targets = [t.strip() for t in spec.split(",") if t.strip()]
-    for target in targets:
-        if not target.startswith(("grpc://", "http://", "https://")):
-            raise InvalidArgument(f"model server {target!r} must start with grpc:// or http(s)://")
-    if not targets:
-        raise InvalidArgument("--model-server names no target")
-    return targets
-
-
 async def _embedded(
-    base_path: Path, name: str, mode: str, stack: contextlib.AsyncExitStack,
-    version: int | None = None, label: str | None = None,
+    base_path: Path, name: str | None, mode: str, stack: contextlib.AsyncExitStack,
+    version: int | None = None,
 ) -> Any:
-    from streamserve.predictors.embedded import EmbeddedPredictor
-    from streamserve.repository import ModelConfig, ModelManager
+    from streamserve.predictors.factory import create_embedded_predictor
 
-    manager = ModelManager([ModelConfig(name=name, base_path=base_path.resolve())])
-    await asyncio.to_thread(manager.start)
-    predictor = EmbeddedPredictor(manager, name, version=version, label=label, mode=mode,
-                                  owns_manager=True)
+    predictor = await asyncio.to_thread(
+        create_embedded_predictor, base_path, name or "", version, mode=mode
+    )
     stack.push_async_callback(predictor.close)
     return predictor
 
@@ -201,17 +194,6 @@ def _signature_dtypes(manager: Any, name: str, signature_name: str | None) -> di
             return {input_name: spec.dtype for input_name, spec in signature.inputs.items()}
     except Exception:  # no version loaded yet / unknown signature: infer from JSON
         return {}
-
-
-async def _remote(args: argparse.Namespace, target: str, stack: contextlib.AsyncExitStack) -> Any:
-    from streamserve.predictors.factory import PredictorSpec, create_predictor
-
-    spec = PredictorSpec(targets=[target], model_name=args.model_name,
-                         model_version=args.model_version, model_label=args.model_label,
-                         protocol=args.protocol, timeout_s=args.request_timeout_s)
-    predictor = create_predictor(spec)
-    stack.push_async_callback(predictor.close)
-    return predictor
 
 
 async def _build_codec(
