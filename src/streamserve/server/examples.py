@@ -146,7 +146,7 @@ def serialize_example(features: Features) -> bytes:
             feature.int64_list.value.extend(values.astype(np.int64).tolist())
         else:
             feature.float_list.value.extend(values.astype(np.float32).tolist())
-    return example.SerializeToString()
+    return bytes(example.SerializeToString())
 
 
 def features_to_inputs(signature: Signature, examples: list[Features], method: str) -> Tensors:
@@ -184,10 +184,11 @@ def _example_value(
     if spec.shape is None:
         return values
     row_shape = spec.shape[1:]
-    if None not in row_shape:
-        if values.size != math.prod(row_shape):
+    known = [dim for dim in row_shape if dim is not None]
+    if len(known) == len(row_shape):
+        if values.size != math.prod(known):
             raise InvalidArgument(_feature_error(signature, spec, values, index))
-        return values.reshape(row_shape)
+        return values.reshape(known)
     if len(row_shape) == 1:
         return values
     raise InvalidArgument(

@@ -27,10 +27,12 @@ def signature_def_map(signatures: Mapping[str, Signature]) -> Any:
 
 
 def signature_def_map_json(signatures: Mapping[str, Signature]) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        signature_def_map(signatures),
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
+    return dict(
+        json_format.MessageToDict(
+            signature_def_map(signatures),
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
     )
 
 

@@ -15,6 +15,7 @@ follows TF Serving's ``prediction_service_impl.cc`` / ``model_service_impl.cc``:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -33,7 +34,7 @@ from streamserve.protos.tfs import (
 from streamserve.repository.config import model_configs_from_server_config
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.server.examples import examples_from_proto
-from streamserve.server.grpc_errors import grpc_method
+from streamserve.server.grpc_errors import Method, grpc_method
 from streamserve.server.signatures import SIGNATURE_DEF_FIELD, signature_def_map
 from streamserve.tensors import numpy_to_tensor_proto, tensor_proto_to_numpy
 
@@ -43,10 +44,10 @@ ROUTING_KEY_METADATA = "x-routing-key"
 
 def install(context: Any) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
         PredictionService(context.core), context.grpc_server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(  # type: ignore[no-untyped-call]
         ModelService(context.core), context.grpc_server
     )
 
@@ -85,7 +86,7 @@ def _response_version(response: Any) -> str:
     return str(response.model_spec.version.value) if response.HasField("model_spec") else ""
 
 
-def _rpc(api: str) -> Any:
+def _rpc(api: str) -> Callable[[Method], Method]:
     return grpc_method(PROTOCOL, api, _request_model, _response_version)
 
 
