@@ -11,7 +11,8 @@ How a request travels:
    ``pad_variable_length_inputs``). A request that does not fit closes the open
    batch and starts a new one.
 2. A batch runs (in a worker thread, so the loop never blocks) when a worker is
-   free and the batch is full or its ``batch_timeout_micros`` has passed. As in
+   free and the batch is full or its ``batch_timeout_micros`` has passed (to within
+   half a millisecond, the granularity of uvloop's timers). As in
    TF Serving, an open batch keeps growing while every worker is busy, so batches
    get bigger exactly when the load is high.
 3. Inputs are concatenated (padded to the next ``allowed_batch_sizes`` entry by
@@ -150,7 +151,9 @@ class _Batch:
 
 
 _UNBATCHABLE = object()  # key of requests that must run alone
-_TIMER_SLACK_S = 50e-6
+# uvloop rounds timer delays to whole milliseconds (under 0.5 ms it runs the callback
+# at once), so a batch within half a millisecond of its deadline counts as due.
+_TIMER_SLACK_S = 0.0005
 
 
 @dataclass
@@ -193,7 +196,10 @@ class DynamicBatcher:
         self._free_workers = self.params.num_batch_threads
         self._open: dict[object, _Batch] = {}
         self._ready: deque[_Batch] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        # uvloop answers call_at with a plain Handle (no .when()) for a past deadline,
+        # so the armed deadline is kept here.
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.queued_rows = 0
@@ -229,9 +235,10 @@ class DynamicBatcher:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        loop_open = self._loop is not None and not self._loop.is_closed()
         for batch in [*self._ready, *self._open.values()]:
             for member in batch.members:
-                if not member.future.done():
+                if loop_open and not member.future.done():
                     member.future.set_exception(ResourceExhausted("batcher is shut down"))
         self._ready.clear()
         self._open.clear()
@@ -280,7 +287,6 @@ class DynamicBatcher:
         loop = self._loop
         assert loop is not None
         while self._free_workers > 0:
-            # The loop may fire a timer up to its clock resolution early; count that as due.
             batch = self._next_runnable(loop.time() + _TIMER_SLACK_S)
             if batch is None:
                 break
@@ -302,9 +308,10 @@ class DynamicBatcher:
     def _arm_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         deadline = min(batch.deadline for batch in self._open.values())
         if self._timer is not None:
-            if self._timer.when() <= deadline:
+            if self._timer_at <= deadline:
                 return
             self._timer.cancel()
+        self._timer_at = deadline
         self._timer = loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:

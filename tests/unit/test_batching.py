@@ -381,3 +381,31 @@ def test_per_model_parameters_from_files(tmp_path: Path) -> None:
     assert params_for("b", 3) == BatchingParameters(max_batch_size=32, batch_timeout_micros=9)
     with pytest.raises(InvalidArgument, match=r"c/batching_params.pbtxt: Invalid batching"):
         params_for("c", 1)
+
+
+@pytest.mark.parametrize("timeout_micros", [0, 200, 700, 1200, 3000])
+def test_uvloop_short_timers_and_staggered_arrivals(timeout_micros: int) -> None:
+    """uvloop turns sub-millisecond timers into plain handles; batching must not care."""
+    uvloop = pytest.importorskip("uvloop")
+    model = CountingModel()
+    params = BatchingParameters(
+        max_batch_size=8, batch_timeout_micros=timeout_micros, num_batch_threads=2
+    )
+    batcher = DynamicBatcher(model, params)
+
+    async def one(i: int) -> dict[str, np.ndarray]:
+        await asyncio.sleep((i % 5) * 0.0002)
+        return await batcher.submit({"x": np.full((1, 2), i, np.float32)})
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    loop = uvloop.new_event_loop()
+    try:
+        results = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        batcher.close()
+    assert sum(model.calls) == 200
+    for i, out in enumerate(results):
+        assert out["y"].tolist() == [[2 * i, 2 * i]]
