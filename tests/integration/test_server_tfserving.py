@@ -634,11 +634,11 @@ def check_grpc_errors(stub: object, good: dict[str, np.ndarray]) -> None:
     assert code == NF and "nope" in details
     code, details = grpc_error(lambda: predict(predict_request("m", good, version=7), timeout=10))
     assert code == NF and "7" in details
-    # TF Serving (server_core.cc) answers an unknown label with INVALID_ARGUMENT; so do we.
+    # TF Serving answers an unknown label with INVALID_ARGUMENT; we say NOT_FOUND (issue 4).
     code, details = grpc_error(
         lambda: predict(predict_request("m", good, label="beta"), timeout=10)
     )
-    assert code == IA and "beta" in details
+    assert code == NF and "beta" in details
     code, details = grpc_error(
         lambda: predict(predict_request("m", {**good, "extra": good["x"]}), timeout=10)
     )

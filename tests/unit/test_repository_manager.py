@@ -348,7 +348,7 @@ def test_unknown_names_get_tf_serving_messages(tmp_path: Path, make_manager) -> 
         manager.handle("nope")
     with pytest.raises(NotFound, match=r"^Servable not found for request: Specific\(m, 3\)$"):
         manager.handle("m", version=3)
-    with pytest.raises(InvalidArgument, match=r"^Unrecognized servable version label: x$"):
+    with pytest.raises(NotFound, match=r"^Unrecognized servable version label: x$"):
         manager.handle("m", label="x")
     with pytest.raises(InvalidArgument, match="not both"):
         manager.handle("m", version=1, label="x")

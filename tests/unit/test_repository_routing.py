@@ -133,7 +133,7 @@ def test_labels_and_versions_both_reach_real_models(tmp_path: Path, make_manager
         outputs[(("label", "stable"),)][1]["y"], outputs[(("label", "canary"),)][1]["y"]
     )
     assert [s.version for s in manager.status("m", label="canary")] == [2]
-    with pytest.raises(InvalidArgument, match="Unrecognized servable version label: beta"):
+    with pytest.raises(NotFound, match="Unrecognized servable version label: beta"):
         manager.status("m", label="beta")
 
 

@@ -13,15 +13,19 @@ import hashlib
 import random
 from collections.abc import Callable, Mapping
 
-from streamserve.errors import InvalidArgument
+from streamserve.errors import NotFound
 from streamserve.repository.config import ModelConfig, split_key_version
 
 
 def resolve_label(labels: Mapping[str, int], label: str) -> int:
-    """Label → version, or TF Serving's InvalidArgument for an unknown label."""
+    """Label → version; an unknown label is NotFound (404), like an unknown version.
+
+    TF Serving itself answers INVALID_ARGUMENT here; we treat a label as a name for a
+    version, so a missing one is "not found", which clients can tell from bad input.
+    """
     version = labels.get(label)
     if version is None:
-        raise InvalidArgument(f"Unrecognized servable version label: {label}")
+        raise NotFound(f"Unrecognized servable version label: {label}")
     return version
 
 
