@@ -563,12 +563,14 @@ def test_ab_sticky_routing_keys(server: Served, http: thttp.InferenceServerClien
     assert all(len(seen) == 1 for seen in by_key.values())
     arms = Counter(next(iter(seen)) for seen in by_key.values())
     assert set(arms) == {"1", "2"}
-    # The same key picks the same arm over REST (header) and gRPC metadata too.
+    # The same key picks the same arm over REST (header or parameters) and gRPC metadata.
     x = thttp.InferInput("x", [1, 64], "FP32")
     x.set_data_from_numpy(np.ones((1, 64), np.float32))
     for key in keys[:20]:
         expected = next(iter(by_key[key]))
         result = http.infer("ab", [x], headers={"x-routing-key": key})
+        assert result.get_response()["model_version"] == expected
+        result = http.infer("ab", [x], parameters={"routing_key": key})
         assert result.get_response()["model_version"] == expected
         over_grpc = tgrpc.InferenceServerClient(server.grpc).infer(
             "ab", [_grpc_ones()], headers={"x-routing-key": key}
