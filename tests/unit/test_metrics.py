@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -80,3 +83,26 @@ def test_bad_monitoring_config_is_rejected() -> None:
         parse_monitoring_config('prometheus_config { enable: true path: "metrics" }')
     with pytest.raises(InvalidArgument, match="something_else"):
         parse_monitoring_config("something_else { }")
+
+
+def test_follow_before_start_records_initial_load_latency(tmp_path: Path) -> None:
+    from streamserve.models.toy import build_tiny
+    from streamserve.repository import ModelConfig, ModelManager
+
+    build_tiny(tmp_path / "tiny" / "1")
+    manager = ModelManager(
+        [ModelConfig("tiny", tmp_path / "tiny")], file_system_poll_wait_seconds=0
+    )
+    metrics = ServerMetrics(process=False)
+    metrics.follow(manager)
+    metrics.follow(manager)  # idempotent
+    with manager:
+        assert manager.wait_for_state("tiny", 1, 30, timeout=30)
+        key = ("streamserve_model_load_seconds_count", (("model", "tiny"),))
+        deadline = time.monotonic() + 10
+        while not samples(metrics).get(key):  # listeners run on the manager's event thread
+            assert time.monotonic() < deadline, "load latency never observed"
+            time.sleep(0.01)
+    got = samples(metrics)
+    assert got[("streamserve_model_load_seconds_count", (("model", "tiny"),))] == 1
+    assert got[("streamserve_model_version_state", (("model", "tiny"), ("version", "1")))] == 50

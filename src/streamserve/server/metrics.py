@@ -154,6 +154,7 @@ class ServerMetrics:
         if process:
             ProcessCollector(namespace="streamserve", registry=reg)
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self._followed: list[Any] = []
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -180,6 +181,21 @@ class ServerMetrics:
 
     # -- model lifecycle --------------------------------------------------------------------
 
+    def follow(self, manager: Any) -> None:
+        """Track ``manager``'s version states and load times (idempotent).
+
+        Call it before ``manager.start()`` to see the initial loads' latency too; called
+        later, it seeds the current states (their load times are not recorded).
+        """
+        if any(followed is manager for followed in self._followed):
+            return
+        self._followed.append(manager)
+        manager.add_listener(self.on_version_state)
+        for name in manager.model_names():
+            with contextlib.suppress(StreamserveError):
+                for status in manager.status(name):
+                    self.on_version_state(name, status.version, int(status.state), None)
+
     def on_version_state(
         self, model: str, version: int, state: int, load_seconds: float | None
     ) -> None:
@@ -202,10 +218,10 @@ class ServerMetrics:
 def install(context: Any) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server` (after the protocol
     adapters): request observer, model state listener, batching runner, REST routes."""
-    metrics = ServerMetrics()
+    metrics = context.metrics if isinstance(context.metrics, ServerMetrics) else ServerMetrics()
     context.metrics = metrics
     context.core.add_request_observer(metrics.observe_request)
-    _follow_version_states(metrics, context.manager)
+    metrics.follow(context.manager)
     if context.options.enable_batching:
         _install_batching(context, metrics)
     if context.rest_app is None:
@@ -227,15 +243,6 @@ def _metrics_handler(metrics: ServerMetrics) -> Callable[[Any], Awaitable[Any]]:
         return Response(body=metrics.render(), content_type=content_type)
 
     return handler
-
-
-def _follow_version_states(metrics: ServerMetrics, manager: Any) -> None:
-    """Listen first, then seed the states of versions loaded before the server started."""
-    manager.add_listener(metrics.on_version_state)
-    for name in manager.model_names():
-        with contextlib.suppress(StreamserveError):
-            for status in manager.status(name):
-                metrics.on_version_state(name, status.version, int(status.state), None)
 
 
 def _install_batching(context: Any, metrics: ServerMetrics) -> None:
