@@ -109,6 +109,8 @@ def decode_and_crop(data: object, spec: ImageSpec) -> np.ndarray:
         raise
     except Image.DecompressionBombError as error:
         raise _BadElement(f"too many pixels ({error})") from None
+    except Image.UnidentifiedImageError:
+        raise _BadElement("not a decodable image (unknown or unsupported format)") from None
     except Exception as error:  # any decoder failure is the element's fault, never ours
         reason = str(error) or type(error).__name__
         raise _BadElement(f"not a decodable image ({reason})") from None
