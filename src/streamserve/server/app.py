@@ -41,6 +41,7 @@ from streamserve.repository import ConfigFilePoller, ModelConfig, ModelManager
 from streamserve.repository.config import load_model_configs
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
 from streamserve.server.http import App
+from streamserve.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class ServerContext:
     rest_app: App | None
     health: health.aio.HealthServicer
     on_stop: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
-    metrics: Any = None  # set by streamserve.server.metrics.install
+    metrics: ServerMetrics | None = None
 
 
 class Server:
@@ -226,7 +227,8 @@ class Server:
 
     async def _start_parts(self, stack: contextlib.AsyncExitStack) -> None:
         options = self.options
-        manager = await self._start_manager(stack)
+        metrics = ServerMetrics()
+        manager = await self._start_manager(stack, metrics)
         core = InferenceCore(manager, self._runner or ThreadPoolRunner(options.predict_threads))
         stack.callback(core.close)
         stack.push_async_callback(core.drain, options.grace_seconds)  # after both servers stop
@@ -237,7 +239,9 @@ class Server:
         if options.rest_port is not None:
             timeout = options.rest_api_timeout_in_ms / 1000 or None
             rest_app = App(options.rest_max_body_bytes, timeout)
-        context = ServerContext(options, manager, core, grpc_server, rest_app, health_servicer)
+        context = ServerContext(
+            options, manager, core, grpc_server, rest_app, health_servicer, metrics=metrics
+        )
         self.context = context
         _install_adapters(context)
         stack.push_async_callback(_run_cleanups, context.on_stop)
@@ -248,8 +252,11 @@ class Server:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
 
-    async def _start_manager(self, stack: contextlib.AsyncExitStack) -> ModelManager:
+    async def _start_manager(
+        self, stack: contextlib.AsyncExitStack, metrics: ServerMetrics
+    ) -> ModelManager:
         if self._given_manager is not None:
+            metrics.follow(self._given_manager)
             return self._given_manager
         options = self.options
         manager = ModelManager(
@@ -260,6 +267,7 @@ class Server:
             ),
             warmup=options.enable_model_warmup,
         )
+        metrics.follow(manager)  # before start: the initial loads' latency is recorded too
         await asyncio.to_thread(manager.start)
         stack.push_async_callback(asyncio.to_thread, manager.stop)
         return manager
