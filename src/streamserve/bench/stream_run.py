@@ -1,0 +1,222 @@
+"""One mode, measured twice on fresh topics and a fresh processor each time.
+
+1. **Drain** (throughput): the N records are produced first (a backlog); a processor
+   starts and works through them. Throughput = outputs / time between the first and the
+   last output's broker timestamp. CPU seconds of the processor, model server and broker
+   are read from ``/proc`` between the processor's readiness and the last commit. Slow
+   baselines stop after ``max_seconds``: the processor is stopped gracefully and the
+   committed prefix is what counts (and is checked for loss).
+2. **Latency** (closed loop): at most ``window`` records are in flight (produced, not yet
+   readable in the output with ``read_committed``). End-to-end latency = output log-append
+   time - input log-append time (one broker clock); "visible" latency also includes the
+   wait for the transaction commit (input append time -> the benchmark's consumer sees it).
+
+Both phases check that every input has exactly one output (or DLQ record).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from streamserve.bench import stream_io as kio
+from streamserve.bench.stream_modes import Mode, Workload
+from streamserve.bench.stream_procs import ServerProcess, WorkerProcess, cpu_seconds
+from streamserve.bench.stream_stats import (
+    check_no_loss,
+    end_to_end_latencies,
+    expected_keys_below,
+    summarize,
+    throughput,
+)
+from streamserve.bench.stream_worker import WorkerSpec
+
+WARMUP_RECORDS = 20
+POLL_S = 0.2
+SAMPLE_DIGITS = 2
+
+
+@dataclass
+class BenchContext:
+    bootstrap: str
+    broker_pid: int | None
+    logs_dir: Path
+    run_id: str
+    partitions: int
+    concurrency: int
+    max_seconds: float
+    latency_seconds: float
+    progress: bool = True
+
+    def bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="rec", disable=not self.progress,
+                    mininterval=0.5, leave=False, dynamic_ncols=True)
+
+    def topics(self, name: str) -> tuple[str, str, str]:
+        """(input topic, output topic, group id) for a phase called ``name``."""
+        base = f"{self.run_id}-{name}"
+        kio.create_topics(self.bootstrap, [f"{base}-in", f"{base}-out"], self.partitions)
+        return f"{base}-in", f"{base}-out", f"{base}-g"
+
+
+def worker_spec(ctx: BenchContext, workload: Workload, mode: Mode, server: ServerProcess | None,
+                topics: tuple[str, str, str], name: str, fallback: bool = False) -> WorkerSpec:
+    in_topic, out_topic, group = topics
+    targets: list[str] = []
+    if mode.remote:
+        assert server is not None
+        targets = [server.grpc_target if mode.transport == "grpc" else server.rest_target]
+    return WorkerSpec(
+        bootstrap_servers=ctx.bootstrap, input_topic=in_topic, output_topic=out_topic,
+        group_id=group, model_name=workload.model_name,
+        calls_path=str(ctx.logs_dir / f"{name}.calls.json"), codec=workload.codec,
+        model_base_path=None if mode.remote else str(workload.base_path), targets=targets,
+        protocol=mode.protocol, per_call_channel=mode.per_call_channel,
+        max_batch_size=mode.max_batch_size, max_in_flight=mode.max_in_flight,
+        fallback_base_path=str(workload.base_path) if fallback else None,
+        image_roots=workload.image_roots, input_dtypes=workload.input_dtypes,
+    )
+
+
+def start_worker(ctx: BenchContext, spec: WorkerSpec, name: str) -> WorkerProcess:
+    worker = WorkerProcess(spec, ctx.logs_dir / f"{name}.spec.json", ctx.logs_dir / f"{name}.log")
+    worker.start()
+    try:
+        worker.wait_ready()
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def cpu_snapshot(ctx: BenchContext, worker: WorkerProcess, server: ServerProcess | None
+                 ) -> dict[str, float | None]:
+    return {"processor": cpu_seconds(worker.pid),
+            "server": cpu_seconds(server.pid) if server is not None else None,
+            "broker": cpu_seconds(ctx.broker_pid), "bench": time.process_time()}
+
+
+def cpu_delta(before: dict[str, float | None], after: dict[str, float | None]
+              ) -> dict[str, float | None]:
+    delta: dict[str, float | None] = {}
+    for key, start in before.items():
+        end = after.get(key)
+        delta[key] = None if start is None or end is None else round(end - start, 3)
+    return delta
+
+
+def model_calls(calls: dict[str, list[Any]], since: float = 0.0) -> dict[str, Any]:
+    """Model-call latency (ms) and rows per call, from the worker's timed predictor."""
+    done = [c for mode_calls in calls.values() for c in mode_calls if c[0] >= since and c[3]]
+    rows = [c[2] for c in done]
+    return {"latency_ms": summarize([c[1] * 1000 for c in done]), "calls": len(done),
+            "rows_per_call": round(sum(rows) / len(rows), 2) if rows else None,
+            "failed_calls": sum(1 for mc in calls.values() for c in mc if not c[3])}
+
+
+def keys_by_partition(records: Sequence[kio.BenchRecord]) -> dict[int, list[Hashable]]:
+    """Input keys in offset order per partition (a fresh topic, one idempotent producer)."""
+    keys: dict[int, list[Hashable]] = defaultdict(list)
+    for record in records:
+        keys[record.partition].append(record.key)
+    return keys
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def drain_phase(ctx: BenchContext, workload: Workload, mode: Mode, server: ServerProcess | None,
+                records: Sequence[kio.BenchRecord], name: str) -> dict[str, Any]:
+    topics = ctx.topics(name)
+    kio.produce_all(ctx.bootstrap, topics[0], records)
+    worker = start_worker(ctx, worker_spec(ctx, workload, mode, server, topics, name), name)
+    watcher = kio.CommittedWatcher(ctx.bootstrap, topics[2], topics[0], ctx.partitions)
+    used_server = server if mode.remote else None
+    try:
+        before, started = cpu_snapshot(ctx, worker, used_server), time.monotonic()
+        _wait_committed(ctx, watcher, len(records), name)
+        after, seconds = cpu_snapshot(ctx, worker, used_server), time.monotonic() - started
+    finally:
+        exit_code = worker.stop()
+        committed = watcher.offsets()  # after the processor's last commit
+        watcher.close()
+    expected = expected_keys_below(keys_by_partition(records), committed)
+    outputs = kio.read_all(ctx.bootstrap, topics[1], len(expected))
+    dlq = kio.read_all(ctx.bootstrap, f"{topics[0]}.dlq", 0, quiet_s=0.2)
+    loss = check_no_loss(expected, [o.key for o in outputs], [d.key for d in dlq])
+    done = len(expected)
+    cpu = cpu_delta(before, after)
+    return {
+        "records": len(records), "processed": done, "complete": done == len(records),
+        "seconds": round(seconds, 3),
+        "throughput_rps": round(throughput([o.timestamp_ms for o in outputs], seconds), 1),
+        "cpu_s": cpu,
+        "cpu_us_per_record": {k: (round(v * 1e6 / done, 1) if v is not None and done else None)
+                              for k, v in cpu.items()},
+        "model_call": model_calls(worker.calls()), "loss": loss.as_dict(),
+        "exit_code": exit_code,
+    }
+
+
+def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int,
+                    desc: str) -> int:
+    deadline = time.monotonic() + ctx.max_seconds
+    done = 0
+    with ctx.bar(total, desc) as bar:
+        while done < total and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            now = sum(watcher.offsets().values())
+            bar.update(now - done)
+            done = now
+    return done
+
+
+def latency_phase(ctx: BenchContext, workload: Workload, mode: Mode,
+                  server: ServerProcess | None, count: int, name: str) -> dict[str, Any]:
+    topics = ctx.topics(name)
+    warm = workload.records(min(WARMUP_RECORDS, ctx.concurrency), ctx.partitions, "w")
+    measured = workload.records(count, ctx.partitions, "l")
+    worker = start_worker(ctx, worker_spec(ctx, workload, mode, server, topics, name), name)
+    watcher = kio.OutputWatcher(ctx.bootstrap, topics[1])
+    try:
+        kio.closed_loop(ctx.bootstrap, topics[0], warm, watcher, len(warm), 120.0)
+        since = time.time()
+        with ctx.bar(count, name) as bar:
+            produced = kio.closed_loop(ctx.bootstrap, topics[0], measured, watcher,
+                                       ctx.concurrency, ctx.latency_seconds, bar.update)
+    finally:
+        exit_code = worker.stop()
+    sent = list(warm) + list(measured[:produced])
+    watcher.wait_for(len(sent), 10.0)
+    watcher.close()
+    inputs = {r.key: r.timestamp_ms for r in kio.read_all(ctx.bootstrap, topics[0], len(sent))}
+    dlq = kio.read_all(ctx.bootstrap, f"{topics[0]}.dlq", 0, quiet_s=0.2)
+    outputs = [r for r in watcher.records if r.key and r.key.startswith(b"l")]
+    e2e = end_to_end_latencies(inputs, [(r.key, r.timestamp_ms) for r in outputs])
+    visible = end_to_end_latencies(inputs, [(r.key, r.received_ms) for r in outputs])
+    loss = check_no_loss([r.key for r in sent], [r.key for r in watcher.records],
+                         [d.key for d in dlq])
+    return {
+        "window": ctx.concurrency, "records": len(outputs), "e2e_ms": summarize(e2e),
+        "visible_ms": summarize(visible), "model_call": model_calls(worker.calls(), since),
+        "loss": loss.as_dict(), "exit_code": exit_code,
+        "e2e_samples_ms": [round(v, SAMPLE_DIGITS) for v in sorted(e2e)],
+    }
+
+
+def run_mode(ctx: BenchContext, workload: Workload, mode: Mode, server: ServerProcess | None,
+             records: Sequence[kio.BenchRecord], latency_count: int, round_index: int
+             ) -> dict[str, Any]:
+    name = f"{workload.model}-{mode.name}-r{round_index}"
+    return {
+        "mode": mode.name, "label": mode.label, "round": round_index,
+        "settings": mode.settings(),
+        "drain": drain_phase(ctx, workload, mode, server, records, f"{name}-drain"),
+        "latency": latency_phase(ctx, workload, mode, server, latency_count, f"{name}-lat"),
+    }

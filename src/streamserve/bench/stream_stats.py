@@ -1,0 +1,238 @@
+"""Pure arithmetic for ``streamserve bench stream``: no Kafka, no processes, no clocks.
+
+- :func:`summarize` — percentiles of a list of numbers.
+- :func:`end_to_end_latencies` — output timestamp minus input timestamp, matched by key.
+- :func:`throughput` — records per second between the first and last output timestamps.
+- :func:`check_no_loss` — every input key has exactly one output (or DLQ record).
+- :func:`timeline` — per-bucket counts and latency percentiles for the outage plot.
+- :func:`parse_prometheus` / :func:`metric_sum` — read the processor's metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from streamserve.bench.common import percentile
+
+PERCENTILES = (50, 95, 99)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
+    """``count``, ``mean``, ``p50``, ``p95``, ``p99``, ``max`` (``None`` when empty).
+
+    Percentiles interpolate linearly between closest ranks (:func:`common.percentile`).
+    """
+    if len(values) == 0:
+        empty: dict[str, float | int | None] = {"count": 0, "mean": None, "max": None}
+        empty.update({f"p{p}": None for p in PERCENTILES})
+        return empty
+    ordered = sorted(float(v) for v in values)
+    result: dict[str, float | int | None] = {
+        "count": len(ordered),
+        "mean": sum(ordered) / len(ordered),
+        "max": ordered[-1],
+    }
+    for p in PERCENTILES:
+        result[f"p{p}"] = percentile(ordered, p)
+    return result
+
+
+def end_to_end_latencies(
+    input_ts_ms: Mapping[Hashable, float], output_ts_ms: Iterable[tuple[Hashable, float]]
+) -> list[float]:
+    """Latency (ms) of each output whose key has an input timestamp; unknown keys are skipped."""
+    latencies = []
+    for key, out_ts in output_ts_ms:
+        in_ts = input_ts_ms.get(key)
+        if in_ts is not None:
+            latencies.append(float(out_ts) - float(in_ts))
+    return latencies
+
+
+def throughput(output_ts_ms: Sequence[float], fallback_seconds: float | None = None) -> float:
+    """Records per second: ``(n - 1) / (last - first)`` over output timestamps.
+
+    Broker timestamps have millisecond resolution and one producer batch shares one append
+    time, so a run shorter than ~50 ms of timestamps falls back to ``n / fallback_seconds``
+    (the wall-clock duration measured by the caller), if given.
+    """
+    count = len(output_ts_ms)
+    if count == 0:
+        return 0.0
+    span_s = (max(output_ts_ms) - min(output_ts_ms)) / 1000
+    if span_s >= 0.05 and count > 1:
+        return (count - 1) / span_s
+    if fallback_seconds and fallback_seconds > 0:
+        return count / fallback_seconds
+    return 0.0
+
+
+@dataclass
+class LossReport:
+    """What the read_committed output (plus DLQ) holds compared with the input keys."""
+
+    expected: int
+    outputs: int
+    dlq: int
+    lost: int
+    duplicates: int
+    unexpected: int
+    lost_examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicates == 0 and self.unexpected == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+    def line(self, label: str) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        return (f"{label}: {self.expected} inputs, {self.outputs} outputs, {self.dlq} in DLQ, "
+                f"{self.lost} lost, {self.duplicates} duplicates, {self.unexpected} unexpected"
+                f" — {verdict}")
+
+
+def check_no_loss(
+    expected_keys: Iterable[Hashable],
+    output_keys: Iterable[Hashable],
+    dlq_keys: Iterable[Hashable] = (),
+    examples: int = 5,
+) -> LossReport:
+    """Each expected key must appear exactly once among outputs + DLQ records.
+
+    ``lost``: expected keys never seen; ``duplicates``: extra copies of seen keys;
+    ``unexpected``: keys that were not expected at all.
+    """
+    expected = set(expected_keys)
+    outputs = list(output_keys)
+    dlq = list(dlq_keys)
+    seen = Counter(outputs)
+    seen.update(dlq)
+    lost = sorted((k for k in expected if k not in seen), key=str)
+    duplicates = sum(n - 1 for k, n in seen.items() if n > 1 and k in expected)
+    unexpected = sum(n for k, n in seen.items() if k not in expected)
+    return LossReport(
+        expected=len(expected), outputs=len(outputs), dlq=len(dlq), lost=len(lost),
+        duplicates=duplicates, unexpected=unexpected,
+        lost_examples=[str(k) for k in lost[:examples]],
+    )
+
+
+def expected_keys_below(
+    keys_by_partition_offset: Mapping[int, Sequence[Hashable]], committed: Mapping[int, int]
+) -> list[Hashable]:
+    """Input keys whose offset is below the partition's committed offset (the processed prefix).
+
+    ``keys_by_partition_offset[p][o]`` is the key at offset ``o`` of partition ``p``.
+    """
+    keys: list[Hashable] = []
+    for partition, partition_keys in keys_by_partition_offset.items():
+        keys.extend(partition_keys[: max(0, committed.get(partition, 0))])
+    return keys
+
+
+@dataclass
+class Bucket:
+    start_s: float
+    outputs: int = 0
+    by_mode: dict[str, int] = field(default_factory=dict)
+    inputs: int = 0
+    latency_p50_ms: float | None = None
+    latency_max_ms: float | None = None
+
+
+def timeline(
+    outputs: Iterable[tuple[float, str, float]],
+    inputs_ts_ms: Iterable[float],
+    origin_ms: float,
+    bucket_s: float = 0.5,
+    end_s: float | None = None,
+) -> list[Bucket]:
+    """Bucket outputs ``(timestamp_ms, mode, latency_ms)`` and input timestamps by time.
+
+    Buckets are ``bucket_s`` wide, start at ``origin_ms`` and run to the last event (or
+    ``end_s``); events before ``origin_ms`` are ignored. Counts are per bucket (divide by
+    ``bucket_s`` for a rate); latency is summarised over the outputs written in a bucket.
+    """
+    outputs = list(outputs)
+    inputs = [t for t in inputs_ts_ms if t >= origin_ms]
+    if end_s is not None:
+        count = max(1, math.ceil(end_s / bucket_s - 1e-9))
+    else:
+        last_ms = max([t for t, _, _ in outputs] + inputs, default=origin_ms)
+        count = int((last_ms - origin_ms) / 1000 // bucket_s) + 1
+    buckets = [Bucket(start_s=round(i * bucket_s, 6)) for i in range(count)]
+    latencies: list[list[float]] = [[] for _ in buckets]
+
+    def index(ts_ms: float) -> int | None:
+        i = int((ts_ms - origin_ms) / 1000 // bucket_s)
+        return i if 0 <= i < count else None
+
+    for ts, mode, latency in outputs:
+        i = index(ts)
+        if i is None:
+            continue
+        buckets[i].outputs += 1
+        buckets[i].by_mode[mode] = buckets[i].by_mode.get(mode, 0) + 1
+        latencies[i].append(latency)
+    for ts in inputs:
+        i = index(ts)
+        if i is not None:
+            buckets[i].inputs += 1
+    for bucket, values in zip(buckets, latencies, strict=True):
+        if values:
+            bucket.latency_p50_ms = percentile(values, 50)
+            bucket.latency_max_ms = float(max(values))
+    return buckets
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+Labels = frozenset[tuple[str, str]]
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, Labels], float]:
+    """Samples of a Prometheus text exposition: ``{(name, labels): value}``."""
+    samples: dict[tuple[str, Labels], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, label_text = series.partition("{")
+        labels: list[tuple[str, str]] = []
+        for part in _split_labels(label_text.rstrip("}")):
+            key, _, raw = part.partition("=")
+            labels.append((key.strip(), raw.strip().strip('"')))
+        try:
+            samples[(name, frozenset(labels))] = float(value)
+        except ValueError:
+            continue
+    return samples
+
+
+def _split_labels(text: str) -> list[str]:
+    parts, current, quoted = [], [], False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if current:
+        parts.append("".join(current))
+    return [p for p in parts if "=" in p]
+
+
+def metric_sum(
+    samples: Mapping[tuple[str, Labels], float], name: str, **labels: str
+) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
