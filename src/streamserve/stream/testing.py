@@ -281,3 +281,72 @@ def image_bytes(color: tuple[int, int, int], size: tuple[int, int] = (48, 40),
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- model server
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """``streamserve serve`` for one model on fixed ports (so it can be restarted in place)."""
+
+    def __init__(self, model_name: str, base_path: Path, log_path: Path) -> None:
+        self.model_name, self.base_path, self.log_path = model_name, Path(base_path), log_path
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    @property
+    def rest_target(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def start(self, timeout: float = 60.0) -> ServeProcess:
+        """Start and wait for the readiness line (bounded by ``timeout``)."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamserve", "serve", f"--port={self.grpc_port}",
+                 f"--rest_api_port={self.rest_port}", f"--model_name={self.model_name}",
+                 f"--model_base_path={self.base_path}"],
+                stdout=subprocess.PIPE, stderr=log,
+            )
+        ready = threading.Event()
+        threading.Thread(target=self._await_ready, args=(ready,), daemon=True).start()
+        if not ready.wait(timeout):
+            self.kill()
+            raise TimeoutError(f"model server not ready in {timeout} s: {self.log_path}")
+        return self
+
+    def _await_ready(self, ready: threading.Event) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            if b"serving gRPC" in line:
+                ready.set()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
