@@ -45,6 +45,7 @@ from streamserve.stream.breaker import BreakerPolicy
 from streamserve.stream.errors import RecordError
 from streamserve.stream.invoker import ModelInvoker, Outcome, RetryPolicy, build_invoker
 from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
+from streamserve.stream.output import OutputWriter
 from streamserve.stream.pipeline import PartitionBook, Work
 from streamserve.stream.records import InputRecord, RecordCodec
 from streamserve.stream.telemetry import StreamMetrics, log_event
@@ -53,8 +54,6 @@ from streamserve.stream.topics import ensure_topics
 log = logging.getLogger("streamserve.stream")
 
 Guarantee = Literal["exactly-once", "at-least-once"]
-ERROR_HEADER_PREFIX = "streamserve.error."
-SOURCE_HEADER_PREFIX = "streamserve.source."
 
 
 @dataclass
@@ -146,7 +145,6 @@ class StreamProcessor:
         self._consuming = True
         self._sinking = True
         self._closed = False
-        self._output_partitions = 1
         self._records_in = self.metrics.records_in.labels(config.input_topic)
 
     # ------------------------------------------------------------------ lifecycle
@@ -191,7 +189,6 @@ class StreamProcessor:
             ensure_topics, cfg.bootstrap_servers, cfg.input_topic,
             [cfg.output_topic, cfg.resolved_dlq_topic], cfg.create_missing_topics,
         )
-        self._output_partitions = partitions[cfg.output_topic]
         static_id = cfg.resolved_instance_id if cfg.static_membership else None
         consumer = Consumer(kafka_io.consumer_settings(
             cfg.bootstrap_servers, cfg.group_id, static_id, cfg.consumer_overrides))
@@ -204,6 +201,9 @@ class StreamProcessor:
             kafka_io.TransactionalSink(producer, consumer) if exactly_once
             else kafka_io.AtLeastOnceSink(producer, consumer)
         )
+        self._writer = OutputWriter(self._sink, cfg.output_topic, cfg.resolved_dlq_topic,
+                                    partitions[cfg.output_topic], cfg.output_partitioning,
+                                    self.metrics)
         await self._kafka.call(self._sink.start)
         await self._kafka.call(
             consumer.subscribe, [cfg.input_topic],
@@ -509,39 +509,8 @@ class StreamProcessor:
     def _emit_ready(self) -> None:
         now_ms = time.time() * 1000
         for work in self.book.pop_ready():
-            record = work.record
-            if work.error is not None:
-                self._produce_dlq(record, work.error)
-            else:
-                self._sink.produce(self.config.output_topic, work.output, record.key,
-                                   partition=self._output_partition(record))
-                self.metrics.records_out.labels(work.mode).inc()
-                if work.mode == "fallback":
-                    self.metrics.fallback_records.inc()
-            if record.timestamp_ms is not None:
-                self.metrics.e2e_latency.observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
+            self._writer.write(work, now_ms)
         self._sink.poll()
-
-    def _output_partition(self, record: InputRecord) -> int | None:
-        if self.config.output_partitioning == "key":
-            return None
-        return record.partition % self._output_partitions
-
-    def _produce_dlq(self, record: InputRecord, error: RecordError) -> None:
-        exception = error.exception_name or (
-            type(error.__cause__).__name__ if error.__cause__ else type(error).__name__)
-        headers = [(k, v) for k, v in record.headers if v is not None] + [
-            (f"{ERROR_HEADER_PREFIX}stage", error.stage.encode()),
-            (f"{ERROR_HEADER_PREFIX}reason", error.reason.encode("utf-8", "replace")[:4096]),
-            (f"{ERROR_HEADER_PREFIX}exception", exception.encode()),
-            (f"{SOURCE_HEADER_PREFIX}topic", record.topic.encode()),
-            (f"{SOURCE_HEADER_PREFIX}partition", str(record.partition).encode()),
-            (f"{SOURCE_HEADER_PREFIX}offset", str(record.offset).encode()),
-        ]
-        self._sink.produce(self.config.resolved_dlq_topic, record.value, record.key, headers)
-        self.metrics.records_dlq.labels(error.stage).inc()
-        log_event(log, "record to dlq", logging.WARNING, position=record.position,
-                  stage=error.stage, reason=error.reason[:300], exception=exception)
 
     async def _checkpoint(self) -> None:
         """Produce what is ready, then commit it with its offsets on the consumer thread.
