@@ -33,8 +33,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     kafka.add_argument("--dlq-topic", help="dead-letter topic (default: <input-topic>.dlq)")
     kafka.add_argument("--guarantee", choices=["exactly-once", "at-least-once"],
                        default="exactly-once")
-    kafka.add_argument("--instance-id", help="stable id of this instance (transactional.id and "
-                       "static group membership derive from it; default: host name)")
+    kafka.add_argument("--instance-id", help="stable, unique id of this replica, e.g. the pod "
+                       "name: transactional.id and static group membership derive from it, so a "
+                       "restart fences the old transaction and rejoins at once "
+                       "(default: <host>-<pid>, dynamic membership)")
     kafka.add_argument("--no-static-membership", action="store_true",
                        help="join the group as a dynamic member")
     kafka.add_argument("--output-partitioning", choices=["input", "key"], default="input",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -66,8 +67,11 @@ class ProcessorConfig:
     group_id: str
     dlq_topic: str | None = None  # default: "<input_topic>.dlq"
     guarantee: Guarantee = "exactly-once"
-    instance_id: str | None = None  # default: host name; keep it stable across restarts
-    static_membership: bool = True
+    # A stable, unique id per replica (e.g. the pod name) lets a restarted instance fence
+    # its predecessor's transaction and take its partitions back at once (static
+    # membership). Without one, each process gets "<host>-<pid>".
+    instance_id: str | None = None
+    static_membership: bool = True  # only with an explicit instance_id
     max_batch_size: int = 32
     max_batch_delay_ms: float = 5.0
     max_in_flight: int = 4
@@ -96,7 +100,11 @@ class ProcessorConfig:
 
     @property
     def resolved_instance_id(self) -> str:
-        return self.instance_id or socket.gethostname()
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def group_instance_id(self) -> str | None:
+        return self.instance_id if self.static_membership and self.instance_id else None
 
     @property
     def transactional_id(self) -> str:
@@ -189,9 +197,8 @@ class StreamProcessor:
             ensure_topics, cfg.bootstrap_servers, cfg.input_topic,
             [cfg.output_topic, cfg.resolved_dlq_topic], cfg.create_missing_topics,
         )
-        static_id = cfg.resolved_instance_id if cfg.static_membership else None
         consumer = Consumer(kafka_io.consumer_settings(
-            cfg.bootstrap_servers, cfg.group_id, static_id, cfg.consumer_overrides))
+            cfg.bootstrap_servers, cfg.group_id, cfg.group_instance_id, cfg.consumer_overrides))
         exactly_once = cfg.guarantee == "exactly-once"
         producer = Producer(kafka_io.producer_settings(
             cfg.bootstrap_servers, cfg.transactional_id if exactly_once else None,
