@@ -163,7 +163,7 @@ def _record(target: str, scenario: str, batch: int, rps: float, cpu: float | Non
     protocol, transport = scenario.split("-")
     return {"target": target, "protocol": protocol, "transport": transport, "batch": batch,
             "round": round_index, "rps": rps, "p50_ms": 1.0, "p99_ms": 2.0,
-            "server_cpu_ms_per_request": cpu, "client_cpu_s": None, "errors": 0,
+            "server_cpu_ms_per_request": cpu, "client_cpu_ms_per_request": None, "errors": 0,
             "first_error": "", "tool": "h2load"}  # fmt: skip
 
 

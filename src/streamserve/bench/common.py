@@ -90,10 +90,17 @@ class LoadResult:
             return None
         return 1000 * self.server_cpu_s / self.requests
 
+    @property
+    def client_cpu_ms_per_request(self) -> float | None:
+        if self.client_cpu_s is None or self.requests == 0:
+            return None
+        return 1000 * self.client_cpu_s / self.requests
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["rps"] = self.rps
         data["server_cpu_ms_per_request"] = self.server_cpu_ms_per_request
+        data["client_cpu_ms_per_request"] = self.client_cpu_ms_per_request
         return data
 
 
@@ -367,6 +374,14 @@ def _sample_window_cpu(pid: int | None, start_at: float, end_at: float) -> float
     return process_tree_cpu_seconds(pid) - before
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished, waited-for children (wrk, h2load)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- wrk ------------------------------------------------------------------------------------
 
 _WRK_SCRIPT = """
@@ -425,10 +440,12 @@ def run_wrk(
         if warmup > 0:
             subprocess.run(command(warmup), capture_output=True, check=False)
         before = process_tree_cpu_seconds(server_pid) if server_pid else None
+        client_before = children_cpu_seconds()
         started = time.monotonic()
         finished = subprocess.run(command(duration), capture_output=True, text=True, check=False)
         elapsed = time.monotonic() - started
         after = process_tree_cpu_seconds(server_pid) if server_pid else None
+        client_cpu = children_cpu_seconds() - client_before
     summary = parse_wrk_output(finished.stdout + finished.stderr)
     seconds = summary["duration_us"] / 1e6 or elapsed
     errors = summary["socket_errors"] + summary["status_errors"]
@@ -438,6 +455,7 @@ def run_wrk(
         seconds=seconds,
         p50_ms=summary["p50_us"] / 1000,
         p99_ms=summary["p99_us"] / 1000,
+        client_cpu_s=client_cpu,
         server_cpu_s=None if before is None or after is None else after - before,
         first_error=f"{errors} errors reported by wrk" if errors else "",
         tool=f"wrk -t{threads}",
@@ -514,11 +532,13 @@ def run_h2load_grpc(
             "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-d", str(body), f"--log-file={log}", f"http://{address}{method}",
         ]  # fmt: skip
+        client_before = children_cpu_seconds()
         launched = time.time()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         start_at = launched + max(1, round(warmup))
         cpu = _sample_window_cpu(server_pid, start_at, start_at + max(1, round(duration)))
         output, _ = process.communicate()
+        client_cpu = children_cpu_seconds() - client_before  # warm-up included
         text = output.decode(errors="replace")
         summary = parse_h2load_output(text)
         latencies = parse_h2load_log(log.read_text(), int(start_at * 1e6))
@@ -529,6 +549,7 @@ def run_h2load_grpc(
         seconds=max(1, round(duration)),
         p50_ms=percentile(latencies, 50),
         p99_ms=percentile(latencies, 99),
+        client_cpu_s=client_cpu,
         server_cpu_s=cpu,
         first_error=f"{errors} failed requests reported by h2load" if errors else "",
         tool=f"h2load -c{connections} -m{streams}",

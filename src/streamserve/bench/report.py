@@ -23,7 +23,13 @@ GOAL_VS_MLSERVER = 1.5
 GOAL_VS_MINIMAL = 0.9
 GOAL_CPU_VS_MLSERVER = 0.6
 GOAL_HEAVY_VS_RAW = 0.8
-_AGGREGATED = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request", "client_cpu_s")
+_AGGREGATED = (
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu_ms_per_request",
+    "client_cpu_ms_per_request",
+)
 
 
 def scenario_name(protocol: str, transport: str) -> str:
@@ -148,17 +154,18 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def format_rows(rows: Sequence[dict[str, Any]], raw: dict[str, Any] | None = None) -> str:
     header = ("target", "scenario", "batch", "req/s", "rows/s", "p50 ms", "p99 ms",
-              "srv CPU ms/req", "errors", "load tool")  # fmt: skip
+              "srv CPU ms/req", "load CPU ms/req", "errors", "load tool")  # fmt: skip
     lines = [header]
     for row in rows:
         lines.append((row["target"], row["scenario"], str(row["batch"]), _fmt(row["rps"]),
                       _fmt(row["rows_per_s"]), _fmt(row["p50_ms"], 2), _fmt(row["p99_ms"], 2),
-                      _fmt(row["server_cpu_ms_per_request"], 3), str(row["errors"]),
+                      _fmt(row["server_cpu_ms_per_request"], 3),
+                      _fmt(row.get("client_cpu_ms_per_request"), 3), str(row["errors"]),
                       row["tool"]))  # fmt: skip
     for batch, figures in sorted((raw or {}).items()):
         lines.append(("raw onnxruntime", "in-process", str(batch), _fmt(figures["calls_per_s"]),
                       _fmt(figures["rows_per_s"]), _fmt(figures["p50_ms"], 3),
-                      _fmt(figures["p99_ms"], 3), "-", "0", "session.run loop"))  # fmt: skip
+                      _fmt(figures["p99_ms"], 3), "-", "-", "0", "session.run loop"))  # fmt: skip
     return _columns(lines)
 
 
@@ -237,10 +244,14 @@ def plot_results(path: Path, document: dict[str, Any]) -> Path:
             out[target] = values
         return out
 
-    panels = [
-        BarPanel("Tiny model, closed loop: requests per second", "req/s", labels, series("rps")),
-        BarPanel("Server CPU per request", "ms", labels, series("server_cpu_ms_per_request")),
-    ]
+    panels = []
+    if rows:
+        panels = [
+            BarPanel(
+                "Tiny model, closed loop: requests per second", "req/s", labels, series("rps")
+            ),
+            BarPanel("Server CPU per request", "ms", labels, series("server_cpu_ms_per_request")),
+        ]
     heavy = document.get("heavy") or {}
     if heavy.get("raw") and heavy.get("server"):
         panels.append(BarPanel(
@@ -248,6 +259,8 @@ def plot_results(path: Path, document: dict[str, Any]) -> Path:
             {"raw onnxruntime (batched)": [heavy["raw"]["images_per_s"]],
              "streamserve (single-image requests, dynamic batching)":
                  [heavy["server"]["images_per_s"]]}))  # fmt: skip
+    if not panels:
+        panels.append(BarPanel("No results", "", ["-"], {"none": [None]}))
     meta = document.get("meta", {})
     title = (f"streamserve bench server: concurrency {meta.get('concurrency')}, "
              f"{meta.get('duration_s')} s per run, {meta.get('cpu_count')} cores")  # fmt: skip
