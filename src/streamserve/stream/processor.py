@@ -400,6 +400,7 @@ class StreamProcessor:
             return
         abort = self.config.guarantee == "exactly-once" and not self._closed
         if abort:
+            self._on_loop(self._hold_output())
             self._sink.abort()
         self._on_loop(self._lost(partitions, rewind=abort))
 
@@ -430,12 +431,17 @@ class StreamProcessor:
         self._paused.difference_update(keys)
         return offsets
 
+    async def _hold_output(self) -> None:
+        self._committing = True  # no produce() while the consumer thread ends the transaction
+
     async def _lost(self, partitions: list[KafkaTopicPartition], rewind: bool) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self.book.remove(keys)
         self._paused.difference_update(keys)
         if rewind:
             self._rewind("partitions lost")
+        self._committing = False
+        self._ready.set()
         await self._rebalanced(partitions, "lost")
 
     async def _rebalanced(self, partitions: list[KafkaTopicPartition], kind: str) -> None:
