@@ -28,13 +28,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def _produce_paced(bootstrap: str, topic: str, chunks: int, pause_s: float) -> threading.Thread:
+def _produce_paced(bootstrap: str, topic: str, chunks: int, pause_s: float,
+                   partitions: int = PARTITIONS) -> threading.Thread:
     def run() -> None:
         per_chunk = TOTAL // chunks
         for chunk in range(chunks):
             ids = range(chunk * per_chunk, (chunk + 1) * per_chunk)
             produce(bootstrap, topic, (
-                (i % PARTITIONS, str(i).encode(),
+                (i % partitions, str(i).encode(),
                  json.dumps({"id": i, "inputs": {"x": [[i % 7 / 7.0] * 16]}}).encode())
                 for i in ids
             ))
@@ -92,3 +93,46 @@ def _consumed(stream: StreamProcess) -> float:
 
 def _produced(stream: StreamProcess) -> float:
     return stream.metric("streamserve_stream_records_out_total")
+
+
+def test_a_frozen_instance_is_fenced_and_nothing_is_duplicated(
+    tiny_model: Path, kafka_bootstrap: str, topic_factory, tmp_path: Path
+) -> None:
+    """A zombie: instance a is frozen (SIGSTOP) past its session timeout, b takes its
+    partitions, a wakes up with an open transaction. KIP-447 fencing + abort on lost
+    partitions: every id exactly once."""
+    import signal
+
+    source, sink = topic_factory(4, "zombie-in"), topic_factory(4, "zombie-out")
+
+    def args(instance: str) -> list[str]:
+        return ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
+                "--output-topic", sink, "--group-id", f"g-{source}", "--guarantee",
+                "exactly-once", "--instance-id", instance, "--model-base-path", str(tiny_model),
+                "--model-name", "tiny", "--metrics-port", "0"]
+
+    zombie = StreamProcess(args("a"), tmp_path / "a.log").start()
+    survivor = StreamProcess(args("b"), tmp_path / "b.log").start()
+    try:
+        zombie.wait_ready()
+        survivor.wait_ready()
+        producer = _produce_paced(kafka_bootstrap, source, chunks=30, pause_s=0.5, partitions=4)
+        deadline = time.monotonic() + 60
+        while _consumed(zombie) < 1000 or _consumed(survivor) < 1000:
+            assert time.monotonic() < deadline, zombie.log_tail() + survivor.log_tail()
+            time.sleep(0.1)
+        zombie.signal(signal.SIGSTOP)
+        time.sleep(15)  # longer than session.timeout.ms (10 s): the group evicts a
+        zombie.signal(signal.SIGCONT)
+        producer.join(120)
+        outputs = read_topic(kafka_bootstrap, sink, TOTAL, timeout=120, quiet_s=3.0)
+    finally:
+        zombie.signal(signal.SIGCONT)
+        for stream in (zombie, survivor):
+            stream.stop()
+
+    counts = Counter(output.json()["id"] for output in outputs)
+    lost = [i for i in range(TOTAL) if counts[i] == 0]
+    duplicated = [i for i, n in counts.items() if n > 1]
+    print(f"zombie: lost={len(lost)} dup={len(duplicated)}")
+    assert not lost and not duplicated, f"lost {lost[:10]}, duplicated {duplicated[:10]}"

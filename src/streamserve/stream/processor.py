@@ -560,6 +560,8 @@ class StreamProcessor:
 
     def _rewind(self, reason: str) -> None:
         rewound = self.book.rewind_all()
+        if not rewound:
+            return
         log_event(log, "rewinding to committed offsets", logging.WARNING, reason=reason,
                   partitions=",".join(f"{s.topic}[{s.partition}]@{s.seek_to}" for s in rewound))
 
