@@ -9,6 +9,7 @@ processing.json, built here; the real ImageNet model is built by ``streamserve m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -17,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from streamserve.stream.testing import StreamProcess, build_image_classifier, image_bytes
+from streamserve.stream.testing import (
+    ServeProcess,
+    StreamProcess,
+    build_image_classifier,
+    image_bytes,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -25,21 +31,28 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("output_format", ["json", "classic"])
+@pytest.mark.parametrize("output_format, remote", [
+    ("json", False), ("classic", False), ("classic", True),  # remote: the classic setup
+])
 def test_kcat_produce_path_and_consume_prediction(
-    output_format: str, kafka_bootstrap: str, topic_factory, tmp_path: Path
+    output_format: str, remote: bool, kafka_bootstrap: str, topic_factory, tmp_path: Path
 ) -> None:
-    build_image_classifier(tmp_path / "models" / "colors" / "1")
+    base_path = tmp_path / "models" / "colors"
+    build_image_classifier(base_path / "1")
     image = tmp_path / "images" / "image.jpg"
     image.parent.mkdir()
     image.write_bytes(image_bytes((20, 30, 230), image_format="JPEG"))
     source, sink = topic_factory(1, "ImageInputTopic"), topic_factory(1, "ImageOutputTopic")
     args = ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
             "--output-topic", sink, "--group-id", f"g-{source}", "--codec", "image",
-            "--output-format", output_format, "--model-base-path",
-            str(tmp_path / "models" / "colors"), "--fetch-allowed-root", str(image.parent)]
-
-    with StreamProcess(args, tmp_path / "stream.log") as stream:
+            "--output-format", output_format, "--fetch-allowed-root", str(image.parent)]
+    with contextlib.ExitStack() as stack:
+        if remote:
+            server = stack.enter_context(ServeProcess("colors", base_path, tmp_path / "serve.log"))
+            args += ["--model-server", server.grpc_target, "--model-name", "colors"]
+        else:
+            args += ["--model-base-path", str(base_path)]
+        stream = stack.enter_context(StreamProcess(args, tmp_path / "stream.log"))
         stream.wait_ready()
         subprocess.run(f'echo "{image}" | kcat -b {kafka_bootstrap} -P -t {source}',
                        shell=True, check=True, timeout=30)
