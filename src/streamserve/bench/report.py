@@ -133,6 +133,10 @@ def compute_ratios(
         if minimal and v2_grpc:
             add("req/s streamserve / minimal grpc.aio", "v2-grpc", batch,
                 ratio(v2_grpc["rps"], minimal["rps"]), GOAL_VS_MINIMAL)  # fmt: skip
+        mlserver_grpc = find_row(rows, "mlserver", "v2-grpc", batch)
+        if mlserver_grpc and tf_grpc:
+            add("req/s streamserve TF Predict / MLServer V2", "tf-grpc", batch,
+                ratio(tf_grpc["rps"], mlserver_grpc["rps"]), None)  # fmt: skip
         if minimal and tf_grpc:
             add("req/s streamserve TF Predict / minimal V2", "tf-grpc", batch,
                 ratio(tf_grpc["rps"], minimal["rps"]), None)  # fmt: skip

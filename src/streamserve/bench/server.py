@@ -359,7 +359,9 @@ def _start_targets(args: argparse.Namespace, tiny_dir: Path, out: Path, notes: l
     servers: dict[str, Any] = {}
     servers["streamserve"] = stack.enter_context(_stopping(t.start_streamserve(
         "streamserve", TINY, tiny_dir.parent, logs)))  # fmt: skip
-    if not args.skip_mlserver:
+    if args.skip_mlserver:
+        notes.append("MLServer skipped (--skip-mlserver)")
+    else:
         binary = t.find_mlserver(args.mlserver_bin)
         if binary is None:
             notes.append(
@@ -398,10 +400,12 @@ def _run_tiny(args: argparse.Namespace, scenarios: list[str], batches: list[int]
            for batch in batches}  # fmt: skip
     use_wrk = args.rest_client == "wrk" or (args.rest_client == "auto" and wrk_available())
     if any(s.endswith("rest") for s in scenarios) and not use_wrk:
-        notes.append("REST load from aiohttp client processes (wrk not installed)")
+        why = "--rest-client aiohttp" if args.rest_client == "aiohttp" else "wrk not installed"
+        notes.append(f"REST load from aiohttp client processes ({why})")
     use_h2load = args.grpc_client == "h2load" or (args.grpc_client == "auto" and h2load_available())
     if any(s.endswith("grpc") for s in scenarios) and not use_h2load:
-        notes.append("gRPC load from grpc.aio client processes (h2load not installed)")
+        why = "--grpc-client grpcio" if args.grpc_client == "grpcio" else "h2load not installed"
+        notes.append(f"gRPC load from grpc.aio client processes ({why})")
     servers = _start_targets(args, tiny_dir, out, notes, stack)
     plan = Plan(scenarios, batches, servers, use_wrk, use_h2load)
     payloads = _payloads(plan, session)
