@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -281,7 +282,7 @@ def build_invoker(
     if len(guards) > 1:
         from streamserve.predictors.balancer import BalancedPredictor
 
-        primary = BalancedPredictor(guards)
+        primary = cast(Predictor, BalancedPredictor(guards))
     return ModelInvoker(primary, guards, fallback, retry, metrics)
 
 

@@ -306,19 +306,14 @@ class StreamProcessor:
             if error.code() != KafkaError._PARTITION_EOF:
                 log_event(log, "consumer error", logging.WARNING, error=error.str())
             return
-        timestamp_type, timestamp = message.timestamp()
-        record = InputRecord(
-            topic=message.topic(), partition=message.partition(), offset=message.offset(),
-            key=message.key(), value=message.value(), headers=message.headers() or (),
-            timestamp_ms=None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else timestamp,
-        )
-        work = self.book.intake(record)
+        work = self.book.intake(input_record(message))
         if work is not None:
             self._records_in.inc()
             self._decode_queue.put_nowait(work)
 
     async def _apply_seeks(self) -> None:
         for state in self.book.seeks_due():
+            assert state.seek_to is not None
             target = KafkaTopicPartition(state.topic, state.partition, state.seek_to)
             try:
                 await self._kafka.call(self._kafka.consumer.seek, target)
@@ -564,6 +559,31 @@ class StreamProcessor:
             return
         log_event(log, "rewinding to committed offsets", logging.WARNING, reason=reason,
                   partitions=",".join(f"{s.topic}[{s.partition}]@{s.seek_to}" for s in rewound))
+
+
+def input_record(message: Message) -> InputRecord:
+    """A consumed message (without error) as the client-independent :class:`InputRecord`."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    timestamp_type, timestamp = message.timestamp()
+    value, key = message.value(), message.key()
+    return InputRecord(
+        topic=topic, partition=partition, offset=offset,
+        key=key.encode() if isinstance(key, str) else key,
+        value=value.encode() if isinstance(value, str) else value,
+        headers=normalise_headers(message.headers()),
+        timestamp_ms=None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else timestamp,
+    )
+
+
+HeaderValue = str | bytes | None
+
+
+def normalise_headers(
+    headers: list[tuple[str, HeaderValue]] | dict[str, HeaderValue] | None,
+) -> list[tuple[str, bytes | None]]:
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    return [(name, v.encode() if isinstance(v, str) else v) for name, v in items]
 
 
 def _tps(keys: set[tuple[str, int]]) -> list[KafkaTopicPartition]:

@@ -151,7 +151,9 @@ def _json_to_array(name: str, value: object, dtype: np.dtype | None) -> np.ndarr
     if array.dtype.kind == "f":
         return array.astype(np.float32)
     if array.dtype.kind == "U":
-        return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
+        encoded = np.empty(array.shape, dtype=object)
+        encoded.flat[:] = [text.encode("utf-8") for text in array.flat]
+        return encoded
     if array.dtype.kind not in "biu":
         raise RecordError(DECODE, f"input {name!r} must hold numbers, booleans or strings")
     return array

@@ -93,7 +93,9 @@ class StreamMetrics:
         return int(server.server_port)
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+def log_event(
+    logger: logging.Logger, event: str, level: int = logging.INFO, /, **fields: Any
+) -> None:
     """Log ``event`` with ``fields`` as ``key=value`` text and as structured attributes."""
     if not logger.isEnabledFor(level):
         return

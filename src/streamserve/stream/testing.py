@@ -199,6 +199,8 @@ def read_topic(
     passes, then on until nothing new arrives for ``quiet_s`` (to catch duplicates)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+    from streamserve.stream.processor import input_record
+
     consumer = Consumer({
         "bootstrap.servers": bootstrap_servers, "group.id": f"reader-{time.monotonic_ns()}",
         "enable.auto.commit": False,
@@ -216,9 +218,10 @@ def read_topic(
             for message in consumer.consume(1000, 0.2):
                 if message.error():
                     continue
+                record = input_record(message)
                 found.append(ReadRecord(
-                    message.partition(), message.offset(), message.key(), message.value(),
-                    {k: v for k, v in (message.headers() or []) if v is not None},
+                    record.partition, record.offset, record.key, record.value,
+                    {k: v for k, v in record.headers if v is not None},
                 ))
                 last_new = time.monotonic()
         return found

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported in its stubs
+    AdminClient,
+    NewTopic,
+)
 
 from streamserve.errors import NotFound, Unavailable
 
