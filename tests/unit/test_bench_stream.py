@@ -51,14 +51,15 @@ def test_latencies_are_output_minus_input_timestamp_matched_by_key() -> None:
     assert end_to_end_latencies(inputs, outputs) == [40.0, 3.0]
 
 
-def test_throughput_over_output_timestamps() -> None:
-    # 11 outputs over one second of broker timestamps -> 10 intervals per second
-    assert throughput([1000 + 100 * i for i in range(11)]) == pytest.approx(10.0)
+def test_throughput_is_records_over_the_timestamp_span() -> None:
+    assert throughput(10, start_ms=1000.0, end_ms=3000.0) == pytest.approx(5.0)
 
 
-def test_throughput_falls_back_to_wall_time_for_very_short_runs() -> None:
-    assert throughput([5000, 5000, 5001], fallback_seconds=0.5) == pytest.approx(6.0)
-    assert throughput([], fallback_seconds=1.0) == 0.0
+def test_throughput_falls_back_to_wall_time_without_a_span() -> None:
+    assert throughput(3, start_ms=None, end_ms=5000.0, fallback_seconds=0.5) == 6.0
+    assert throughput(3, start_ms=5000.0, end_ms=5000.0, fallback_seconds=1.5) == 2.0
+    assert throughput(0, 1.0, 2.0) == 0.0
+    assert throughput(3, None, None) == 0.0
 
 
 # --------------------------------------------------------------------------- loss check
@@ -212,7 +213,7 @@ def test_summary_ratios_goals_and_table() -> None:
     assert not goals["embedded records/s end to end"]["met"]
     text = table("tiny", summary)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "mode" not in line]
-    assert len(rows) == 3 and "| grpc | 900 | 0.45 |" in text
+    assert len(rows) == 3 and "| grpc | 900 | 0.45, 2.00 |" in text
     assert "MET" in goals_text(evaluate_goals({"tiny": summary}))
 
 

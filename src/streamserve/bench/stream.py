@@ -38,8 +38,8 @@ HELP = "stream processor benchmark: embedded vs remote modes on a real Kafka bro
 def configure(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("workload")
     work.add_argument("--model", choices=["tiny", "imagenet", "both"], default="both")
-    work.add_argument("--records", type=int, default=100_000,
-                      help="tiny-model records drained per mode (default 100000)")
+    work.add_argument("--records", type=int, default=50_000,
+                      help="tiny-model records drained per mode (default 50000)")
     work.add_argument("--image-records", type=int, default=300,
                       help="ImageNet records (photo file paths) drained per mode (default 300)")
     work.add_argument("--modes", default="embedded,grpc,rest,grpc-blocking,"
@@ -55,10 +55,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="records measured in each latency phase (tiny; ImageNet uses "
                       "a third of --image-records)")
     work.add_argument("--rounds", type=int, default=1, help="repeat the mode alternation")
-    work.add_argument("--max-seconds-per-mode", type=float, default=30.0,
+    work.add_argument("--max-seconds-per-mode", type=float, default=20.0,
                       help="stop a drain after this long (slow baselines): the committed "
                       "prefix counts")
-    work.add_argument("--latency-seconds", type=float, default=20.0,
+    work.add_argument("--latency-seconds", type=float, default=15.0,
                       help="stop a latency phase after this long")
     outage = parser.add_argument_group("outage (--server-down-at)")
     outage.add_argument("--server-down-at", type=float, metavar="SECONDS",

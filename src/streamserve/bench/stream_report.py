@@ -119,7 +119,8 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def table(model: str, summary: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table: one row per mode."""
-    header = ("| mode | records/s | × embedded | e2e p50 / p95 / p99 ms | visible p50 ms "
+    header = ("| mode | records/s | × embedded (records/s, e2e p50) | e2e p50 / p95 / p99 ms "
+              "| visible p50 ms "
               "| model call p50 / p99 ms (rows/call) | CPU µs/record proc / server / broker "
               "| 0 lost |")
     lines = [f"**{model}**", "", header, "|" + "---|" * 8]
@@ -128,7 +129,8 @@ def table(model: str, summary: Mapping[str, Mapping[str, Any]]) -> str:
         partial = "" if entry["drain_complete"] else f" ({_fmt(entry['drain_processed'])} done)"
         lines.append(
             f"| {mode} | {_fmt(entry['throughput_rps'])}{partial} "
-            f"| {_fmt(entry['vs_embedded']['throughput'], 2)} "
+            f"| {_fmt(entry['vs_embedded']['throughput'], 2)}, "
+            f"{_fmt(entry['vs_embedded']['e2e_p50'], 2)} "
             f"| {_fmt(e2e['p50'], 1)} / {_fmt(e2e['p95'], 1)} / {_fmt(e2e['p99'], 1)} "
             f"| {_fmt(entry['visible_p50_ms'], 1)} "
             f"| {_fmt(call['p50'], 2)} / {_fmt(call['p99'], 2)} "

@@ -1,8 +1,9 @@
 """One mode, measured twice on fresh topics and a fresh processor each time.
 
 1. **Drain** (throughput): the N records are produced first (a backlog); a processor
-   starts and works through them. Throughput = outputs / time between the first and the
-   last output's broker timestamp. CPU seconds of the processor, model server and broker
+   starts and works through them. Throughput = outputs / (the last output's log-append
+   time - the start of the processor's first model call), so start-up and the group join
+   do not count. CPU seconds of the processor, model server and broker
    are read from ``/proc`` between the processor's readiness and the last commit. Slow
    baselines stop after ``max_seconds``: the processor is stopped gracefully and the
    committed prefix is what counts (and is checked for loss).
@@ -152,15 +153,17 @@ def drain_phase(ctx: BenchContext, workload: Workload, mode: Mode, server: Serve
     loss = check_no_loss(expected, [o.key for o in outputs], [d.key for d in dlq])
     done = len(expected)
     cpu = cpu_delta(before, after)
+    calls = worker.calls()
+    first_call_ms = min((c[0] * 1000 for mc in calls.values() for c in mc), default=None)
+    last_output_ms = max((o.timestamp_ms for o in outputs), default=None)
     return {
         "records": len(records), "processed": done, "complete": done == len(records),
         "seconds": round(seconds, 3),
-        "throughput_rps": round(throughput([o.timestamp_ms for o in outputs], seconds), 1),
+        "throughput_rps": round(throughput(done, first_call_ms, last_output_ms, seconds), 1),
         "cpu_s": cpu,
         "cpu_us_per_record": {k: (round(v * 1e6 / done, 1) if v is not None and done else None)
                               for k, v in cpu.items()},
-        "model_call": model_calls(worker.calls()), "loss": loss.as_dict(),
-        "exit_code": exit_code,
+        "model_call": model_calls(calls), "loss": loss.as_dict(), "exit_code": exit_code,
     }
 
 

@@ -2,7 +2,7 @@
 
 - :func:`summarize` — percentiles of a list of numbers.
 - :func:`end_to_end_latencies` — output timestamp minus input timestamp, matched by key.
-- :func:`throughput` — records per second between the first and last output timestamps.
+- :func:`throughput` — records per second over a span of timestamps.
 - :func:`check_no_loss` — every input key has exactly one output (or DLQ record).
 - :func:`timeline` — per-bucket counts and latency percentiles for the outage plot.
 - :func:`parse_prometheus` / :func:`metric_sum` — read the processor's metrics.
@@ -53,19 +53,17 @@ def end_to_end_latencies(
     return latencies
 
 
-def throughput(output_ts_ms: Sequence[float], fallback_seconds: float | None = None) -> float:
-    """Records per second: ``(n - 1) / (last - first)`` over output timestamps.
+def throughput(count: int, start_ms: float | None, end_ms: float | None,
+               fallback_seconds: float | None = None) -> float:
+    """``count / (end - start)`` in records per second (timestamps in ms).
 
-    Broker timestamps have millisecond resolution and one producer batch shares one append
-    time, so a run shorter than ~50 ms of timestamps falls back to ``n / fallback_seconds``
-    (the wall-clock duration measured by the caller), if given.
+    Without a usable span (missing, or under 1 ms), ``count / fallback_seconds`` (a wall-clock
+    duration measured by the caller) if given, else 0.
     """
-    count = len(output_ts_ms)
-    if count == 0:
+    if count <= 0:
         return 0.0
-    span_s = (max(output_ts_ms) - min(output_ts_ms)) / 1000
-    if span_s >= 0.05 and count > 1:
-        return (count - 1) / span_s
+    if start_ms is not None and end_ms is not None and end_ms - start_ms >= 1:
+        return count / ((end_ms - start_ms) / 1000)
     if fallback_seconds and fallback_seconds > 0:
         return count / fallback_seconds
     return 0.0
