@@ -82,29 +82,34 @@ def _sources(images: list[Path], base_url: str) -> list[str]:
     return [f"{base_url}/{image.name}" for image in images] + [str(image) for image in images]
 
 
-def _produce(
-    bootstrap: str, mode: str, sources: list[str], rounds: int, pace_s: float, tag: str
-) -> list[Sent]:
-    from confluent_kafka import Producer
-    from tqdm import tqdm
+class _InputWriter:
+    """Produces image records to ``ImageInputTopic``; remembers when each was sent."""
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    sent = []
-    total = len(sources) * rounds
-    for index in tqdm(
-        range(total), desc=f"{mode:>8}: producing", unit="rec", leave=False, disable=None
-    ):
-        source = sources[index % len(sources)]
-        record_id = f"{mode}-{tag}-{index:04d}"
-        field = "url" if source.startswith("http") else "path"
-        value = json.dumps({"id": record_id, field: source}).encode()
-        producer.produce(INPUT_TOPIC, key=record_id.encode(), value=value)
-        producer.poll(0)
-        sent.append(Sent(record_id, source, time.time()))
-        if pace_s:
-            time.sleep(pace_s)
-    producer.flush(30)
-    return sent
+    def __init__(self, bootstrap: str, mode: str) -> None:
+        from confluent_kafka import Producer
+
+        self.mode = mode
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        self.sent: dict[str, Sent] = {}
+
+    def record_ids(self, tag: str, count: int) -> list[str]:
+        return [f"{self.mode}-{tag}-{index:04d}" for index in range(count)]
+
+    def send(self, record_ids: list[str], sources: list[str], pace_s: float) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(record_ids, desc=f"{self.mode:>8}: producing", unit="rec", leave=False,
+                   disable=None)  # fmt: skip
+        for index, record_id in enumerate(bar):
+            source = sources[index % len(sources)]
+            field = "url" if source.startswith("http") else "path"
+            value = json.dumps({"id": record_id, field: source}).encode()
+            self.sent[record_id] = Sent(record_id, source, time.time())
+            self.producer.produce(INPUT_TOPIC, key=record_id.encode(), value=value)
+            self.producer.poll(0)
+            if pace_s:
+                time.sleep(pace_s)
+        self.producer.flush(30)
 
 
 class _OutputReader:
@@ -129,9 +134,13 @@ class _OutputReader:
             assigned.append(TopicPartition(OUTPUT_TOPIC, partition, high))
         self.consumer.assign(assigned)
 
-    def collect(self, expected: dict[str, Sent], timeout_s: float, mode: str) -> list[Received]:
+    def collect(
+        self, record_ids: list[str], sent: dict[str, Sent], timeout_s: float, mode: str
+    ) -> list[Received]:
+        """Outputs for ``record_ids``; ``sent`` is filled by a concurrent producer."""
         from tqdm import tqdm
 
+        expected = set(record_ids)
         received: dict[str, Received] = {}
         deadline = time.monotonic() + timeout_s
         with tqdm(
@@ -139,18 +148,18 @@ class _OutputReader:
         ) as bar:
             while len(received) < len(expected) and time.monotonic() < deadline:
                 for message in self.consumer.consume(100, timeout=0.5):
-                    result = self._parse(message, expected)
-                    if result is not None and result.id not in received:
+                    result = self._parse(message, sent)
+                    if result is not None and result.id in expected:
                         received[result.id] = result
                         bar.update(1)
-        return [received[key] for key in expected if key in received]
+        return [received[key] for key in record_ids if key in received]
 
     @staticmethod
-    def _parse(message: Any, expected: dict[str, Sent]) -> Received | None:
+    def _parse(message: Any, sent_records: dict[str, Sent]) -> Received | None:
         if message.error() is not None:
             return None
         document = json.loads(message.value())
-        sent = expected.get(str(document.get("id")))
+        sent = sent_records.get(str(document.get("id")))
         if sent is None:
             return None
         labels = [(p["label"], float(p["score"])) for p in document.get("predictions", [])]
@@ -195,7 +204,7 @@ class ModeResult:
         return len(self.burst) / self.burst_seconds if self.burst_seconds else 0.0
 
 
-PACE_S = 0.05
+PACE_S = 0.2
 
 
 def _run_mode(
@@ -210,25 +219,45 @@ def _run_mode(
 
     roots = [Path(s).parent for s in sources if not s.startswith("http")][:1]
     reader = _OutputReader(kafka, args.partitions)
+    writer = _InputWriter(kafka, mode)
+    count = len(sources) * args.rounds
     processor = StreamProcess(
         _processor_args(kafka, mode, model_args, roots), work_dir / f"processor-{mode}.log"
     )
     try:
         with processor:
             processor.wait_ready(timeout=120)
-            _warm_up(kafka, mode, sources, reader, args.timeout_s)
-            paced = _produce(kafka, mode, sources, args.rounds, PACE_S, "paced")
-            paced_results = reader.collect({s.id: s for s in paced}, args.timeout_s, mode)
-            burst = _produce(kafka, mode, sources, args.rounds, 0.0, "burst")
-            burst_results = reader.collect({s.id: s for s in burst}, args.timeout_s, mode)
-            last = max((r.received_at for r in burst_results), default=burst[0].produced_at)
-            return ModeResult(paced_results, burst_results, last - burst[0].produced_at)
+            _warm_up(writer, reader, sources, args.timeout_s)
+            paced = _round_trip(writer, reader, sources, "paced", count, PACE_S, args.timeout_s)
+            burst = _round_trip(writer, reader, sources, "burst", count, 0.0, args.timeout_s)
+            first_sent = min(writer.sent[r.id].produced_at for r in burst) if burst else 0.0
+            last = max((r.received_at for r in burst), default=first_sent)
+            return ModeResult(paced, burst, last - first_sent)
     finally:
         reader.close()
 
 
+def _round_trip(
+    writer: _InputWriter,
+    reader: _OutputReader,
+    sources: list[str],
+    tag: str,
+    count: int,
+    pace_s: float,
+    timeout_s: float,
+) -> list[Received]:
+    """Produce in a thread while reading outputs, so latency is measured as they arrive."""
+    record_ids = writer.record_ids(tag, count)
+    producing = threading.Thread(target=writer.send, args=(record_ids, sources, pace_s))
+    producing.start()
+    try:
+        return reader.collect(record_ids, writer.sent, timeout_s, writer.mode)
+    finally:
+        producing.join()
+
+
 def _warm_up(
-    kafka: str, mode: str, sources: list[str], reader: _OutputReader, timeout_s: float
+    writer: _InputWriter, reader: _OutputReader, sources: list[str], timeout_s: float
 ) -> None:
     """Send warm-up records until one comes back: the group has joined, the model is warm.
 
@@ -237,11 +266,10 @@ def _warm_up(
     """
     deadline = time.monotonic() + timeout_s
     for attempt in itertools.count():
-        warm = _produce(kafka, mode, sources[:1], 1, 0.0, f"warmup{attempt}")
-        if reader.collect({s.id: s for s in warm}, 3.0, mode):
+        if _round_trip(writer, reader, sources[:1], f"warmup{attempt}", 1, 0.0, 3.0):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{mode}: no prediction for warm-up records in {timeout_s:.0f}s")
+            raise TimeoutError(f"{writer.mode}: no prediction for warm-up records")
 
 
 def _percentile(values: list[float], fraction: float) -> float:
