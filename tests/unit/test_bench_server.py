@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamserve.bench import common, report
+from streamserve.bench import common, loadtools, report
+from streamserve.bench import heavy as bench_heavy
 from streamserve.bench import server as bench
 
 
@@ -73,27 +74,27 @@ def test_wrk_summary_is_parsed() -> None:
     text = ("Running 5s test\n  2 threads and 16 connections\n"
             'WRKJSON {"requests": 1000, "duration_us": 5000000, "socket_errors": 0, '
             '"status_errors": 2, "p50_us": 1500, "p99_us": 9000}\n')  # fmt: skip
-    summary = common.parse_wrk_output(text)
+    summary = loadtools.parse_wrk_output(text)
     assert summary["requests"] == 1000 and summary["p99_us"] == 9000
     with pytest.raises(RuntimeError, match="no summary"):
-        common.parse_wrk_output("connection refused")
+        loadtools.parse_wrk_output("connection refused")
 
 
 def test_h2load_summary_and_log_are_parsed() -> None:
     text = ("finished in 6.00s, 1060.60 req/s, 351.72KB/s\n"
             "requests: 5303 total, 5303 started, 5303 done, 5300 succeeded, 3 failed, "
             "0 errored, 0 timeout\n")  # fmt: skip
-    summary = common.parse_h2load_output(text)
+    summary = loadtools.parse_h2load_output(text)
     assert summary["rps"] == pytest.approx(1060.6)
     assert (summary["succeeded"], summary["errors"]) == (5300, 3)
     log = "100\t200\t1500\n90\t200\t99000\n200\t200\t2500\n300\t503\t100\n"
-    assert common.parse_h2load_log(log, since_us=100) == [1.5, 2.5]
+    assert loadtools.parse_h2load_log(log, since_us=100) == [1.5, 2.5]
     with pytest.raises(RuntimeError):
-        common.parse_h2load_output("")
+        loadtools.parse_h2load_output("")
 
 
 def test_grpc_frame_prefixes_length() -> None:
-    assert common.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+    assert loadtools.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
 
 
 def test_nan_to_none_and_write_json(tmp_path: Path) -> None:
@@ -242,3 +243,16 @@ def test_bench_cli_registers_server() -> None:
     )
     assert args.concurrency == 4 and args.heavy is False and args.skip_mlserver is True
     assert args._bench_run is bench.run
+
+
+def test_mean_batch_size_from_prometheus_text() -> None:
+    text = "\n".join([
+        "# HELP streamserve_batch_size Rows per runtime call",
+        'streamserve_batch_size_bucket{model="imagenet",version="1",le="1.0"} 2.0',
+        'streamserve_batch_size_sum{model="imagenet",version="1"} 150.0',
+        'streamserve_batch_size_count{model="imagenet",version="1"} 10.0',
+        'streamserve_batch_size_sum{model="other",version="1"} 999.0',
+        'streamserve_batch_size_count{model="other",version="1"} 1.0',
+    ])  # fmt: skip
+    assert bench_heavy.mean_batch_size(text, "imagenet") == 15.0
+    assert bench_heavy.mean_batch_size(text, "missing") is None

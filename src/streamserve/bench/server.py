@@ -306,7 +306,11 @@ def run(args: argparse.Namespace) -> int:
         plan = None
         if args.tiny:
             records, raw, plan = _run_tiny(args, scenarios, batches, out, notes, stack)
-        heavy = _run_heavy(args, out, notes, stack) if args.heavy else None
+        heavy = None
+        if args.heavy:
+            from streamserve.bench.heavy import run_heavy
+
+            heavy = run_heavy(args, out, notes, stack)
     meta = _meta(args, scenarios, batches, plan)
     document = report.results_document(meta, records, raw, heavy, notes)
     from streamserve.bench.common import nan_to_none, write_json
@@ -357,7 +361,7 @@ def _start_targets(args: argparse.Namespace, tiny_dir: Path, out: Path, notes: l
 
     logs = out / "logs"
     servers: dict[str, Any] = {}
-    servers["streamserve"] = stack.enter_context(_stopping(t.start_streamserve(
+    servers["streamserve"] = stack.enter_context(stopping(t.start_streamserve(
         "streamserve", TINY, tiny_dir.parent, logs)))  # fmt: skip
     if args.skip_mlserver:
         notes.append("MLServer skipped (--skip-mlserver)")
@@ -370,18 +374,18 @@ def _start_targets(args: argparse.Namespace, tiny_dir: Path, out: Path, notes: l
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlserver-repo-")))
             repository = t.prepare_mlserver_repository(work, TINY, tiny_dir / "model.onnx")
-            servers["mlserver"] = stack.enter_context(_stopping(
+            servers["mlserver"] = stack.enter_context(stopping(
                 t.start_mlserver(binary, repository, TINY, logs)))  # fmt: skip
             notes.append(f"MLServer {t.mlserver_version(binary)} ({binary}), parallel_workers=0, "
                          "custom onnxruntime runtime from benchmarks/mlserver/")  # fmt: skip
     if not args.skip_minimal:
-        servers["minimal"] = stack.enter_context(_stopping(
+        servers["minimal"] = stack.enter_context(stopping(
             t.start_minimal(tiny_dir / "model.onnx", TINY, logs)))  # fmt: skip
     return servers
 
 
 @contextlib.contextmanager
-def _stopping(server: Any) -> Any:
+def stopping(server: Any) -> Any:
     try:
         yield server
     finally:
@@ -391,7 +395,8 @@ def _stopping(server: Any) -> Any:
 def _run_tiny(args: argparse.Namespace, scenarios: list[str], batches: list[int], out: Path,
               notes: list[str], stack: contextlib.ExitStack,
               ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]], Plan]:  # fmt: skip
-    from streamserve.bench.common import ClientPool, h2load_available, progress, wrk_available
+    from streamserve.bench.common import ClientPool, progress
+    from streamserve.bench.loadtools import h2load_available, wrk_available
     from streamserve.models.cli import build_model
 
     tiny_dir = build_model(TINY, args.models_dir / TINY)
@@ -462,7 +467,8 @@ def _payloads(plan: Plan, session: Any) -> dict[tuple[str, int], bytes]:
 
 def _measure(args: argparse.Namespace, plan: Plan, pool: Any, target: str, scenario: str,
              batch: int, payloads: dict[tuple[str, int], bytes]) -> Any:  # fmt: skip
-    from streamserve.bench.common import LoadJob, run_h2load_grpc, run_wrk
+    from streamserve.bench.common import LoadJob
+    from streamserve.bench.loadtools import run_h2load_grpc, run_wrk
 
     server = plan.targets[target]
     payload = payloads[(scenario, batch)]
@@ -482,64 +488,6 @@ def _measure(args: argparse.Namespace, plan: Plan, pool: Any, target: str, scena
         return run_wrk(url, payload, args.concurrency, args.duration, args.warmup, server.pid)
     job = LoadJob("http", url, "", payload, args.concurrency)
     return pool.run(job, args.warmup, args.duration, server.pid, "aiohttp")
-
-
-# -- heavy model -------------------------------------------------------------------------------
-
-
-def _run_heavy(args: argparse.Namespace, out: Path, notes: list[str],
-               stack: contextlib.ExitStack) -> dict[str, Any] | None:  # fmt: skip
-    import numpy as np
-
-    from streamserve.bench import targets as t
-    from streamserve.bench.common import ClientPool, LoadJob
-    from streamserve.models.cli import build_model
-
-    try:
-        version_dir = build_model(HEAVY, args.models_dir / HEAVY)
-    except Exception as exc:  # the models extra may be missing
-        notes.append(f"heavy model skipped: cannot build the ImageNet classifier: {exc}")
-        return None
-    image = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    session = open_session(version_dir / "model.onnx")
-    # the server can batch at most min(clients, max_batch_size) images; the reference is
-    # raw onnxruntime's best throughput at that batch size and at max_batch_size
-    sizes = sorted({min(args.concurrency, args.heavy_max_batch_size), args.heavy_max_batch_size})
-    measured = [
-        measure_raw(session, {"input": np.repeat(image, size, axis=0)}, size, args.heavy_duration)
-        for size in sizes
-    ]
-    for figures in measured:
-        figures["images_per_s"] = figures["rows_per_s"]
-    raw = max(measured, key=lambda figures: figures["images_per_s"])
-    raw["all_batch_sizes"] = [
-        {"batch": figures["batch"], "images_per_s": figures["images_per_s"]} for figures in measured
-    ]
-    del session
-    params = out / "heavy_batching.pbtxt"
-    params.write_text(
-        f"max_batch_size {{ value: {args.heavy_max_batch_size} }}\n"
-        f"batch_timeout_micros {{ value: {args.heavy_batch_timeout_micros} }}\n"
-        f"num_batch_threads {{ value: {args.heavy_batch_threads} }}\n"
-        "max_enqueued_batches { value: 1000 }\n"
-    )
-    server = stack.enter_context(_stopping(t.start_streamserve(
-        "streamserve-heavy", HEAVY, version_dir.parent, out / "logs",
-        ["--enable_batching", f"--batching_parameters_file={params}"])))  # fmt: skip
-    payload = v2_grpc_request(HEAVY, {"input": image}, HEAVY_SIGNATURE)
-    pool = stack.enter_context(ClientPool(1))
-    job = LoadJob(
-        "grpc", server.grpc_address, GRPC_METHODS["v2"], payload, args.concurrency, channels=2
-    )
-    result = pool.run(job, max(2.0, args.warmup), args.heavy_duration, server.pid, "grpc.aio")
-    detail = (
-        f"V2 gRPC, 1 image per request, {args.concurrency} clients, "
-        f"max_batch_size {args.heavy_max_batch_size}, "
-        f"batch_timeout_micros {args.heavy_batch_timeout_micros}, "
-        f"num_batch_threads {args.heavy_batch_threads}"
-    )
-    figures = {**result.to_json(), "images_per_s": result.rps, "detail": detail}
-    return {"model": HEAVY, "signature": HEAVY_SIGNATURE, "raw": raw, "server": figures}
 
 
 def main(argv: list[str] | None = None) -> int:
