@@ -6,7 +6,8 @@ with ``np.frombuffer``, onnxruntime runs inline on the event loop (a tiny model 
 in microseconds), and the output goes back as raw bytes. Anything a real server adds
 costs something against this.
 
-    python benchmarks/minimal_grpc/server.py --model path/to/model.onnx --name tiny --port 0
+    python benchmarks/minimal_grpc/server.py --model path/to/model.onnx --name tiny --port 0 \
+        [--loop asyncio|uvloop]
 
 prints ``minimal-grpc: listening on 127.0.0.1:PORT`` once it serves; SIGTERM stops it.
 """
@@ -80,8 +81,19 @@ def main() -> None:
     parser.add_argument("--name", default="tiny", help="model name clients use")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop (streamserve itself runs on uvloop when installed)",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.model, args.name, args.host, args.port))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args.model, args.name, args.host, args.port))
+    else:
+        asyncio.run(serve(args.model, args.name, args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,7 @@ RECORDS = [
     _record("streamserve", "v2-grpc", 1, 3400, 0.30, round_index=1),
     _record("mlserver", "v2-grpc", 1, 2000, 0.50),
     _record("minimal", "v2-grpc", 1, 4000, 0.15),
+    _record("minimal-uvloop", "v2-grpc", 1, 5000, 0.12),
     _record("streamserve", "tf-grpc", 1, 2800, 0.22),
     _record("streamserve", "v2-rest", 1, 1500, 0.40),
     _record("mlserver", "v2-rest", 1, 1000, math.nan),
@@ -201,6 +202,8 @@ def test_ratios_against_goals() -> None:
     assert cpu.value == pytest.approx(0.5) and cpu.passed is True and cpu.goal == "<= 0.6"
     minimal = by_name[("req/s streamserve / minimal grpc.aio", "v2-grpc")]
     assert minimal.value == pytest.approx(0.8) and minimal.passed is False
+    on_uvloop = by_name[("req/s streamserve / minimal grpc.aio on uvloop", "v2-grpc")]
+    assert on_uvloop.value == pytest.approx(0.64) and on_uvloop.passed is False
     rest = by_name[("req/s streamserve / MLServer", "v2-rest")]
     assert rest.value == pytest.approx(1.5) and rest.passed is None
     rest_cpu = by_name[("server CPU per request streamserve / MLServer", "v2-rest")]

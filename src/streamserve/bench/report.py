@@ -16,7 +16,7 @@ from typing import Any
 
 from streamserve.bench.common import BarPanel, median, plot_bar_panels, ratio
 
-TARGET_ORDER = ("streamserve", "mlserver", "minimal")
+TARGET_ORDER = ("streamserve", "mlserver", "minimal", "minimal-uvloop")
 SCENARIO_ORDER = ("tf-grpc", "v2-grpc", "tf-rest", "v2-rest")
 # goals of issue 8, acceptance point 5 (tiny model unless said otherwise)
 GOAL_VS_MLSERVER = 1.5
@@ -130,9 +130,12 @@ def compute_ratios(
         tf_grpc = find_row(rows, "streamserve", "tf-grpc", batch)
         v2_grpc = find_row(rows, "streamserve", "v2-grpc", batch)
         minimal = find_row(rows, "minimal", "v2-grpc", batch)
-        if minimal and v2_grpc:
-            add("req/s streamserve / minimal grpc.aio", "v2-grpc", batch,
-                ratio(v2_grpc["rps"], minimal["rps"]), GOAL_VS_MINIMAL)  # fmt: skip
+        for floor, label in (("minimal", "minimal grpc.aio"),
+                             ("minimal-uvloop", "minimal grpc.aio on uvloop")):  # fmt: skip
+            floor_row = find_row(rows, floor, "v2-grpc", batch)
+            if floor_row and v2_grpc:
+                add(f"req/s streamserve / {label}", "v2-grpc", batch,
+                    ratio(v2_grpc["rps"], floor_row["rps"]), GOAL_VS_MINIMAL)  # fmt: skip
         mlserver_grpc = find_row(rows, "mlserver", "v2-grpc", batch)
         if mlserver_grpc and tf_grpc:
             add("req/s streamserve TF Predict / MLServer V2", "tf-grpc", batch,

@@ -283,7 +283,7 @@ class Plan:
     def targets_for(self, scenario: str) -> list[str]:
         names = []
         for name in self.targets:
-            if name == "minimal" and scenario != "v2-grpc":
+            if name.startswith("minimal") and scenario != "v2-grpc":
                 continue
             if name == "mlserver" and not scenario.startswith("v2"):
                 continue
@@ -379,8 +379,13 @@ def _start_targets(args: argparse.Namespace, tiny_dir: Path, out: Path, notes: l
             notes.append(f"MLServer {t.mlserver_version(binary)} ({binary}), parallel_workers=0, "
                          "custom onnxruntime runtime from benchmarks/mlserver/")  # fmt: skip
     if not args.skip_minimal:
-        servers["minimal"] = stack.enter_context(stopping(
-            t.start_minimal(tiny_dir / "model.onnx", TINY, logs)))  # fmt: skip
+        model = tiny_dir / "model.onnx"
+        servers["minimal"] = stack.enter_context(stopping(t.start_minimal(model, TINY, logs)))
+        if t.uvloop_available():  # the floor on the event loop streamserve itself runs on
+            servers["minimal-uvloop"] = stack.enter_context(
+                stopping(t.start_minimal(model, TINY, logs, loop="uvloop"))
+            )
+
     return servers
 
 

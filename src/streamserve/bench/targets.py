@@ -143,13 +143,23 @@ def start_streamserve(
     return server
 
 
-def start_minimal(model_path: Path, model_name: str, log_dir: Path) -> ServerProcess:
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def start_minimal(
+    model_path: Path, model_name: str, log_dir: Path, loop: str = "asyncio"
+) -> ServerProcess:
     script = BENCHMARKS_DIR / "minimal_grpc" / "server.py"
     if not script.is_file():
         raise SetupError(f"minimal server not found at {script} (run from a source checkout)")
     command = [sys.executable, str(script), f"--model={model_path}", f"--name={model_name}",
-               f"--host={HOST}", "--port=0"]  # fmt: skip
-    server = _spawn("minimal-grpc", command, log_dir)
+               f"--host={HOST}", "--port=0", f"--loop={loop}"]  # fmt: skip
+    server = _spawn(f"minimal-grpc-{loop}", command, log_dir)
     _wait_for(server, lambda: _match_log(server, _MINIMAL_READY) is not None, "listening")
     match = _match_log(server, _MINIMAL_READY)
     assert match is not None
@@ -217,4 +227,5 @@ __all__ = [
     "start_minimal",
     "start_mlserver",
     "start_streamserve",
+    "uvloop_available",
 ]
