@@ -83,10 +83,13 @@ def test_wrk_summary_is_parsed() -> None:
 def test_h2load_summary_and_log_are_parsed() -> None:
     text = ("finished in 6.00s, 1060.60 req/s, 351.72KB/s\n"
             "requests: 5303 total, 5303 started, 5303 done, 5300 succeeded, 3 failed, "
-            "0 errored, 0 timeout\n")  # fmt: skip
+            "0 errored, 0 timeout\n"
+            "traffic: 1.22MB (1277892) total, 17.55KB (17976) headers (space savings 96.23%), "
+            "1.62MB (1696896) data\n")  # fmt: skip
     summary = loadtools.parse_h2load_output(text)
     assert summary["rps"] == pytest.approx(1060.6)
     assert (summary["succeeded"], summary["errors"]) == (5300, 3)
+    assert summary["data_bytes"] == 1696896
     log = "100\t200\t1500\n90\t200\t99000\n200\t200\t2500\n300\t503\t100\n"
     assert loadtools.parse_h2load_log(log, since_us=100) == [1.5, 2.5]
     with pytest.raises(RuntimeError):

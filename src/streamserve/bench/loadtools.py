@@ -20,7 +20,6 @@ from streamserve.bench.common import (
     LoadResult,
     percentile,
     process_tree_cpu_seconds,
-    sample_window_cpu,
 )
 
 
@@ -121,6 +120,9 @@ _H2LOAD_REQUESTS = re.compile(
 )
 
 
+_H2LOAD_DATA = re.compile(r"^traffic: .*\((\d+)\) data$", re.MULTILINE)
+
+
 def h2load_available() -> bool:
     return shutil.which("h2load") is not None
 
@@ -136,11 +138,13 @@ def parse_h2load_output(text: str) -> dict[str, float]:
     if finished is None or requests is None:
         raise RuntimeError(f"h2load printed no summary:\n{text[-2000:]}")
     _, _, done, succeeded, failed, errored, timeout = (int(g) for g in requests.groups())
+    traffic = _H2LOAD_DATA.search(text)
     return {
         "rps": float(finished.group(1)),
         "done": done,
         "succeeded": succeeded,
         "errors": failed + errored + timeout,
+        "data_bytes": int(traffic.group(1)) if traffic else 0,
     }
 
 
@@ -166,42 +170,57 @@ def run_h2load_grpc(
     duration: float,
     warmup: float,
     server_pid: int | None = None,
+    response_bytes: int | None = None,
 ) -> LoadResult:
     """Closed-loop unary gRPC calls with ``h2load`` (C, nghttp2): ``connections`` HTTP/2
-    connections carrying ``concurrency`` streams in all. h2load checks the HTTP status only,
-    not the ``grpc-status`` trailer, so callers verify answers separately beforehand."""
+    connections carrying ``concurrency`` streams in all; a warm-up run, then the measured
+    run, with server CPU sampled around the measured run only.
+
+    h2load checks the HTTP status, not the ``grpc-status`` trailer. A failed call has no
+    response message, so when ``response_bytes`` (the length of one answer, unframed) is
+    given, answers missing from the DATA byte count are reported as errors."""
     connections = max(1, min(connections, concurrency))
     streams = max(1, math.ceil(concurrency / connections))
+    seconds = max(1, round(duration))
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         body = Path(tmp) / "body.bin"
         body.write_bytes(grpc_frame(message))
         log = Path(tmp) / "requests.tsv"
-        command = [
-            "h2load", "-c", str(connections), "-m", str(streams), "-t", "1",
-            "-D", str(max(1, round(duration))), "--warm-up-time", str(max(1, round(warmup))),
-            "-H", "content-type: application/grpc", "-H", "te: trailers",
-            "-d", str(body), f"--log-file={log}", f"http://{address}{method}",
-        ]  # fmt: skip
+
+        def command(run_seconds: int, *extra: str) -> list[str]:
+            return [
+                "h2load", "-c", str(connections), "-m", str(streams), "-t", "1",
+                "-D", str(run_seconds), "-H", "content-type: application/grpc",
+                "-H", "te: trailers", "-d", str(body), *extra, f"http://{address}{method}",
+            ]  # fmt: skip
+
+        if warmup > 0:
+            subprocess.run(command(max(1, round(warmup))), capture_output=True, check=False)
+        before = process_tree_cpu_seconds(server_pid) if server_pid else None
         client_before = children_cpu_seconds()
-        launched = time.time()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        start_at = launched + max(1, round(warmup))
-        cpu = sample_window_cpu(server_pid, start_at, start_at + max(1, round(duration)))
-        output, _ = process.communicate()
-        client_cpu = children_cpu_seconds() - client_before  # warm-up included
-        text = output.decode(errors="replace")
+        finished = subprocess.run(
+            command(seconds, f"--log-file={log}"), capture_output=True, check=False
+        )
+        client_cpu = children_cpu_seconds() - client_before
+        after = process_tree_cpu_seconds(server_pid) if server_pid else None
+        text = (finished.stdout + finished.stderr).decode(errors="replace")
         summary = parse_h2load_output(text)
-        latencies = parse_h2load_log(log.read_text(), int(start_at * 1e6))
-    errors = int(summary["errors"])
+        latencies = parse_h2load_log(log.read_text())
+    ok = int(summary["succeeded"])
+    failed = int(summary["errors"])
+    if response_bytes is not None:
+        answered = int(summary["data_bytes"]) // len(grpc_frame(b"x" * response_bytes))
+        failed += max(0, ok - answered)
+        ok = min(ok, answered)
     return LoadResult(
-        requests=int(summary["succeeded"]),
-        errors=errors,
-        seconds=max(1, round(duration)),
+        requests=ok,
+        errors=failed,
+        seconds=seconds,
         p50_ms=percentile(latencies, 50),
         p99_ms=percentile(latencies, 99),
         client_cpu_s=client_cpu,
-        server_cpu_s=cpu,
-        first_error=f"{errors} failed requests reported by h2load" if errors else "",
+        server_cpu_s=None if before is None or after is None else after - before,
+        first_error=f"{failed} calls failed (h2load status / missing answers)" if failed else "",
         tool=f"h2load -c{connections} -m{streams}",
     )
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,8 @@ class Plan:
     targets: dict[str, Any]  # name → ServerProcess
     use_wrk: bool
     use_h2load: bool
+    payloads: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    answer_bytes: dict[tuple[str, str, int], int] = field(default_factory=dict)
 
     def pairs(self) -> list[tuple[str, int]]:
         return [(scenario, batch) for batch in self.batches for scenario in self.scenarios]
@@ -418,7 +420,7 @@ def _run_tiny(args: argparse.Namespace, scenarios: list[str], batches: list[int]
         notes.append(f"gRPC load from grpc.aio client processes ({why})")
     servers = _start_targets(args, tiny_dir, out, notes, stack)
     plan = Plan(scenarios, batches, servers, use_wrk, use_h2load)
-    payloads = _payloads(plan, session)
+    _prepare_requests(plan, session)
     needs_pool = (not use_h2load and any(s.endswith("grpc") for s in scenarios)) or (
         not use_wrk and any(s.endswith("rest") for s in scenarios)
     )
@@ -431,7 +433,7 @@ def _run_tiny(args: argparse.Namespace, scenarios: list[str], batches: list[int]
     with progress(len(steps), "bench server") as bar:
         for round_index, scenario, batch, target in steps:
             bar.set_postfix_str(f"{target} {scenario} b{batch}")
-            result = _measure(args, plan, pool, target, scenario, batch, payloads)
+            result = _measure(args, plan, pool, target, scenario, batch)
             protocol, transport = scenario.split("-")
             records.append({"target": target, "protocol": protocol, "transport": transport,
                             "batch": batch, "round": round_index, **result.to_json()})  # fmt: skip
@@ -446,8 +448,9 @@ def _rotate(items: list[str], by: int) -> list[str]:
     return items[shift:] + items[:shift]
 
 
-def _payloads(plan: Plan, session: Any) -> dict[tuple[str, int], bytes]:
-    """Request bytes per (scenario, batch), each checked once against every target."""
+def _prepare_requests(plan: Plan, session: Any) -> None:
+    """Request bytes per (scenario, batch), each checked once against every target (whose
+    answer length is kept: h2load counts failed gRPC calls by their missing answers)."""
     import numpy as np
 
     builders: dict[str, Callable[[dict[str, Any]], bytes]] = {
@@ -456,33 +459,34 @@ def _payloads(plan: Plan, session: Any) -> dict[tuple[str, int], bytes]:
         "tf-rest": tf_rest_body,
         "v2-rest": v2_rest_body,
     }
-    payloads = {}
     for scenario, batch in plan.pairs():
         inputs = {"x": tiny_inputs(batch)}
         expected = session.run(None, inputs)[0]
-        payloads[(scenario, batch)] = payload = builders[scenario](inputs)
+        plan.payloads[(scenario, batch)] = payload = builders[scenario](inputs)
         for name in plan.targets_for(scenario):
             server = plan.targets[name]
             address = server.grpc_address if scenario.endswith("grpc") else server.rest_url
-            answer = decode_answer(scenario, send_once(scenario, address, TINY, payload))
+            body = send_once(scenario, address, TINY, payload)
+            answer = decode_answer(scenario, body)
             if answer.shape != expected.shape or not np.allclose(answer, expected, atol=1e-4):
                 raise RuntimeError(f"{name} answered {scenario} batch {batch} wrongly")
-    return payloads
+            plan.answer_bytes[(name, scenario, batch)] = len(body)
 
 
 def _measure(args: argparse.Namespace, plan: Plan, pool: Any, target: str, scenario: str,
-             batch: int, payloads: dict[tuple[str, int], bytes]) -> Any:  # fmt: skip
+             batch: int) -> Any:  # fmt: skip
     from streamserve.bench.common import LoadJob
     from streamserve.bench.loadtools import run_h2load_grpc, run_wrk
 
     server = plan.targets[target]
-    payload = payloads[(scenario, batch)]
+    payload = plan.payloads[(scenario, batch)]
     if scenario.endswith("grpc"):
         method = GRPC_METHODS[scenario.split("-")[0]]
         connections = args.grpc_connections or args.concurrency
         if plan.use_h2load:
             return run_h2load_grpc(server.grpc_address, method, payload, args.concurrency,
-                                   connections, args.duration, args.warmup, server.pid)  # fmt: skip
+                                   connections, args.duration, args.warmup, server.pid,
+                                   plan.answer_bytes[(target, scenario, batch)])  # fmt: skip
         channels = max(1, connections // pool.size)
         job = LoadJob(
             "grpc", server.grpc_address, method, payload, args.concurrency, channels=channels
