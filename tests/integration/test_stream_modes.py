@@ -49,10 +49,18 @@ def model_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamserve", "serve", f"--port={grpc_port}",
-             f"--rest_api_port={rest_port}", "--model_name=tiny",
-             f"--model_base_path={tiny_model}"],
-            stdout=subprocess.PIPE, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "streamserve",
+                "serve",
+                f"--port={grpc_port}",
+                f"--rest_api_port={rest_port}",
+                "--model_name=tiny",
+                f"--model_base_path={tiny_model}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
         )
         try:
             assert process.stdout is not None
@@ -97,8 +105,13 @@ def _inputs(count: int) -> tuple[list[tuple[int, bytes, bytes]], dict[int, np.nd
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
 @pytest.mark.parametrize("mode", list(MODES))
 def test_records_become_correct_outputs_in_order(
-    mode: str, guarantee: str, tiny_model: Path, kafka_bootstrap: str, topic_factory,
-    tmp_path: Path, request: pytest.FixtureRequest,
+    mode: str,
+    guarantee: str,
+    tiny_model: Path,
+    kafka_bootstrap: str,
+    topic_factory,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     import onnxruntime
 
@@ -107,9 +120,21 @@ def test_records_become_correct_outputs_in_order(
     records, rows = _inputs(RECORDS)
     produce(kafka_bootstrap, source, records)
 
-    args = ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
-            "--output-topic", sink, "--group-id", f"g-{source}", "--guarantee", guarantee,
-            "--instance-id", "one", *model_args]
+    args = [
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--input-topic",
+        source,
+        "--output-topic",
+        sink,
+        "--group-id",
+        f"g-{source}",
+        "--guarantee",
+        guarantee,
+        "--instance-id",
+        "one",
+        *model_args,
+    ]
     with StreamProcess(args, tmp_path / "stream.log") as stream:
         stream.wait_ready()
         outputs = read_topic(kafka_bootstrap, sink, RECORDS, timeout=90)
