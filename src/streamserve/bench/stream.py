@@ -68,8 +68,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds before the server is started again (default 5)")
     outage.add_argument("--outage-rate", type=float, default=None,
                         help="records/s fed during the outage run (default 1000 tiny, 10 ImageNet)")
-    outage.add_argument("--outage-recovery-s", type=float, default=10.0,
-                        help="seconds of input after the restart (default 10)")
+    outage.add_argument("--outage-recovery-s", type=float, default=15.0,
+                        help="seconds of input after the restart (default 15: longer than "
+                        "the breaker's longest probe cool-down, 10 s)")
     infra = parser.add_argument_group("infrastructure and output")
     infra.add_argument("--out", type=Path, default=Path("bench-results/stream"))
     infra.add_argument("--bootstrap-servers",

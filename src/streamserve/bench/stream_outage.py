@@ -12,6 +12,7 @@ Afterwards every input key must appear exactly once in the read_committed output
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -88,49 +89,59 @@ def breaker_events(log_text: str, origin: float) -> list[tuple[float, str]]:
 def run_outage(ctx: BenchContext, workload: Workload, down_at: float, down_for: float,
                rate: float, recovery_s: float, fallback: bool) -> dict[str, Any]:
     name = f"{workload.model}-outage-{'fallback' if fallback else 'nofallback'}"
-    server = ServerProcess(workload.model_name, workload.base_path,
-                           ctx.logs_dir / f"{name}.server.log").start_and_wait()
-    topics = ctx.topics(name)
-    spec = worker_spec(ctx, workload, MODES["grpc"], server, topics, name, fallback=fallback)
     total = int(rate * (down_at + down_for + recovery_s))
     records = workload.records(total, ctx.partitions, "o")
     warm = workload.records(min(20, ctx.concurrency), ctx.partitions, "w")
-    worker = start_worker(ctx, spec, name)
-    watcher = kio.OutputWatcher(ctx.bootstrap, topics[1])
-    producer = kio.PacedProducer(ctx.bootstrap, topics[0], records, rate)
-    scraper: MetricsScraper | None = None
-    try:
+    topics = ctx.topics(name)
+    events: dict[str, float] = {}
+    failures: list[Exception] = []
+    with contextlib.ExitStack() as stack:
+        server = ServerProcess(workload.model_name, workload.base_path,
+                               ctx.logs_dir / f"{name}.server.log")
+        stack.callback(server.stop)
+        server.start_and_wait()
+        spec = worker_spec(ctx, workload, MODES["grpc"], server, topics, name, fallback)
+        worker = start_worker(ctx, spec, name)
+        stack.callback(worker.stop)
+        watcher = kio.OutputWatcher(ctx.bootstrap, topics[1])
+        stack.callback(watcher.close)
         kio.closed_loop(ctx.bootstrap, topics[0], warm, watcher, len(warm), 120.0)
+        producer = kio.PacedProducer(ctx.bootstrap, topics[0], records, rate)
         producer.start()
         scraper = MetricsScraper(worker, producer.started_at)
         scraper.start()
-        events = _kill_and_restart(server, producer.started_at, down_at, down_for)
+        stack.callback(scraper.stop)
+        chaos = threading.Thread(target=_kill_and_restart, name="outage", daemon=True,
+                                 args=(server, producer.started_at, down_at, down_for, events,
+                                       failures))
+        chaos.start()
         give_up = producer.started_at + down_at + down_for + recovery_s + 120
         with ctx.bar(total, name) as bar:
             while not watcher.wait_for(len(warm) + total, 0.5) and time.time() < give_up:
                 bar.update(max(0, watcher.count - len(warm) - bar.n))
+        chaos.join(180)
         producer.join(30)
-    finally:
-        if scraper is not None:
-            scraper.stop()
-        worker.stop()
-        watcher.close()
-        server.stop()
+    if failures:
+        raise RuntimeError(f"the model server did not come back: {failures[0]}")
     return _analyse(ctx, name, topics, records, warm, producer, scraper, worker, events,
                     fallback, rate)
 
 
-def _kill_and_restart(server: ServerProcess, origin: float, down_at: float, down_for: float
-                      ) -> dict[str, float]:
-    """Scenario timing (not readiness): kill at ``down_at``, start again ``down_for`` later."""
-    time.sleep(max(0.0, origin + down_at - time.time()))
-    server.kill()
-    killed = time.time() - origin
-    time.sleep(down_for)
-    restarted = time.time() - origin
-    server.start_and_wait()
-    return {"killed_at_s": round(killed, 3), "restarted_at_s": round(restarted, 3),
-            "ready_again_at_s": round(time.time() - origin, 3)}
+def _kill_and_restart(server: ServerProcess, origin: float, down_at: float, down_for: float,
+                      events: dict[str, float], failures: list[Exception]) -> None:
+    """Scenario timing (not readiness): kill at ``down_at``, start again ``down_for`` later;
+    the moments (seconds since ``origin``) go into ``events``."""
+    try:
+        time.sleep(max(0.0, origin + down_at - time.time()))
+        server.kill()
+        events["killed_at_s"] = round(time.time() - origin, 3)
+        time.sleep(down_for)
+        events["restarted_at_s"] = round(time.time() - origin, 3)
+        server.start_and_wait()
+        events["ready_again_at_s"] = round(time.time() - origin, 3)
+    except Exception as exc:  # reported by run_outage once the run has been wound down
+        events["failed"] = 1.0
+        failures.append(exc)
 
 
 def _analyse(ctx: BenchContext, name: str, topics: tuple[str, str, str],
