@@ -15,9 +15,21 @@ pytestmark = pytest.mark.integration
 
 def _bench(kafka_bootstrap: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, "-m", "streamserve", "bench", "stream", "--model", "tiny",
-        "--bootstrap-servers", kafka_bootstrap, "--out", str(out), "--no-progress",
-        "--partitions", "2", *extra,
+        sys.executable,
+        "-m",
+        "streamserve",
+        "bench",
+        "stream",
+        "--model",
+        "tiny",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--partitions",
+        "2",
+        *extra,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=540, check=False)
 
@@ -26,8 +38,16 @@ def test_embedded_and_grpc_modes_produce_results_and_lose_nothing(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench"
-    finished = _bench(kafka_bootstrap, out, "--records", "200", "--latency-records", "40",
-                      "--modes", "embedded,grpc")
+    finished = _bench(
+        kafka_bootstrap,
+        out,
+        "--records",
+        "200",
+        "--latency-records",
+        "40",
+        "--modes",
+        "embedded,grpc",
+    )
     assert finished.returncode == 0, finished.stdout + finished.stderr[-4000:]
     assert "0-lost check: passed" in finished.stdout
 
@@ -42,8 +62,13 @@ def test_embedded_and_grpc_modes_produce_results_and_lose_nothing(
     runs = {run["mode"]: run for run in results["runs"]["tiny"]}
     for run in runs.values():
         assert run["drain"]["processed"] == 200 and run["drain"]["complete"]
-        assert run["drain"]["loss"] == {**run["drain"]["loss"], "lost": 0, "duplicates": 0,
-                                        "expected": 200, "ok": True}
+        assert run["drain"]["loss"] == {
+            **run["drain"]["loss"],
+            "lost": 0,
+            "duplicates": 0,
+            "expected": 200,
+            "ok": True,
+        }
         assert run["drain"]["model_call"]["calls"] > 0
         assert run["drain"]["cpu_s"]["processor"] is not None
     assert runs["grpc"]["drain"]["cpu_s"]["server"] is not None
@@ -57,9 +82,24 @@ def test_server_outage_loses_nothing_with_and_without_fallback(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "outage"
-    finished = _bench(kafka_bootstrap, out, "--records", "50", "--latency-records", "10",
-                      "--modes", "grpc", "--server-down-at", "2", "--server-down-for", "2",
-                      "--outage-recovery-s", "3", "--outage-rate", "100")
+    finished = _bench(
+        kafka_bootstrap,
+        out,
+        "--records",
+        "50",
+        "--latency-records",
+        "10",
+        "--modes",
+        "grpc",
+        "--server-down-at",
+        "2",
+        "--server-down-for",
+        "2",
+        "--outage-recovery-s",
+        "3",
+        "--outage-rate",
+        "100",
+    )
     assert finished.returncode == 0, finished.stdout + finished.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     without, with_fallback = results["outage"]

@@ -41,8 +41,14 @@ def test_summarize_percentiles_interpolate_between_ranks() -> None:
 
 
 def test_summarize_of_nothing_is_empty_not_an_error() -> None:
-    assert summarize([]) == {"count": 0, "mean": None, "max": None,
-                             "p50": None, "p95": None, "p99": None}
+    assert summarize([]) == {
+        "count": 0,
+        "mean": None,
+        "max": None,
+        "p50": None,
+        "p95": None,
+        "p99": None,
+    }
 
 
 def test_latencies_are_output_minus_input_timestamp_matched_by_key() -> None:
@@ -93,8 +99,10 @@ def test_expected_keys_are_the_committed_prefix_of_each_partition() -> None:
 def test_timeline_buckets_outputs_by_mode_inputs_and_latency() -> None:
     origin = 10_000.0
     outputs = [
-        (origin + 100, "remote", 10.0), (origin + 400, "remote", 30.0),
-        (origin + 600, "fallback", 50.0), (origin + 1600, "remote", 5.0),
+        (origin + 100, "remote", 10.0),
+        (origin + 400, "remote", 30.0),
+        (origin + 600, "fallback", 50.0),
+        (origin + 1600, "remote", 5.0),
         (origin - 50, "remote", 1.0),  # before the origin: ignored
     ]
     inputs = [origin + 10, origin + 20, origin + 700, origin - 100]
@@ -136,14 +144,19 @@ def test_prometheus_text_is_parsed_and_summed_by_label() -> None:
 
 
 def test_breaker_transitions_are_read_from_the_worker_log() -> None:
-    log = "\n".join([
-        "100.250 WARNING streamserve.stream.invoker: breaker open target=grpc://h:1 failures=5",
-        "101.500 INFO streamserve.stream.invoker: breaker half-open target=grpc://h:1",
-        "101.600 INFO streamserve.stream: consumption paused reason=breaker-open",
-        "103.000 INFO streamserve.stream.invoker: breaker closed target=grpc://h:1",
-    ])
-    assert breaker_events(log, origin=100.0) == [(0.25, "open"), (1.5, "half-open"),
-                                                 (3.0, "closed")]
+    log = "\n".join(
+        [
+            "100.250 WARNING streamserve.stream.invoker: breaker open target=grpc://h:1 failures=5",
+            "101.500 INFO streamserve.stream.invoker: breaker half-open target=grpc://h:1",
+            "101.600 INFO streamserve.stream: consumption paused reason=breaker-open",
+            "103.000 INFO streamserve.stream.invoker: breaker closed target=grpc://h:1",
+        ]
+    )
+    assert breaker_events(log, origin=100.0) == [
+        (0.25, "open"),
+        (1.5, "half-open"),
+        (3.0, "closed"),
+    ]
 
 
 # --------------------------------------------------------------------------- modes, records
@@ -187,19 +200,36 @@ def _run(mode: str, rps: float, p50: float, ok: bool = True) -> dict:
     loss = {"ok": ok}
     call = {"latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0}, "rows_per_call": 8.0}
     return {
-        "mode": mode, "label": mode, "round": 0, "settings": {},
-        "drain": {"throughput_rps": rps, "processed": 100, "records": 100, "complete": True,
-                  "model_call": call, "loss": loss,
-                  "cpu_us_per_record": {"processor": 10.0, "server": None, "broker": 5.0},
-                  "cpu_s": {"processor": 1.0, "server": None, "broker": 0.5}},
-        "latency": {"e2e_samples_ms": [p50, p50], "visible_ms": {"p50": p50 + 100},
-                    "model_call": {"latency_ms": {"p50": 0.5}}, "loss": loss},
+        "mode": mode,
+        "label": mode,
+        "round": 0,
+        "settings": {},
+        "drain": {
+            "throughput_rps": rps,
+            "processed": 100,
+            "records": 100,
+            "complete": True,
+            "model_call": call,
+            "loss": loss,
+            "cpu_us_per_record": {"processor": 10.0, "server": None, "broker": 5.0},
+            "cpu_s": {"processor": 1.0, "server": None, "broker": 0.5},
+        },
+        "latency": {
+            "e2e_samples_ms": [p50, p50],
+            "visible_ms": {"p50": p50 + 100},
+            "model_call": {"latency_ms": {"p50": 0.5}},
+            "loss": loss,
+        },
     }
 
 
 def test_summary_ratios_goals_and_table() -> None:
-    runs = [_run("embedded", 1000.0, 10.0), _run("grpc", 900.0, 20.0),
-            _run("grpc-blocking", 50.0, 80.0), _run("embedded", 3000.0, 10.0)]
+    runs = [
+        _run("embedded", 1000.0, 10.0),
+        _run("grpc", 900.0, 20.0),
+        _run("grpc-blocking", 50.0, 80.0),
+        _run("embedded", 3000.0, 10.0),
+    ]
     summary = model_summary(runs)
     assert summary["embedded"]["rounds"] == 2
     assert summary["embedded"]["throughput_rps"] == 2000.0  # median of the rounds
@@ -209,7 +239,8 @@ def test_summary_ratios_goals_and_table() -> None:
     assert blocking["value"] == 18.0 and blocking["met"]
     embedded_share = goals["batched remote gRPC / embedded"]
     assert not embedded_share["met"] and embedded_share["missed_by_fraction"] == pytest.approx(
-        1 - 0.45 / 0.7, abs=1e-3)
+        1 - 0.45 / 0.7, abs=1e-3
+    )
     assert not goals["embedded records/s end to end"]["met"]
     text = table("tiny", summary)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "mode" not in line]
@@ -227,8 +258,17 @@ def test_a_failed_loss_check_shows_in_the_summary() -> None:
 
 
 def test_worker_spec_round_trips_through_json(tmp_path: Path) -> None:
-    spec = WorkerSpec("h:1", "in", "out", "g", "tiny", str(tmp_path / "c.json"),
-                      targets=["grpc://h:2"], max_batch_size=1, per_call_channel=True)
+    spec = WorkerSpec(
+        "h:1",
+        "in",
+        "out",
+        "g",
+        "tiny",
+        str(tmp_path / "c.json"),
+        targets=["grpc://h:2"],
+        max_batch_size=1,
+        per_call_channel=True,
+    )
     path = spec.save(tmp_path / "spec.json")
     assert json.loads(path.read_text())["targets"] == ["grpc://h:2"]
     assert WorkerSpec.load(path) == spec

@@ -38,43 +38,85 @@ HELP = "stream processor benchmark: embedded vs remote modes on a real Kafka bro
 def configure(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("workload")
     work.add_argument("--model", choices=["tiny", "imagenet", "both"], default="both")
-    work.add_argument("--records", type=int, default=50_000,
-                      help="tiny-model records drained per mode (default 50000)")
-    work.add_argument("--image-records", type=int, default=300,
-                      help="ImageNet records (photo file paths) drained per mode (default 300)")
-    work.add_argument("--modes", default="embedded,grpc,rest,grpc-blocking,"
-                      "grpc-channel-per-record,v2-grpc",
-                      help="comma-separated; also available: v2-rest")
+    work.add_argument(
+        "--records",
+        type=int,
+        default=50_000,
+        help="tiny-model records drained per mode (default 50000)",
+    )
+    work.add_argument(
+        "--image-records",
+        type=int,
+        default=300,
+        help="ImageNet records (photo file paths) drained per mode (default 300)",
+    )
+    work.add_argument(
+        "--modes",
+        default="embedded,grpc,rest,grpc-blocking,grpc-channel-per-record,v2-grpc",
+        help="comma-separated; also available: v2-rest",
+    )
     work.add_argument("--partitions", type=int, default=4, help="partitions per topic")
-    work.add_argument("--concurrency", type=int, default=32,
-                      help="closed-loop window of the latency phase: records produced and not "
-                      "yet output (tiny model; default 32)")
-    work.add_argument("--image-concurrency", type=int, default=4,
-                      help="the same window for the ImageNet model (default 4)")
-    work.add_argument("--latency-records", type=int, default=2000,
-                      help="records measured in each latency phase (tiny; ImageNet uses "
-                      "a third of --image-records)")
+    work.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="closed-loop window of the latency phase: records produced and not "
+        "yet output (tiny model; default 32)",
+    )
+    work.add_argument(
+        "--image-concurrency",
+        type=int,
+        default=4,
+        help="the same window for the ImageNet model (default 4)",
+    )
+    work.add_argument(
+        "--latency-records",
+        type=int,
+        default=2000,
+        help="records measured in each latency phase (tiny; ImageNet uses "
+        "a third of --image-records)",
+    )
     work.add_argument("--rounds", type=int, default=1, help="repeat the mode alternation")
-    work.add_argument("--max-seconds-per-mode", type=float, default=20.0,
-                      help="stop a drain after this long (slow baselines): the committed "
-                      "prefix counts")
-    work.add_argument("--latency-seconds", type=float, default=15.0,
-                      help="stop a latency phase after this long")
+    work.add_argument(
+        "--max-seconds-per-mode",
+        type=float,
+        default=20.0,
+        help="stop a drain after this long (slow baselines): the committed prefix counts",
+    )
+    work.add_argument(
+        "--latency-seconds", type=float, default=15.0, help="stop a latency phase after this long"
+    )
     outage = parser.add_argument_group("outage (--server-down-at)")
-    outage.add_argument("--server-down-at", type=float, metavar="SECONDS",
-                        help="kill the model server this long into a remote run (twice: "
-                        "without and with fallback)")
-    outage.add_argument("--server-down-for", type=float, default=5.0,
-                        help="seconds before the server is started again (default 5)")
-    outage.add_argument("--outage-rate", type=float, default=None,
-                        help="records/s fed during the outage run (default 1000 tiny, 10 ImageNet)")
-    outage.add_argument("--outage-recovery-s", type=float, default=15.0,
-                        help="seconds of input after the restart (default 15: longer than "
-                        "the breaker's longest probe cool-down, 10 s)")
+    outage.add_argument(
+        "--server-down-at",
+        type=float,
+        metavar="SECONDS",
+        help="kill the model server this long into a remote run (twice: without and with fallback)",
+    )
+    outage.add_argument(
+        "--server-down-for",
+        type=float,
+        default=5.0,
+        help="seconds before the server is started again (default 5)",
+    )
+    outage.add_argument(
+        "--outage-rate",
+        type=float,
+        default=None,
+        help="records/s fed during the outage run (default 1000 tiny, 10 ImageNet)",
+    )
+    outage.add_argument(
+        "--outage-recovery-s",
+        type=float,
+        default=15.0,
+        help="seconds of input after the restart (default 15: longer than "
+        "the breaker's longest probe cool-down, 10 s)",
+    )
     infra = parser.add_argument_group("infrastructure and output")
     infra.add_argument("--out", type=Path, default=Path("bench-results/stream"))
-    infra.add_argument("--bootstrap-servers",
-                       help="use this broker instead of starting a LocalKafka")
+    infra.add_argument(
+        "--bootstrap-servers", help="use this broker instead of starting a LocalKafka"
+    )
     infra.add_argument("--work-dir", type=Path, help="models go here (default: OUT/models)")
     infra.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -118,9 +160,14 @@ def machine_info() -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError, IndexError):
         first = Path("/proc/meminfo").read_text().splitlines()[0]
         memory_gib = round(int(first.split()[1]) / 1024 / 1024, 1)
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": memory_gib,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_start": list(os.getloadavg())}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_start": list(os.getloadavg()),
+    }
 
 
 def _broker(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[str, int | None]:
@@ -133,15 +180,19 @@ def _broker(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[str,
     return kafka.bootstrap_servers, kafka.pid
 
 
-def _context(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, logs: Path
-             ) -> Any:
+def _context(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, logs: Path) -> Any:
     from streamserve.bench.stream_run import BenchContext
 
     return BenchContext(
-        bootstrap=bootstrap, broker_pid=broker_pid, logs_dir=logs,
-        run_id=f"sb-{uuid.uuid4().hex[:8]}", partitions=args.partitions,
-        concurrency=args.concurrency, max_seconds=args.max_seconds_per_mode,
-        latency_seconds=args.latency_seconds, progress=not args.no_progress,
+        bootstrap=bootstrap,
+        broker_pid=broker_pid,
+        logs_dir=logs,
+        run_id=f"sb-{uuid.uuid4().hex[:8]}",
+        partitions=args.partitions,
+        concurrency=args.concurrency,
+        max_seconds=args.max_seconds_per_mode,
+        latency_seconds=args.latency_seconds,
+        progress=not args.no_progress,
     )
 
 
@@ -155,8 +206,9 @@ def _workloads(models: list[str], models_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- runs
 
 
-def _run_modes(args: argparse.Namespace, ctx: Any, workload: Any, modes: list[Any]
-               ) -> list[dict[str, Any]]:
+def _run_modes(
+    args: argparse.Namespace, ctx: Any, workload: Any, modes: list[Any]
+) -> list[dict[str, Any]]:
     from streamserve.bench.stream_procs import ServerProcess
     from streamserve.bench.stream_run import run_mode
 
@@ -170,14 +222,16 @@ def _run_modes(args: argparse.Namespace, ctx: Any, workload: Any, modes: list[An
     runs = []
     with contextlib.ExitStack() as stack:
         if any(mode.remote for mode in modes):
-            server = ServerProcess(workload.model_name, workload.base_path,
-                                   ctx.logs_dir / f"{workload.model}.server.log")
+            server = ServerProcess(
+                workload.model_name,
+                workload.base_path,
+                ctx.logs_dir / f"{workload.model}.server.log",
+            )
             stack.callback(server.stop)
             server.start_and_wait()
         for round_index in range(args.rounds):
             for mode in modes:
-                result = run_mode(ctx, workload, mode, server, records, latency_count,
-                                  round_index)
+                result = run_mode(ctx, workload, mode, server, records, latency_count, round_index)
                 runs.append(result)
                 print(_one_line(workload.model, result), file=sys.stderr, flush=True)
     return runs
@@ -187,9 +241,11 @@ def _one_line(model: str, result: dict[str, Any]) -> str:
     drain, latency = result["drain"], result["latency"]
     loss = "0 lost" if drain["loss"]["ok"] and latency["loss"]["ok"] else "LOSS CHECK FAILED"
     p50 = latency["e2e_ms"]["p50"]
-    return (f"[{model}] {result['mode']:<24} {drain['throughput_rps']:>10,.0f} records/s "
-            f"({drain['processed']}/{drain['records']})  e2e p50 "
-            f"{'-' if p50 is None else f'{p50:.1f}'} ms  {loss}")
+    return (
+        f"[{model}] {result['mode']:<24} {drain['throughput_rps']:>10,.0f} records/s "
+        f"({drain['processed']}/{drain['records']})  e2e p50 "
+        f"{'-' if p50 is None else f'{p50:.1f}'} ms  {loss}"
+    )
 
 
 def _run_outages(args: argparse.Namespace, ctx: Any, workload: Any) -> list[dict[str, Any]]:
@@ -198,8 +254,15 @@ def _run_outages(args: argparse.Namespace, ctx: Any, workload: Any) -> list[dict
     rate = args.outage_rate or (10.0 if workload.model == "imagenet" else 1000.0)
     results = []
     for fallback in (False, True):
-        result = run_outage(ctx, workload, args.server_down_at, args.server_down_for, rate,
-                            args.outage_recovery_s, fallback)
+        result = run_outage(
+            ctx,
+            workload,
+            args.server_down_at,
+            args.server_down_for,
+            rate,
+            args.outage_recovery_s,
+            fallback,
+        )
         print(result["loss_line"], file=sys.stderr, flush=True)
         results.append(result)
     return results
@@ -208,9 +271,14 @@ def _run_outages(args: argparse.Namespace, ctx: Any, workload: Any) -> list[dict
 # --------------------------------------------------------------------------- report
 
 
-def _report(args: argparse.Namespace, out: Path, machine: dict[str, Any],
-            runs: dict[str, list[dict[str, Any]]], outages: list[dict[str, Any]],
-            seconds: float) -> int:
+def _report(
+    args: argparse.Namespace,
+    out: Path,
+    machine: dict[str, Any],
+    runs: dict[str, list[dict[str, Any]]],
+    outages: list[dict[str, Any]],
+    seconds: float,
+) -> int:
     from streamserve.bench import stream_plots
     from streamserve.bench.common import nan_to_none, write_json
     from streamserve.bench.stream_outage import BUCKET_S
@@ -220,16 +288,24 @@ def _report(args: argparse.Namespace, out: Path, machine: dict[str, Any],
     goals = evaluate_goals(summaries)
     figures = _plots(out, machine, summaries, runs, outages, BUCKET_S, stream_plots)
     loss_ok = all(e["no_loss"] for s in summaries.values() for e in s.values()) and all(
-        o["loss"]["ok"] for o in outages)
+        o["loss"]["ok"] for o in outages
+    )
     document = {
         "command": " ".join(sys.argv),
-        "machine": machine, "seconds": round(seconds, 1),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if not k.startswith("_") and not callable(v)},
+        "machine": machine,
+        "seconds": round(seconds, 1),
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not k.startswith("_") and not callable(v)
+        },
         "timestamps": "broker LogAppendTime on input and output topics (one clock)",
-        "summary": summaries, "goals": goals,
+        "summary": summaries,
+        "goals": goals,
         "outage": outages,
-        "no_records_lost": loss_ok, "figures": [p.name for p in figures], "runs": runs,
+        "no_records_lost": loss_ok,
+        "figures": [p.name for p in figures],
+        "runs": runs,
     }
     write_json(out / "results.json", nan_to_none(document))
     print(_machine_line(machine))
@@ -246,14 +322,22 @@ def _report(args: argparse.Namespace, out: Path, machine: dict[str, Any],
 
 def _machine_line(machine: dict[str, Any]) -> str:
     start = ", ".join(f"{v:.1f}" for v in machine["load_average_start"])
-    return (f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
-            f"{machine['memory_gib']} GiB, Python {machine['python']}; load average at start "
-            f"{start} (other work shares these cores)")
+    return (
+        f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
+        f"{machine['memory_gib']} GiB, Python {machine['python']}; load average at start "
+        f"{start} (other work shares these cores)"
+    )
 
 
-def _plots(out: Path, machine: dict[str, Any], summaries: dict[str, Any],
-           runs: dict[str, list[dict[str, Any]]], outages: list[dict[str, Any]],
-           bucket_s: float, plots: Any) -> list[Path]:
+def _plots(
+    out: Path,
+    machine: dict[str, Any],
+    summaries: dict[str, Any],
+    runs: dict[str, list[dict[str, Any]]],
+    outages: list[dict[str, Any]],
+    bucket_s: float,
+    plots: Any,
+) -> list[Path]:
     note = f"{machine['cpus']} CPUs, closed loop"  # the window differs per model (see JSON)
     figures = []
     for model, model_runs in runs.items():
@@ -261,11 +345,17 @@ def _plots(out: Path, machine: dict[str, Any], summaries: dict[str, Any],
         for run in model_runs:
             samples.setdefault(run["mode"], []).extend(run["latency"]["e2e_samples_ms"])
         figures.append(plots.latency_cdf(out / f"latency_cdf_{model}.png", model, samples, note))
-    per_model = {model: {mode: entry["throughput_rps"] for mode, entry in summary.items()}
-                 for model, summary in summaries.items()}
-    figures.append(plots.throughput_bars(
-        out / "throughput.png", per_model,
-        f"streamserve bench stream — {machine['cpus']} CPUs ({machine['cpu_model']})"))
+    per_model = {
+        model: {mode: entry["throughput_rps"] for mode, entry in summary.items()}
+        for model, summary in summaries.items()
+    }
+    figures.append(
+        plots.throughput_bars(
+            out / "throughput.png",
+            per_model,
+            f"streamserve bench stream — {machine['cpus']} CPUs ({machine['cpu_model']})",
+        )
+    )
     if outages:
         figures.append(plots.outage_timeline(out / "outage_timeline.png", outages, bucket_s))
     return figures

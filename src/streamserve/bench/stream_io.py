@@ -49,11 +49,16 @@ def create_topics(bootstrap_servers: str, names: Sequence[str], partitions: int)
 
 
 def _producer(bootstrap_servers: str, linger_ms: int) -> Producer:
-    return Producer({
-        "bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
-        "linger.ms": linger_ms, "batch.num.messages": 10_000,
-        "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4",
-    })
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "compression.type": "lz4",
+        }
+    )
 
 
 def _produce(producer: Producer, topic: str, record: BenchRecord) -> None:
@@ -80,25 +85,39 @@ def produce_all(
 
 
 def _reader(bootstrap_servers: str, topic: str) -> tuple[Consumer, list[int]]:
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers, "group.id": f"bench-reader-{time.monotonic_ns()}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        "fetch.wait.max.ms": 10, "log_level": 3,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"bench-reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 10,
+            "log_level": 3,
+        }
+    )
     partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     return consumer, partitions
 
 
 def _read_record(message: Any, keep_value: bool) -> ReadRecord:
-    return ReadRecord(message.key(), message.partition(), message.offset(),
-                      message.timestamp()[1], time.time() * 1000,
-                      message.value() if keep_value else None)
+    return ReadRecord(
+        message.key(),
+        message.partition(),
+        message.offset(),
+        message.timestamp()[1],
+        time.time() * 1000,
+        message.value() if keep_value else None,
+    )
 
 
 def read_all(
-    bootstrap_servers: str, topic: str, expected: int, timeout_s: float = 60.0,
-    keep_values: bool = False, quiet_s: float = 0.5,
+    bootstrap_servers: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    keep_values: bool = False,
+    quiet_s: float = 0.5,
 ) -> list[ReadRecord]:
     """Every committed record of ``topic``: at least ``expected`` unless ``timeout_s`` passes,
     then on until nothing new arrives for ``quiet_s`` (so duplicates would show)."""
@@ -123,8 +142,14 @@ class CommittedWatcher:
     """Reads one group's committed offsets repeatedly with one long-lived client."""
 
     def __init__(self, bootstrap_servers: str, group_id: str, topic: str, partitions: int):
-        self._consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group_id,
-                                   "enable.auto.commit": False, "log_level": 3})
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "log_level": 3,
+            }
+        )
         self._tps = [TopicPartition(topic, p) for p in range(partitions)]
 
     def offsets(self) -> dict[int, int]:
@@ -150,8 +175,11 @@ class OutputWatcher:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                batch = [_read_record(m, self.keep_values)
-                         for m in self._consumer.consume(1000, 0.05) if not m.error()]
+                batch = [
+                    _read_record(m, self.keep_values)
+                    for m in self._consumer.consume(1000, 0.05)
+                    if not m.error()
+                ]
                 if batch:
                     with self.changed:
                         self.records.extend(batch)
@@ -179,8 +207,13 @@ class OutputWatcher:
 
 
 def closed_loop(
-    bootstrap_servers: str, topic: str, records: Sequence[BenchRecord], watcher: OutputWatcher,
-    window: int, timeout_s: float, progress: Progress | None = None,
+    bootstrap_servers: str,
+    topic: str,
+    records: Sequence[BenchRecord],
+    watcher: OutputWatcher,
+    window: int,
+    timeout_s: float,
+    progress: Progress | None = None,
 ) -> int:
     """Keep at most ``window`` records produced but not yet output; return how many were
     produced (all of them unless ``timeout_s`` ran out)."""
@@ -208,8 +241,9 @@ def closed_loop(
 class PacedProducer:
     """Produces ``records`` at ``rate`` per second in a thread (catching up if it falls behind)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, records: Sequence[BenchRecord],
-                 rate: float) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, records: Sequence[BenchRecord], rate: float
+    ) -> None:
         self.topic = topic
         self.records = records
         self.rate = rate

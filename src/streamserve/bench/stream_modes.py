@@ -46,25 +46,41 @@ class Mode:
         return self.transport is not None
 
     def settings(self) -> dict[str, object]:
-        return {"transport": self.transport or "in-process", "protocol": self.protocol,
-                "max_batch_size": self.max_batch_size or "default",
-                "max_in_flight": self.max_in_flight or "default",
-                "per_call_channel": self.per_call_channel}
+        return {
+            "transport": self.transport or "in-process",
+            "protocol": self.protocol,
+            "max_batch_size": self.max_batch_size or "default",
+            "max_in_flight": self.max_in_flight or "default",
+            "per_call_channel": self.per_call_channel,
+        }
 
 
-MODES: dict[str, Mode] = {mode.name: mode for mode in (
-    Mode("embedded", "embedded", None),
-    Mode("grpc", "remote gRPC, batched+pipelined", "grpc"),
-    Mode("rest", "remote REST, batched+pipelined", "http"),
-    Mode("grpc-blocking", "remote gRPC, 1 blocking call/record", "grpc",
-         max_batch_size=1, max_in_flight=1),
-    Mode("grpc-channel-per-record", "remote gRPC, new channel/record", "grpc",
-         max_batch_size=1, max_in_flight=1, per_call_channel=True),
-    Mode("v2-grpc", "remote V2 gRPC, batched+pipelined", "grpc", protocol="v2"),
-    Mode("v2-rest", "remote V2 REST, batched+pipelined", "http", protocol="v2"),
-)}
-DEFAULT_MODES = ("embedded", "grpc", "rest", "grpc-blocking", "grpc-channel-per-record",
-                 "v2-grpc")
+MODES: dict[str, Mode] = {
+    mode.name: mode
+    for mode in (
+        Mode("embedded", "embedded", None),
+        Mode("grpc", "remote gRPC, batched+pipelined", "grpc"),
+        Mode("rest", "remote REST, batched+pipelined", "http"),
+        Mode(
+            "grpc-blocking",
+            "remote gRPC, 1 blocking call/record",
+            "grpc",
+            max_batch_size=1,
+            max_in_flight=1,
+        ),
+        Mode(
+            "grpc-channel-per-record",
+            "remote gRPC, new channel/record",
+            "grpc",
+            max_batch_size=1,
+            max_in_flight=1,
+            per_call_channel=True,
+        ),
+        Mode("v2-grpc", "remote V2 gRPC, batched+pipelined", "grpc", protocol="v2"),
+        Mode("v2-rest", "remote V2 REST, batched+pipelined", "http", protocol="v2"),
+    )
+}
+DEFAULT_MODES = ("embedded", "grpc", "rest", "grpc-blocking", "grpc-channel-per-record", "v2-grpc")
 BASELINE_MODES = frozenset({"grpc-blocking", "grpc-channel-per-record"})
 
 
@@ -95,22 +111,25 @@ class Workload:
 TINY_WIDTH = 64
 
 
-def tiny_records(count: int, partitions: int, prefix: str = "", seed: int = 0
-                 ) -> list[BenchRecord]:
+def tiny_records(count: int, partitions: int, prefix: str = "", seed: int = 0) -> list[BenchRecord]:
     """``{"id": i, "inputs": {"x": [[64 float32]]}}``, round-robin over the partitions."""
     import orjson
 
     rows = np.random.default_rng(seed).standard_normal((count, TINY_WIDTH)).astype(np.float32)
     option = orjson.OPT_SERIALIZE_NUMPY
     return [
-        BenchRecord(i % partitions, f"{prefix}{i}".encode(),
-                    orjson.dumps({"id": i, "inputs": {"x": rows[i : i + 1]}}, option=option))
+        BenchRecord(
+            i % partitions,
+            f"{prefix}{i}".encode(),
+            orjson.dumps({"id": i, "inputs": {"x": rows[i : i + 1]}}, option=option),
+        )
         for i in range(count)
     ]
 
 
-def image_records(paths: Sequence[Path], count: int, partitions: int, prefix: str = ""
-                  ) -> list[BenchRecord]:
+def image_records(
+    paths: Sequence[Path], count: int, partitions: int, prefix: str = ""
+) -> list[BenchRecord]:
     """Plain file-path strings (the classic example's record), cycling through ``paths``."""
     return [
         BenchRecord(i % partitions, f"{prefix}{i}".encode(), str(paths[i % len(paths)]).encode())
@@ -124,8 +143,7 @@ def tiny_workload(models_dir: Path) -> Workload:
     base = models_dir / "tiny"
     if not (base / "1" / "model.onnx").exists():
         build_tiny(base / "1", width=TINY_WIDTH)
-    return Workload("tiny", "tiny", base, "tensor", tiny_records,
-                    input_dtypes={"x": "float32"})
+    return Workload("tiny", "tiny", base, "tensor", tiny_records, input_dtypes={"x": "float32"})
 
 
 def imagenet_workload(models_dir: Path) -> Workload:

@@ -61,15 +61,18 @@ class MetricsScraper:
             if not text:
                 continue
             samples = parse_prometheus(text)
-            states = [v for (name, _), v in samples.items()
-                      if name == "streamserve_stream_breaker_state"]
-            self.samples.append({
-                "t": round(time.time() - self.origin, 3),
-                "breaker": max(states, default=0.0),
-                "paused": metric_sum(samples, "streamserve_stream_consumer_paused"),
-                "fallback": metric_sum(samples, "streamserve_stream_fallback_records_total"),
-                "retries": metric_sum(samples, "streamserve_stream_model_call_retries_total"),
-            })
+            states = [
+                v for (name, _), v in samples.items() if name == "streamserve_stream_breaker_state"
+            ]
+            self.samples.append(
+                {
+                    "t": round(time.time() - self.origin, 3),
+                    "breaker": max(states, default=0.0),
+                    "paused": metric_sum(samples, "streamserve_stream_consumer_paused"),
+                    "fallback": metric_sum(samples, "streamserve_stream_fallback_records_total"),
+                    "retries": metric_sum(samples, "streamserve_stream_model_call_retries_total"),
+                }
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -86,8 +89,15 @@ def breaker_events(log_text: str, origin: float) -> list[tuple[float, str]]:
     return events
 
 
-def run_outage(ctx: BenchContext, workload: Workload, down_at: float, down_for: float,
-               rate: float, recovery_s: float, fallback: bool) -> dict[str, Any]:
+def run_outage(
+    ctx: BenchContext,
+    workload: Workload,
+    down_at: float,
+    down_for: float,
+    rate: float,
+    recovery_s: float,
+    fallback: bool,
+) -> dict[str, Any]:
     name = f"{workload.model}-outage-{'fallback' if fallback else 'nofallback'}"
     total = int(rate * (down_at + down_for + recovery_s))
     records = workload.records(total, ctx.partitions, "o")
@@ -96,8 +106,9 @@ def run_outage(ctx: BenchContext, workload: Workload, down_at: float, down_for: 
     events: dict[str, float] = {}
     failures: list[Exception] = []
     with contextlib.ExitStack() as stack:
-        server = ServerProcess(workload.model_name, workload.base_path,
-                               ctx.logs_dir / f"{name}.server.log")
+        server = ServerProcess(
+            workload.model_name, workload.base_path, ctx.logs_dir / f"{name}.server.log"
+        )
         stack.callback(server.stop)
         server.start_and_wait()
         spec = worker_spec(ctx, workload, MODES["grpc"], server, topics, name, fallback)
@@ -111,9 +122,12 @@ def run_outage(ctx: BenchContext, workload: Workload, down_at: float, down_for: 
         scraper = MetricsScraper(worker, producer.started_at)
         scraper.start()
         stack.callback(scraper.stop)
-        chaos = threading.Thread(target=_kill_and_restart, name="outage", daemon=True,
-                                 args=(server, producer.started_at, down_at, down_for, events,
-                                       failures))
+        chaos = threading.Thread(
+            target=_kill_and_restart,
+            name="outage",
+            daemon=True,
+            args=(server, producer.started_at, down_at, down_for, events, failures),
+        )
         chaos.start()
         give_up = producer.started_at + down_at + down_for + recovery_s + 120
         with ctx.bar(total, name) as bar:
@@ -123,12 +137,19 @@ def run_outage(ctx: BenchContext, workload: Workload, down_at: float, down_for: 
         producer.join(30)
     if failures:
         raise RuntimeError(f"the model server did not come back: {failures[0]}")
-    return _analyse(ctx, name, topics, records, warm, producer, scraper, worker, events,
-                    fallback, rate)
+    return _analyse(
+        ctx, name, topics, records, warm, producer, scraper, worker, events, fallback, rate
+    )
 
 
-def _kill_and_restart(server: ServerProcess, origin: float, down_at: float, down_for: float,
-                      events: dict[str, float], failures: list[Exception]) -> None:
+def _kill_and_restart(
+    server: ServerProcess,
+    origin: float,
+    down_at: float,
+    down_for: float,
+    events: dict[str, float],
+    failures: list[Exception],
+) -> None:
     """Scenario timing (not readiness): kill at ``down_at``, start again ``down_for`` later;
     the moments (seconds since ``origin``) go into ``events``."""
     try:
@@ -144,14 +165,22 @@ def _kill_and_restart(server: ServerProcess, origin: float, down_at: float, down
         failures.append(exc)
 
 
-def _analyse(ctx: BenchContext, name: str, topics: tuple[str, str, str],
-             records: list[kio.BenchRecord], warm: list[kio.BenchRecord],
-             producer: kio.PacedProducer, scraper: MetricsScraper, worker: WorkerProcess,
-             events: dict[str, float], fallback: bool, rate: float) -> dict[str, Any]:
+def _analyse(
+    ctx: BenchContext,
+    name: str,
+    topics: tuple[str, str, str],
+    records: list[kio.BenchRecord],
+    warm: list[kio.BenchRecord],
+    producer: kio.PacedProducer,
+    scraper: MetricsScraper,
+    worker: WorkerProcess,
+    events: dict[str, float],
+    fallback: bool,
+    rate: float,
+) -> dict[str, Any]:
     sent = warm + records[: producer.produced]
     outputs = kio.read_all(ctx.bootstrap, topics[1], len(sent), keep_values=True)
-    inputs = {r.key: r.timestamp_ms
-              for r in kio.read_all(ctx.bootstrap, topics[0], len(sent))}
+    inputs = {r.key: r.timestamp_ms for r in kio.read_all(ctx.bootstrap, topics[0], len(sent))}
     dlq = kio.read_all(ctx.bootstrap, f"{topics[0]}.dlq", 0, quiet_s=0.2)
     loss = check_no_loss([r.key for r in sent], [o.key for o in outputs], [d.key for d in dlq])
     points = []
@@ -164,12 +193,19 @@ def _analyse(ctx: BenchContext, name: str, topics: tuple[str, str, str],
     by_mode: dict[str, int] = {}
     for _, mode, _ in measured:
         by_mode[mode] = by_mode.get(mode, 0) + 1
-    title = (f"{'with' if fallback else 'without'} fallback: {rate:.0f} records/s, "
-             f"server killed at {events['killed_at_s']:.1f} s, "
-             f"ready again at {events['ready_again_at_s']:.1f} s")
+    title = (
+        f"{'with' if fallback else 'without'} fallback: {rate:.0f} records/s, "
+        f"server killed at {events['killed_at_s']:.1f} s, "
+        f"ready again at {events['ready_again_at_s']:.1f} s"
+    )
     return {
-        "name": name, "fallback": fallback, "title": title, "rate_rps": rate,
-        "records": len(sent), **events, "outputs_by_mode": by_mode,
+        "name": name,
+        "fallback": fallback,
+        "title": title,
+        "rate_rps": rate,
+        "records": len(sent),
+        **events,
+        "outputs_by_mode": by_mode,
         "latency_ms": summarize([p[2] for p in measured]),
         "fallback_metric": scraper.samples[-1]["fallback"] if scraper.samples else None,
         "retries_metric": scraper.samples[-1]["retries"] if scraper.samples else None,
@@ -177,7 +213,8 @@ def _analyse(ctx: BenchContext, name: str, topics: tuple[str, str, str],
         "breaker_samples": [[s["t"], s["breaker"]] for s in scraper.samples],
         "breaker_events": breaker_events(_read(worker.log_path), producer.started_at),
         "timeline": [asdict(b) for b in buckets],
-        "loss": loss.as_dict(), "loss_line": loss.line(f"outage {name}"),
+        "loss": loss.as_dict(),
+        "loss_line": loss.line(f"outage {name}"),
     }
 
 

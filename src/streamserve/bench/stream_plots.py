@@ -26,8 +26,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def latency_cdf(path: Path, model: str, samples: Mapping[str, Sequence[float]], note: str
-                ) -> Path:
+def latency_cdf(path: Path, model: str, samples: Mapping[str, Sequence[float]], note: str) -> Path:
     """One CDF line per mode from its sorted end-to-end latency samples (ms)."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(9, 5))
@@ -52,13 +51,17 @@ def latency_cdf(path: Path, model: str, samples: Mapping[str, Sequence[float]], 
     return path
 
 
-def throughput_bars(path: Path, per_model: Mapping[str, Mapping[str, float | None]], title: str
-                    ) -> Path:
+def throughput_bars(
+    path: Path, per_model: Mapping[str, Mapping[str, float | None]], title: str
+) -> Path:
     """Records/s per mode, one panel per model (shared helper from ``bench.common``)."""
     panels = [
-        BarPanel(title=f"{model}: records/s (drain of a backlog, end to end through Kafka)",
-                 ylabel="records/s", groups=list(values),
-                 series={"records/s": list(values.values())})
+        BarPanel(
+            title=f"{model}: records/s (drain of a backlog, end to end through Kafka)",
+            ylabel="records/s",
+            groups=list(values),
+            series={"records/s": list(values.values())},
+        )
         for model, values in per_model.items()
     ]
     return plot_bar_panels(path, panels, title)
@@ -67,8 +70,9 @@ def throughput_bars(path: Path, per_model: Mapping[str, Mapping[str, float | Non
 def outage_timeline(path: Path, scenarios: Sequence[Mapping[str, Any]], bucket_s: float) -> Path:
     """Per scenario (a column): outputs/s by mode + inputs/s, latency, breaker state."""
     plt = _pyplot()
-    figure, axes = plt.subplots(3, len(scenarios), figsize=(7 * len(scenarios), 9),
-                                sharex="col", squeeze=False)
+    figure, axes = plt.subplots(
+        3, len(scenarios), figsize=(7 * len(scenarios), 9), sharex="col", squeeze=False
+    )
     for column, scenario in enumerate(scenarios):
         _outage_column(axes[:, column], scenario, bucket_s)
     figure.tight_layout()
@@ -86,11 +90,24 @@ def _outage_column(axes: Any, scenario: Mapping[str, Any], bucket_s: float) -> N
     rate_ax, latency_ax, breaker_ax = axes
     for mode in modes:
         heights = [b["by_mode"].get(mode, 0) / bucket_s for b in buckets]
-        rate_ax.bar(xs, heights, width=bucket_s, bottom=bottoms, align="edge",
-                    label=f"outputs/s ({mode})", alpha=0.8)
+        rate_ax.bar(
+            xs,
+            heights,
+            width=bucket_s,
+            bottom=bottoms,
+            align="edge",
+            label=f"outputs/s ({mode})",
+            alpha=0.8,
+        )
         bottoms = [a + h for a, h in zip(bottoms, heights, strict=True)]
-    rate_ax.step(xs, [b["inputs"] / bucket_s for b in buckets], where="post", color="black",
-                 linewidth=1, label="inputs/s")
+    rate_ax.step(
+        xs,
+        [b["inputs"] / bucket_s for b in buckets],
+        where="post",
+        color="black",
+        linewidth=1,
+        label="inputs/s",
+    )
     rate_ax.set_ylabel(f"records/s ({bucket_s} s buckets)")
     rate_ax.set_title(scenario["title"], fontsize=10)
     rate_ax.legend(fontsize=7, loc="upper right")
@@ -103,12 +120,21 @@ def _outage_column(axes: Any, scenario: Mapping[str, Any], bucket_s: float) -> N
     latency_ax.legend(fontsize=7, loc="upper right")
     states = scenario.get("breaker_samples", [])
     if states:
-        breaker_ax.step([s[0] for s in states], [s[1] for s in states], where="post",
-                        label="breaker (metrics scrape)")
+        breaker_ax.step(
+            [s[0] for s in states],
+            [s[1] for s in states],
+            where="post",
+            label="breaker (metrics scrape)",
+        )
     labelled: set[str] = set()
     for t, state in scenario.get("breaker_events", []):
-        breaker_ax.axvline(t, color=EVENT_COLOURS.get(state, "grey"), alpha=0.5, linewidth=1,
-                           label=None if state in labelled else f"log: breaker {state}")
+        breaker_ax.axvline(
+            t,
+            color=EVENT_COLOURS.get(state, "grey"),
+            alpha=0.5,
+            linewidth=1,
+            label=None if state in labelled else f"log: breaker {state}",
+        )
         labelled.add(state)
     breaker_ax.legend(fontsize=7, loc="upper right")
     breaker_ax.set_yticks(list(BREAKER_LEVELS), list(BREAKER_LEVELS.values()))
@@ -116,6 +142,11 @@ def _outage_column(axes: Any, scenario: Mapping[str, Any], bucket_s: float) -> N
     breaker_ax.set_xlabel("seconds since the producer started")
     breaker_ax.set_ylabel("breaker state")
     for ax in axes:
-        ax.axvspan(scenario["killed_at_s"], scenario["ready_again_at_s"], color="grey",
-                   alpha=0.15, label="server down")
+        ax.axvspan(
+            scenario["killed_at_s"],
+            scenario["ready_again_at_s"],
+            color="grey",
+            alpha=0.15,
+            label="server down",
+        )
         ax.grid(alpha=0.3)

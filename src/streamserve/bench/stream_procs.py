@@ -65,8 +65,9 @@ class _Child:
         self._ready.clear()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log: IO[bytes] = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
         self._reader = threading.Thread(target=self._pump, args=(self.process, log), daemon=True)
         self._reader.start()
 
@@ -85,11 +86,14 @@ class _Child:
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.05):
             if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early; log {self.log_path}:\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"{self.name} exited early; log {self.log_path}:\n" + self.log_tail()
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready in {timeout:.0f} s; "
-                                   f"log {self.log_path}:\n" + self.log_tail())
+                raise TimeoutError(
+                    f"{self.name} not ready in {timeout:.0f} s; "
+                    f"log {self.log_path}:\n" + self.log_tail()
+                )
         return self.ready_line
 
     def kill(self) -> None:
@@ -131,11 +135,20 @@ class ServerProcess(_Child):
     def __init__(self, model_name: str, base_path: Path, log_path: Path) -> None:
         self.grpc_port = free_port()
         self.rest_port = free_port()
-        super().__init__([
-            sys.executable, "-m", "streamserve", "serve", "--host=127.0.0.1",
-            f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
-            f"--model_name={model_name}", f"--model_base_path={base_path}",
-        ], log_path)
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "streamserve",
+                "serve",
+                "--host=127.0.0.1",
+                f"--port={self.grpc_port}",
+                f"--rest_api_port={self.rest_port}",
+                f"--model_name={model_name}",
+                f"--model_base_path={base_path}",
+            ],
+            log_path,
+        )
         self.model_name = model_name
 
     @property
@@ -172,8 +185,9 @@ class WorkerProcess(_Child):
 
     def __init__(self, spec: WorkerSpec, spec_path: Path, log_path: Path) -> None:
         spec.save(spec_path)
-        super().__init__([sys.executable, "-m", "streamserve.bench.stream_worker",
-                          str(spec_path)], log_path)
+        super().__init__(
+            [sys.executable, "-m", "streamserve.bench.stream_worker", str(spec_path)], log_path
+        )
         self.spec = spec
         self.metrics_port: int | None = None
 
@@ -189,8 +203,7 @@ class WorkerProcess(_Child):
         if self.metrics_port is None:
             return ""
         with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                             timeout=timeout).text
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout).text
         return ""
 
     def calls(self) -> dict[str, list[Any]]:

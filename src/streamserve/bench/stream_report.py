@@ -35,21 +35,24 @@ def mode_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return _median([_get(run, *path) for run in runs])
 
     return {
-        "label": runs[0]["label"], "settings": runs[0]["settings"], "rounds": len(runs),
+        "label": runs[0]["label"],
+        "settings": runs[0]["settings"],
+        "rounds": len(runs),
         "throughput_rps": med("drain", "throughput_rps"),
         "drain_processed": med("drain", "processed"),
         "drain_complete": all(run["drain"]["complete"] for run in runs),
         "e2e_ms": summarize(samples),
         "visible_p50_ms": med("latency", "visible_ms", "p50"),
-        "model_call_ms": {q: med("drain", "model_call", "latency_ms", q)
-                          for q in ("p50", "p95", "p99")},
+        "model_call_ms": {
+            q: med("drain", "model_call", "latency_ms", q) for q in ("p50", "p95", "p99")
+        },
         "model_call_idle_p50_ms": med("latency", "model_call", "latency_ms", "p50"),
         "rows_per_call": med("drain", "model_call", "rows_per_call"),
-        "cpu_us_per_record": {k: med("drain", "cpu_us_per_record", k)
-                              for k in ("processor", "server", "broker")},
+        "cpu_us_per_record": {
+            k: med("drain", "cpu_us_per_record", k) for k in ("processor", "server", "broker")
+        },
         "cpu_s": {k: med("drain", "cpu_s", k) for k in ("processor", "server", "broker")},
-        "no_loss": all(run["drain"]["loss"]["ok"] and run["latency"]["loss"]["ok"]
-                       for run in runs),
+        "no_loss": all(run["drain"]["loss"]["ok"] and run["latency"]["loss"]["ok"] for run in runs),
     }
 
 
@@ -62,10 +65,12 @@ def model_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]
     embedded = summary.get("embedded")
     for entry in summary.values():
         entry["vs_embedded"] = {
-            "throughput": _round(ratio(entry["throughput_rps"],
-                                       embedded["throughput_rps"] if embedded else None)),
-            "e2e_p50": _round(ratio(entry["e2e_ms"]["p50"],
-                                    embedded["e2e_ms"]["p50"] if embedded else None)),
+            "throughput": _round(
+                ratio(entry["throughput_rps"], embedded["throughput_rps"] if embedded else None)
+            ),
+            "e2e_p50": _round(
+                ratio(entry["e2e_ms"]["p50"], embedded["e2e_ms"]["p50"] if embedded else None)
+            ),
         }
     return summary
 
@@ -77,12 +82,19 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 def _goal(name: str, value: float | None, target: float, unit: str) -> dict[str, Any]:
     met = value is not None and value >= target
     missed_by = None if value is None or met else round(1 - value / target, 3)
-    return {"goal": name, "value": _round(value), "target": target, "unit": unit,
-            "met": met, "missed_by_fraction": missed_by}
+    return {
+        "goal": name,
+        "value": _round(value),
+        "target": target,
+        "unit": unit,
+        "met": met,
+        "missed_by_fraction": missed_by,
+    }
 
 
-def evaluate_goals(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]
-                   ) -> list[dict[str, Any]]:
+def evaluate_goals(
+    summaries: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> list[dict[str, Any]]:
     """The issue's goals (tiny model, same run) and the ImageNet remote/embedded ratio."""
     goals: list[dict[str, Any]] = []
     tiny = summaries.get("tiny", {})
@@ -91,20 +103,43 @@ def evaluate_goals(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]
         return model[mode]["throughput_rps"] if mode in model else None
 
     if tiny:
-        goals.append(_goal("tiny: batched remote gRPC / per-record blocking gRPC",
-                           ratio(rps(tiny, "grpc"), rps(tiny, "grpc-blocking")),
-                           GOAL_REMOTE_VS_BLOCKING, "x"))
-        goals.append(_goal("tiny: batched remote gRPC / embedded",
-                           ratio(rps(tiny, "grpc"), rps(tiny, "embedded")),
-                           GOAL_REMOTE_VS_EMBEDDED, "x"))
-        goals.append(_goal("tiny: embedded records/s end to end", rps(tiny, "embedded"),
-                           GOAL_EMBEDDED_RPS, "records/s"))
+        goals.append(
+            _goal(
+                "tiny: batched remote gRPC / per-record blocking gRPC",
+                ratio(rps(tiny, "grpc"), rps(tiny, "grpc-blocking")),
+                GOAL_REMOTE_VS_BLOCKING,
+                "x",
+            )
+        )
+        goals.append(
+            _goal(
+                "tiny: batched remote gRPC / embedded",
+                ratio(rps(tiny, "grpc"), rps(tiny, "embedded")),
+                GOAL_REMOTE_VS_EMBEDDED,
+                "x",
+            )
+        )
+        goals.append(
+            _goal(
+                "tiny: embedded records/s end to end",
+                rps(tiny, "embedded"),
+                GOAL_EMBEDDED_RPS,
+                "records/s",
+            )
+        )
     imagenet = summaries.get("imagenet", {})
     if imagenet:
         value = ratio(rps(imagenet, "grpc"), rps(imagenet, "embedded"))
-        goals.append({"goal": "imagenet: batched remote gRPC / embedded (no target; stated)",
-                      "value": _round(value), "target": None, "unit": "x", "met": None,
-                      "missed_by_fraction": None})
+        goals.append(
+            {
+                "goal": "imagenet: batched remote gRPC / embedded (no target; stated)",
+                "value": _round(value),
+                "target": None,
+                "unit": "x",
+                "met": None,
+                "missed_by_fraction": None,
+            }
+        )
     return goals
 
 
@@ -119,10 +154,12 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def table(model: str, summary: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table: one row per mode."""
-    header = ("| mode | records/s | × embedded (records/s, e2e p50) | e2e p50 / p95 / p99 ms "
-              "| visible p50 ms "
-              "| model call p50 / p99 ms (rows/call) | CPU µs/record proc / server / broker "
-              "| 0 lost |")
+    header = (
+        "| mode | records/s | × embedded (records/s, e2e p50) | e2e p50 / p95 / p99 ms "
+        "| visible p50 ms "
+        "| model call p50 / p99 ms (rows/call) | CPU µs/record proc / server / broker "
+        "| 0 lost |"
+    )
     lines = [f"**{model}**", "", header, "|" + "---|" * 8]
     for mode, entry in summary.items():
         e2e, call, cpu = entry["e2e_ms"], entry["model_call_ms"], entry["cpu_us_per_record"]
@@ -149,9 +186,17 @@ def goals_text(goals: Sequence[Mapping[str, Any]]) -> str:
         if goal["met"] is None:
             lines.append(f"- {goal['goal']}: {shown}{goal['unit']}")
             continue
-        verdict = "MET" if goal["met"] else (
-            f"MISSED by {100 * goal['missed_by_fraction']:.0f}%"
-            if goal["missed_by_fraction"] is not None else "NOT MEASURED")
-        lines.append(f"- {goal['goal']}: {shown} (goal ≥ {goal['target']:,g}"
-                     f"{'' if goal['unit'] == 'records/s' else goal['unit']}) — {verdict}")
+        verdict = (
+            "MET"
+            if goal["met"]
+            else (
+                f"MISSED by {100 * goal['missed_by_fraction']:.0f}%"
+                if goal["missed_by_fraction"] is not None
+                else "NOT MEASURED"
+            )
+        )
+        lines.append(
+            f"- {goal['goal']}: {shown} (goal ≥ {goal['target']:,g}"
+            f"{'' if goal['unit'] == 'records/s' else goal['unit']}) — {verdict}"
+        )
     return "\n".join(lines)

@@ -56,8 +56,15 @@ class BenchContext:
     progress: bool = True
 
     def bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="rec", disable=not self.progress,
-                    mininterval=0.5, leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="rec",
+            disable=not self.progress,
+            mininterval=0.5,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def topics(self, name: str) -> tuple[str, str, str]:
         """(input topic, output topic, group id) for a phase called ``name``."""
@@ -66,22 +73,37 @@ class BenchContext:
         return f"{base}-in", f"{base}-out", f"{base}-g"
 
 
-def worker_spec(ctx: BenchContext, workload: Workload, mode: Mode, server: ServerProcess | None,
-                topics: tuple[str, str, str], name: str, fallback: bool = False) -> WorkerSpec:
+def worker_spec(
+    ctx: BenchContext,
+    workload: Workload,
+    mode: Mode,
+    server: ServerProcess | None,
+    topics: tuple[str, str, str],
+    name: str,
+    fallback: bool = False,
+) -> WorkerSpec:
     in_topic, out_topic, group = topics
     targets: list[str] = []
     if mode.remote:
         assert server is not None
         targets = [server.grpc_target if mode.transport == "grpc" else server.rest_target]
     return WorkerSpec(
-        bootstrap_servers=ctx.bootstrap, input_topic=in_topic, output_topic=out_topic,
-        group_id=group, model_name=workload.model_name,
-        calls_path=str(ctx.logs_dir / f"{name}.calls.json"), codec=workload.codec,
-        model_base_path=None if mode.remote else str(workload.base_path), targets=targets,
-        protocol=mode.protocol, per_call_channel=mode.per_call_channel,
-        max_batch_size=mode.max_batch_size, max_in_flight=mode.max_in_flight,
+        bootstrap_servers=ctx.bootstrap,
+        input_topic=in_topic,
+        output_topic=out_topic,
+        group_id=group,
+        model_name=workload.model_name,
+        calls_path=str(ctx.logs_dir / f"{name}.calls.json"),
+        codec=workload.codec,
+        model_base_path=None if mode.remote else str(workload.base_path),
+        targets=targets,
+        protocol=mode.protocol,
+        per_call_channel=mode.per_call_channel,
+        max_batch_size=mode.max_batch_size,
+        max_in_flight=mode.max_in_flight,
         fallback_base_path=str(workload.base_path) if fallback else None,
-        image_roots=workload.image_roots, input_dtypes=workload.input_dtypes,
+        image_roots=workload.image_roots,
+        input_dtypes=workload.input_dtypes,
     )
 
 
@@ -96,15 +118,20 @@ def start_worker(ctx: BenchContext, spec: WorkerSpec, name: str) -> WorkerProces
     return worker
 
 
-def cpu_snapshot(ctx: BenchContext, worker: WorkerProcess, server: ServerProcess | None
-                 ) -> dict[str, float | None]:
-    return {"processor": cpu_seconds(worker.pid),
-            "server": cpu_seconds(server.pid) if server is not None else None,
-            "broker": cpu_seconds(ctx.broker_pid), "bench": time.process_time()}
+def cpu_snapshot(
+    ctx: BenchContext, worker: WorkerProcess, server: ServerProcess | None
+) -> dict[str, float | None]:
+    return {
+        "processor": cpu_seconds(worker.pid),
+        "server": cpu_seconds(server.pid) if server is not None else None,
+        "broker": cpu_seconds(ctx.broker_pid),
+        "bench": time.process_time(),
+    }
 
 
-def cpu_delta(before: dict[str, float | None], after: dict[str, float | None]
-              ) -> dict[str, float | None]:
+def cpu_delta(
+    before: dict[str, float | None], after: dict[str, float | None]
+) -> dict[str, float | None]:
     delta: dict[str, float | None] = {}
     for key, start in before.items():
         end = after.get(key)
@@ -116,9 +143,12 @@ def model_calls(calls: dict[str, list[Any]], since: float = 0.0) -> dict[str, An
     """Model-call latency (ms) and rows per call, from the worker's timed predictor."""
     done = [c for mode_calls in calls.values() for c in mode_calls if c[0] >= since and c[3]]
     rows = [c[2] for c in done]
-    return {"latency_ms": summarize([c[1] * 1000 for c in done]), "calls": len(done),
-            "rows_per_call": round(sum(rows) / len(rows), 2) if rows else None,
-            "failed_calls": sum(1 for mc in calls.values() for c in mc if not c[3])}
+    return {
+        "latency_ms": summarize([c[1] * 1000 for c in done]),
+        "calls": len(done),
+        "rows_per_call": round(sum(rows) / len(rows), 2) if rows else None,
+        "failed_calls": sum(1 for mc in calls.values() for c in mc if not c[3]),
+    }
 
 
 def keys_by_partition(records: Sequence[kio.BenchRecord]) -> dict[int, list[Hashable]]:
@@ -132,8 +162,14 @@ def keys_by_partition(records: Sequence[kio.BenchRecord]) -> dict[int, list[Hash
 # --------------------------------------------------------------------------- phases
 
 
-def drain_phase(ctx: BenchContext, workload: Workload, mode: Mode, server: ServerProcess | None,
-                records: Sequence[kio.BenchRecord], name: str) -> dict[str, Any]:
+def drain_phase(
+    ctx: BenchContext,
+    workload: Workload,
+    mode: Mode,
+    server: ServerProcess | None,
+    records: Sequence[kio.BenchRecord],
+    name: str,
+) -> dict[str, Any]:
     topics = ctx.topics(name)
     kio.produce_all(ctx.bootstrap, topics[0], records)
     worker = start_worker(ctx, worker_spec(ctx, workload, mode, server, topics, name), name)
@@ -157,18 +193,23 @@ def drain_phase(ctx: BenchContext, workload: Workload, mode: Mode, server: Serve
     first_call_ms = min((c[0] * 1000 for mc in calls.values() for c in mc), default=None)
     last_output_ms = max((o.timestamp_ms for o in outputs), default=None)
     return {
-        "records": len(records), "processed": done, "complete": done == len(records),
+        "records": len(records),
+        "processed": done,
+        "complete": done == len(records),
         "seconds": round(seconds, 3),
         "throughput_rps": round(throughput(done, first_call_ms, last_output_ms, seconds), 1),
         "cpu_s": cpu,
-        "cpu_us_per_record": {k: (round(v * 1e6 / done, 1) if v is not None and done else None)
-                              for k, v in cpu.items()},
-        "model_call": model_calls(calls), "loss": loss.as_dict(), "exit_code": exit_code,
+        "cpu_us_per_record": {
+            k: (round(v * 1e6 / done, 1) if v is not None and done else None)
+            for k, v in cpu.items()
+        },
+        "model_call": model_calls(calls),
+        "loss": loss.as_dict(),
+        "exit_code": exit_code,
     }
 
 
-def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int,
-                    desc: str) -> int:
+def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int, desc: str) -> int:
     deadline = time.monotonic() + ctx.max_seconds
     done = 0
     with ctx.bar(total, desc) as bar:
@@ -180,8 +221,14 @@ def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int
     return done
 
 
-def latency_phase(ctx: BenchContext, workload: Workload, mode: Mode,
-                  server: ServerProcess | None, count: int, name: str) -> dict[str, Any]:
+def latency_phase(
+    ctx: BenchContext,
+    workload: Workload,
+    mode: Mode,
+    server: ServerProcess | None,
+    count: int,
+    name: str,
+) -> dict[str, Any]:
     topics = ctx.topics(name)
     warm = workload.records(min(WARMUP_RECORDS, ctx.concurrency), ctx.partitions, "w")
     measured = workload.records(count, ctx.partitions, "l")
@@ -191,8 +238,15 @@ def latency_phase(ctx: BenchContext, workload: Workload, mode: Mode,
         kio.closed_loop(ctx.bootstrap, topics[0], warm, watcher, len(warm), 120.0)
         since = time.time()
         with ctx.bar(count, name) as bar:
-            produced = kio.closed_loop(ctx.bootstrap, topics[0], measured, watcher,
-                                       ctx.concurrency, ctx.latency_seconds, bar.update)
+            produced = kio.closed_loop(
+                ctx.bootstrap,
+                topics[0],
+                measured,
+                watcher,
+                ctx.concurrency,
+                ctx.latency_seconds,
+                bar.update,
+            )
     finally:
         exit_code = worker.stop()
     sent = list(warm) + list(measured[:produced])
@@ -203,22 +257,35 @@ def latency_phase(ctx: BenchContext, workload: Workload, mode: Mode,
     outputs = [r for r in watcher.records if r.key and r.key.startswith(b"l")]
     e2e = end_to_end_latencies(inputs, [(r.key, r.timestamp_ms) for r in outputs])
     visible = end_to_end_latencies(inputs, [(r.key, r.received_ms) for r in outputs])
-    loss = check_no_loss([r.key for r in sent], [r.key for r in watcher.records],
-                         [d.key for d in dlq])
+    loss = check_no_loss(
+        [r.key for r in sent], [r.key for r in watcher.records], [d.key for d in dlq]
+    )
     return {
-        "window": ctx.concurrency, "records": len(outputs), "e2e_ms": summarize(e2e),
-        "visible_ms": summarize(visible), "model_call": model_calls(worker.calls(), since),
-        "loss": loss.as_dict(), "exit_code": exit_code,
+        "window": ctx.concurrency,
+        "records": len(outputs),
+        "e2e_ms": summarize(e2e),
+        "visible_ms": summarize(visible),
+        "model_call": model_calls(worker.calls(), since),
+        "loss": loss.as_dict(),
+        "exit_code": exit_code,
         "e2e_samples_ms": [round(v, SAMPLE_DIGITS) for v in sorted(e2e)],
     }
 
 
-def run_mode(ctx: BenchContext, workload: Workload, mode: Mode, server: ServerProcess | None,
-             records: Sequence[kio.BenchRecord], latency_count: int, round_index: int
-             ) -> dict[str, Any]:
+def run_mode(
+    ctx: BenchContext,
+    workload: Workload,
+    mode: Mode,
+    server: ServerProcess | None,
+    records: Sequence[kio.BenchRecord],
+    latency_count: int,
+    round_index: int,
+) -> dict[str, Any]:
     name = f"{workload.model}-{mode.name}-r{round_index}"
     return {
-        "mode": mode.name, "label": mode.label, "round": round_index,
+        "mode": mode.name,
+        "label": mode.label,
+        "round": round_index,
         "settings": mode.settings(),
         "drain": drain_phase(ctx, workload, mode, server, records, f"{name}-drain"),
         "latency": latency_phase(ctx, workload, mode, server, latency_count, f"{name}-lat"),

@@ -53,8 +53,9 @@ def end_to_end_latencies(
     return latencies
 
 
-def throughput(count: int, start_ms: float | None, end_ms: float | None,
-               fallback_seconds: float | None = None) -> float:
+def throughput(
+    count: int, start_ms: float | None, end_ms: float | None, fallback_seconds: float | None = None
+) -> float:
     """``count / (end - start)`` in records per second (timestamps in ms).
 
     Without a usable span (missing, or under 1 ms), ``count / fallback_seconds`` (a wall-clock
@@ -90,9 +91,11 @@ class LossReport:
 
     def line(self, label: str) -> str:
         verdict = "OK" if self.ok else "FAILED"
-        return (f"{label}: {self.expected} inputs, {self.outputs} outputs, {self.dlq} in DLQ, "
-                f"{self.lost} lost, {self.duplicates} duplicates, {self.unexpected} unexpected"
-                f" — {verdict}")
+        return (
+            f"{label}: {self.expected} inputs, {self.outputs} outputs, {self.dlq} in DLQ, "
+            f"{self.lost} lost, {self.duplicates} duplicates, {self.unexpected} unexpected"
+            f" — {verdict}"
+        )
 
 
 def check_no_loss(
@@ -115,8 +118,12 @@ def check_no_loss(
     duplicates = sum(n - 1 for k, n in seen.items() if n > 1 and k in expected)
     unexpected = sum(n for k, n in seen.items() if k not in expected)
     return LossReport(
-        expected=len(expected), outputs=len(outputs), dlq=len(dlq), lost=len(lost),
-        duplicates=duplicates, unexpected=unexpected,
+        expected=len(expected),
+        outputs=len(outputs),
+        dlq=len(dlq),
+        lost=len(lost),
+        duplicates=duplicates,
+        unexpected=unexpected,
         lost_examples=[str(k) for k in lost[:examples]],
     )
 
@@ -228,9 +235,7 @@ def _split_labels(text: str) -> list[str]:
     return [p for p in parts if "=" in p]
 
 
-def metric_sum(
-    samples: Mapping[tuple[str, Labels], float], name: str, **labels: str
-) -> float:
+def metric_sum(samples: Mapping[tuple[str, Labels], float], name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)

@@ -95,10 +95,14 @@ def _build_predictor(spec: WorkerSpec) -> Any:
 
     if spec.model_base_path is not None:
         return create_embedded_predictor(spec.model_base_path, spec.model_name)
-    return create_predictor(PredictorSpec(
-        targets=spec.targets, model_name=spec.model_name, protocol=spec.protocol,
-        per_call_channel=spec.per_call_channel,
-    ))
+    return create_predictor(
+        PredictorSpec(
+            targets=spec.targets,
+            model_name=spec.model_name,
+            protocol=spec.protocol,
+            per_call_channel=spec.per_call_channel,
+        )
+    )
 
 
 def _build_codec(spec: WorkerSpec) -> tuple[Any, Any]:
@@ -117,13 +121,22 @@ def _processor_config(spec: WorkerSpec) -> Any:
     """The processor's defaults (exactly-once, batching, breaker) unless the spec says so."""
     from streamserve.stream.processor import ProcessorConfig
 
-    overrides = {name: value for name, value in (
-        ("max_batch_size", spec.max_batch_size), ("max_in_flight", spec.max_in_flight),
-    ) if value is not None}
+    overrides = {
+        name: value
+        for name, value in (
+            ("max_batch_size", spec.max_batch_size),
+            ("max_in_flight", spec.max_in_flight),
+        )
+        if value is not None
+    }
     return ProcessorConfig(
-        bootstrap_servers=spec.bootstrap_servers, input_topic=spec.input_topic,
-        output_topic=spec.output_topic, group_id=spec.group_id, instance_id=spec.group_id,
-        metrics_port=0, **overrides,
+        bootstrap_servers=spec.bootstrap_servers,
+        input_topic=spec.input_topic,
+        output_topic=spec.output_topic,
+        group_id=spec.group_id,
+        instance_id=spec.group_id,
+        metrics_port=0,
+        **overrides,
     )
 
 
@@ -144,13 +157,18 @@ async def run_worker(spec: WorkerSpec) -> None:
             from streamserve.predictors.factory import create_embedded_predictor
 
             inner = await asyncio.to_thread(
-                create_embedded_predictor, spec.fallback_base_path, spec.model_name,
-                None, "fallback")
+                create_embedded_predictor,
+                spec.fallback_base_path,
+                spec.model_name,
+                None,
+                "fallback",
+            )
             fallback = TimedPredictor(inner)
             timed.append(fallback)
         codec, fetcher = _build_codec(spec)
-        processor = StreamProcessor(_processor_config(spec), primary, codec, fallback,
-                                    on_ready=_print_ready)
+        processor = StreamProcessor(
+            _processor_config(spec), primary, codec, fallback, on_ready=_print_ready
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, processor.stop)
