@@ -300,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
     batches = parse_batch_sizes(args.batch_sizes)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     notes: list[str] = [f"machine: {os.cpu_count()} cores shared with the load generator "
                         "(client processes, wrk) and anything else running"]  # fmt: skip
     with contextlib.ExitStack() as stack:
@@ -314,6 +315,12 @@ def run(args: argparse.Namespace) -> int:
 
             heavy = run_heavy(args, out, notes, stack)
     meta = _meta(args, scenarios, batches, plan)
+    load_after = os.getloadavg()
+    meta["loadavg_1m_before_after"] = [load_before[0], load_after[0]]
+    notes.append(
+        f"1-minute load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        f"({os.cpu_count()} cores): other work on the machine skews absolute figures"
+    )
     document = report.results_document(meta, records, raw, heavy, notes)
     from streamserve.bench.common import nan_to_none, write_json
 
