@@ -207,3 +207,49 @@ def test_request_observers(core: InferenceCore) -> None:
     core.add_request_observer(lambda *args: seen.append(args))
     core.observe_request("m", "1", "tfserving", "predict", "OK", 0.0)
     assert seen and seen[0][:5] == ("m", "1", "tfserving", "predict", "OK")
+
+
+class _ThreadRecordingServable:
+    """Records the thread each predict ran on; ``seconds`` fakes how long it takes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.threads: list[str] = []
+
+    def predict(
+        self, inputs: dict[str, np.ndarray], signature_name: str, output_filter: object
+    ) -> dict[str, np.ndarray]:
+        import threading
+        import time
+
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.seconds)
+        return {"y": inputs["x"]}
+
+
+class _Handle:
+    def __init__(self, servable: object) -> None:
+        self.servable = servable
+
+
+@pytest.mark.parametrize(
+    ("seconds", "size", "expect_inline"),
+    [(0.0, 4, True), (0.005, 4, False), (0.0, 64 * 1024, False)],
+)
+def test_runner_runs_proven_fast_small_calls_inline(
+    seconds: float, size: int, expect_inline: bool
+) -> None:
+    servable = _ThreadRecordingServable(seconds)
+    runner = ThreadPoolRunner(threads=1)
+    inputs = {"x": np.zeros(size, np.float32)}
+
+    async def three_calls() -> None:
+        for _ in range(3):
+            await runner.run(_Handle(servable), "serving_default", inputs, ())  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(three_calls())
+    finally:
+        runner.close()
+    assert servable.threads[0].startswith("predict")  # unknown cost: a worker thread first
+    assert all(name.startswith("predict") != expect_inline for name in servable.threads[1:])
