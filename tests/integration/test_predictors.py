@@ -25,6 +25,7 @@ from streamserve.predictors.balancer import BalancedPredictor
 from streamserve.predictors.base import Prediction, Predictor
 from streamserve.predictors.embedded import EmbeddedPredictor
 from streamserve.predictors.factory import PredictorSpec, create_members, create_predictor
+from streamserve.processes import restartable_port
 from streamserve.repository import ModelManager, parse_model_config_file
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ def test_server_down_then_back(
     """One long-lived predictor: works, fails transiently while the server is gone, and
     works again once a new server listens on the same ports (channel reconnects)."""
     config = f"--model_config_file={repository / 'models.config'}"
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = restartable_port(), restartable_port()  # restarted in place
     ports = (f"--port={grpc_port}", f"--rest_api_port={rest_port}")
     target = (
         f"grpc://127.0.0.1:{grpc_port}" if transport == "grpc" else f"http://127.0.0.1:{rest_port}"

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +21,9 @@ from typing import IO, Any
 
 from streamserve.bench.common import process_tree_cpu_seconds
 from streamserve.bench.stream_worker import READY_PREFIX, WorkerSpec
+from streamserve.processes import restartable_port
 
 SERVER_READY_PREFIX = "streamserve: serving gRPC on "
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -133,8 +127,8 @@ class ServerProcess(_Child):
     ready_prefix = SERVER_READY_PREFIX
 
     def __init__(self, model_name: str, base_path: Path, log_path: Path) -> None:
-        self.grpc_port = free_port()
-        self.rest_port = free_port()
+        self.grpc_port = restartable_port()  # restarted in place after an outage
+        self.rest_port = restartable_port()
         super().__init__(
             [
                 sys.executable,

@@ -98,6 +98,9 @@ def _open_session(path: Path, options: LoadOptions | None) -> Any:
     session_options = ort.SessionOptions()
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session_options.intra_op_num_threads = intra_op_threads(options)
+    # Spinning worker threads burn a core after every run; on a box shared with Kafka and
+    # the stream processor that costs more than the wake-up latency it saves.
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(
             str(path), sess_options=session_options, providers=["CPUExecutionProvider"]

@@ -53,6 +53,7 @@ from streamserve.stream.telemetry import StreamMetrics, log_event
 from streamserve.stream.topics import ensure_topics
 
 log = logging.getLogger("streamserve.stream")
+BUFFER_FULL_WAIT_S = 0.005  # how long the consume loop waits for the pipeline to drain
 
 Guarantee = Literal["exactly-once", "at-least-once"]
 
@@ -288,7 +289,13 @@ class StreamProcessor:
         while self._consuming:
             await self._apply_seeks()
             await self._apply_flow_control()
-            messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
+            if self.book.buffered >= self.config.max_buffered_records:
+                # Not pause(): librdkafka drops a paused partition's prefetched records,
+                # and fetching them again costs more than waiting for the pipeline here.
+                await asyncio.sleep(BUFFER_FULL_WAIT_S)
+                messages = []
+            else:
+                messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
             for message in messages:
                 self._intake(message)
             if time.monotonic() >= next_checkpoint:
@@ -325,21 +332,15 @@ class StreamProcessor:
             state.seek_to = None
 
     async def _apply_flow_control(self) -> None:
-        """Pause every owned partition while the model is unreachable or the buffer is full."""
-        limit = self.config.max_buffered_records
-        reason = None
-        if self.invoker.blocked:
-            reason = "breaker-open"
-        elif self.book.buffered >= limit or (self._paused and self.book.buffered > limit // 2):
-            reason = "buffer-full"
+        """Pause every owned partition while the model is unreachable (breaker open)."""
+        reason = "breaker-open" if self.invoker.blocked else None
         owned = {state.key for state in self.book}
         if reason is not None:
             newly = owned - self._paused
             if newly:
                 await self._kafka.call(self._kafka.consumer.pause, _tps(newly))
                 if not self._paused:
-                    level = logging.DEBUG if reason == "buffer-full" else logging.WARNING
-                    log_event(log, "consumption paused", level, reason=reason,
+                    log_event(log, "consumption paused", logging.WARNING, reason=reason,
                               buffered=self.book.buffered)
                     self.metrics.pauses.labels(reason).inc()
                     self._pause_reason = reason
@@ -349,8 +350,7 @@ class StreamProcessor:
             if resumed:
                 await self._kafka.call(self._kafka.consumer.resume, _tps(resumed))
             self._paused.clear()
-            level = logging.DEBUG if self._pause_reason == "buffer-full" else logging.INFO
-            log_event(log, "consumption resumed", level, after=self._pause_reason,
+            log_event(log, "consumption resumed", logging.INFO, after=self._pause_reason,
                       buffered=self.book.buffered)
         self.metrics.paused.set(1 if self._paused else 0)
         self.metrics.buffered.set(self.book.buffered)

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from streamserve.processes import restartable_port
+
 READY_PREFIX = "streamserve stream ready:"
 
 
@@ -289,20 +291,12 @@ def image_bytes(color: tuple[int, int, int], size: tuple[int, int] = (48, 40),
 # --------------------------------------------------------------------------- model server
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServeProcess:
     """``streamserve serve`` for one model on fixed ports (so it can be restarted in place)."""
 
     def __init__(self, model_name: str, base_path: Path, log_path: Path) -> None:
         self.model_name, self.base_path, self.log_path = model_name, Path(base_path), log_path
-        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.grpc_port, self.rest_port = restartable_port(), restartable_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
