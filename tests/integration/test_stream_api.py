@@ -30,8 +30,9 @@ async def decode_csv(record: InputRecord) -> DecodedRecord:
     return DecodedRecord(record_id, None, {"x": np.array([numbers], dtype=np.float32)})
 
 
-def encode_sum(decoded: DecodedRecord, rows, model: str, version: int, latency_ms: float,
-               mode: str) -> bytes:
+def encode_sum(
+    decoded: DecodedRecord, rows, model: str, version: int, latency_ms: float, mode: str
+) -> bytes:
     return f"{decoded.id}:{float(rows['y'].sum()):.4f}:{mode}".encode()
 
 
@@ -44,13 +45,17 @@ def test_python_api_with_custom_codec(
 
     build_tiny(tmp_path / "tiny" / "1", width=4)
     source, sink = topic_factory(2, "api-in"), topic_factory(2, "api-out")
-    produce(kafka_bootstrap, source, [(i % 2, None, f"r{i},1,2,3,{i}".encode())
-                                      for i in range(200)] + [(0, None, b"broken")])
+    produce(
+        kafka_bootstrap,
+        source,
+        [(i % 2, None, f"r{i},1,2,3,{i}".encode()) for i in range(200)] + [(0, None, b"broken")],
+    )
 
     async def scenario() -> tuple[list, StreamProcessor]:
         predictor = create_embedded_predictor(tmp_path / "tiny", "tiny")
-        config = ProcessorConfig(kafka_bootstrap, source, sink, f"g-{source}",
-                                 guarantee=guarantee, instance_id="api")
+        config = ProcessorConfig(
+            kafka_bootstrap, source, sink, f"g-{source}", guarantee=guarantee, instance_id="api"
+        )
         processor = StreamProcessor(config, predictor, CallableCodec(decode_csv, encode_sum))
         running = asyncio.create_task(processor.run())
         outputs = await asyncio.to_thread(read_topic, kafka_bootstrap, sink, 200, 60)
@@ -67,6 +72,10 @@ def test_python_api_with_custom_codec(
     assert metrics.records_in.labels(source)._value.get() == 201
     samples = {s.name: s for m in metrics.registry.collect() for s in m.samples}
     assert samples["streamserve_stream_end_to_end_latency_seconds_count"].value == 201
-    lags = [s for m in metrics.registry.collect() for s in m.samples
-            if s.name == "streamserve_stream_consumer_lag"]
+    lags = [
+        s
+        for m in metrics.registry.collect()
+        for s in m.samples
+        if s.name == "streamserve_stream_consumer_lag"
+    ]
     assert {s.labels["partition"] for s in lags} == {"0", "1"}

@@ -160,7 +160,9 @@ def test_sigterm_under_load_exits_quickly_and_restart_loses_nothing(
         outputs = read_topic(kafka_bootstrap, sink, total, timeout=120, quiet_s=3.0)
     finally:
         restarted.stop()
-    print(f"{guarantee}: SIGTERM after {consumed_at_stop:.0f} of {total} records consumed, "
-          f"{in_flight_at_stop:.0f} buffered; exit in {took:.2f} s")
+    print(
+        f"{guarantee}: SIGTERM after {consumed_at_stop:.0f} of {total} records consumed, "
+        f"{in_flight_at_stop:.0f} buffered; exit in {took:.2f} s"
+    )
     assert consumed_at_stop < total, "the stop did not happen under load"
     _assert_exactly_once(outputs, total)

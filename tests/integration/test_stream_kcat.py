@@ -31,9 +31,14 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("output_format, remote", [
-    ("json", False), ("classic", False), ("classic", True),  # remote: the classic setup
-])
+@pytest.mark.parametrize(
+    "output_format, remote",
+    [
+        ("json", False),
+        ("classic", False),
+        ("classic", True),  # remote: the classic setup
+    ],
+)
 def test_kcat_produce_path_and_consume_prediction(
     output_format: str, remote: bool, kafka_bootstrap: str, topic_factory, tmp_path: Path
 ) -> None:
@@ -43,9 +48,22 @@ def test_kcat_produce_path_and_consume_prediction(
     image.parent.mkdir()
     image.write_bytes(image_bytes((20, 30, 230), image_format="JPEG"))
     source, sink = topic_factory(1, "ImageInputTopic"), topic_factory(1, "ImageOutputTopic")
-    args = ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
-            "--output-topic", sink, "--group-id", f"g-{source}", "--codec", "image",
-            "--output-format", output_format, "--fetch-allowed-root", str(image.parent)]
+    args = [
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--input-topic",
+        source,
+        "--output-topic",
+        sink,
+        "--group-id",
+        f"g-{source}",
+        "--codec",
+        "image",
+        "--output-format",
+        output_format,
+        "--fetch-allowed-root",
+        str(image.parent),
+    ]
     with contextlib.ExitStack() as stack:
         if remote:
             server = stack.enter_context(ServeProcess("colors", base_path, tmp_path / "serve.log"))
@@ -54,12 +72,31 @@ def test_kcat_produce_path_and_consume_prediction(
             args += ["--model-base-path", str(base_path)]
         stream = stack.enter_context(StreamProcess(args, tmp_path / "stream.log"))
         stream.wait_ready()
-        subprocess.run(f'echo "{image}" | kcat -b {kafka_bootstrap} -P -t {source}',
-                       shell=True, check=True, timeout=30)
+        subprocess.run(
+            f'echo "{image}" | kcat -b {kafka_bootstrap} -P -t {source}',
+            shell=True,
+            check=True,
+            timeout=30,
+        )
         consumed = subprocess.run(  # -c 1: waits for the first prediction (bounded by timeout)
-            ["kcat", "-b", kafka_bootstrap, "-C", "-t", sink, "-o", "beginning", "-c", "1",
-             "-q", "-X", "isolation.level=read_committed"],
-            capture_output=True, check=True, timeout=60,
+            [
+                "kcat",
+                "-b",
+                kafka_bootstrap,
+                "-C",
+                "-t",
+                sink,
+                "-o",
+                "beginning",
+                "-c",
+                "1",
+                "-q",
+                "-X",
+                "isolation.level=read_committed",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=60,
         )
     line = consumed.stdout.decode().strip()
     print(f"kcat -C printed: {line}")

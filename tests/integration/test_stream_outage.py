@@ -39,11 +39,18 @@ def _paced_producer(bootstrap: str, topic: str, chunks: int, pause_s: float) -> 
     def run() -> None:
         per_chunk = TOTAL // chunks
         for chunk in range(chunks):
-            produce(bootstrap, topic, (
-                (i % PARTITIONS, str(i).encode(),
-                 json.dumps({"id": i, "inputs": {"x": [[0.25] * 16]}}).encode())
-                for i in range(chunk * per_chunk, (chunk + 1) * per_chunk)
-            ))
+            produce(
+                bootstrap,
+                topic,
+                (
+                    (
+                        i % PARTITIONS,
+                        str(i).encode(),
+                        json.dumps({"id": i, "inputs": {"x": [[0.25] * 16]}}).encode(),
+                    )
+                    for i in range(chunk * per_chunk, (chunk + 1) * per_chunk)
+                ),
+            )
             time.sleep(pause_s)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -54,19 +61,46 @@ def _paced_producer(bootstrap: str, topic: str, chunks: int, pause_s: float) -> 
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
 @pytest.mark.parametrize("fallback", [False, True], ids=["pause", "fallback"])
 def test_model_server_outage(
-    fallback: bool, guarantee: str, tiny_model: Path, kafka_bootstrap: str, topic_factory,
+    fallback: bool,
+    guarantee: str,
+    tiny_model: Path,
+    kafka_bootstrap: str,
+    topic_factory,
     tmp_path: Path,
 ) -> None:
     source, sink = topic_factory(PARTITIONS, "outage-in"), topic_factory(PARTITIONS, "outage-out")
     dlq = topic_factory(1, "outage-dlq")
     server = ServeProcess("tiny", tiny_model, tmp_path / "serve.log").start()
-    args = ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
-            "--output-topic", sink, "--dlq-topic", dlq, "--group-id", f"g-{source}",
-            "--guarantee", guarantee, "--instance-id", "outage",
-            "--model-server", server.grpc_target, "--model-name", "tiny",
-            "--request-timeout-s", "2", "--breaker-failures", "3",
-            "--breaker-cooldown-s", "0.5", "--breaker-max-cooldown-s", "2",
-            "--metrics-port", "0"]
+    args = [
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--input-topic",
+        source,
+        "--output-topic",
+        sink,
+        "--dlq-topic",
+        dlq,
+        "--group-id",
+        f"g-{source}",
+        "--guarantee",
+        guarantee,
+        "--instance-id",
+        "outage",
+        "--model-server",
+        server.grpc_target,
+        "--model-name",
+        "tiny",
+        "--request-timeout-s",
+        "2",
+        "--breaker-failures",
+        "3",
+        "--breaker-cooldown-s",
+        "0.5",
+        "--breaker-max-cooldown-s",
+        "2",
+        "--metrics-port",
+        "0",
+    ]
     if fallback:
         args += ["--fallback-model-base-path", str(tiny_model)]
     stream = StreamProcess(args, tmp_path / "stream.log").start()
@@ -84,8 +118,9 @@ def test_model_server_outage(
             state: stream.metric("streamserve_stream_breaker_transitions_total", {"state": state})
             for state in ("open", "half-open", "closed")
         }
-        pauses = stream.metric("streamserve_stream_consumer_pauses_total",
-                               {"reason": "breaker-open"})
+        pauses = stream.metric(
+            "streamserve_stream_consumer_pauses_total", {"reason": "breaker-open"}
+        )
         fallback_count = stream.metric("streamserve_stream_fallback_records_total")
     finally:
         stream.stop()
@@ -102,8 +137,10 @@ def test_model_server_outage(
     for line in ("breaker open", "breaker half-open", "breaker closed"):
         assert line in log
     modes = Counter(output.json()["mode"] for output in outputs)
-    print(f"fallback={fallback} {guarantee}: modes={dict(modes)} breaker={transitions} "
-          f"pauses={pauses}")
+    print(
+        f"fallback={fallback} {guarantee}: modes={dict(modes)} breaker={transitions} "
+        f"pauses={pauses}"
+    )
     if fallback:
         assert modes["fallback"] > 0 and fallback_count > 0, modes
         assert modes["remote"] > 0

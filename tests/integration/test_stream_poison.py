@@ -73,8 +73,13 @@ def _truncated_png() -> bytes:
 
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
 def test_poison_records_go_to_the_dlq_and_the_stream_goes_on(
-    guarantee: str, colors_model: Path, image_dir: Path, http_images: str,
-    kafka_bootstrap: str, topic_factory, tmp_path: Path,
+    guarantee: str,
+    colors_model: Path,
+    image_dir: Path,
+    http_images: str,
+    kafka_bootstrap: str,
+    topic_factory,
+    tmp_path: Path,
 ) -> None:
     source, sink = topic_factory(1, "img-in"), topic_factory(1, "img-out")
     dlq = topic_factory(1, "dlq")
@@ -97,12 +102,34 @@ def test_poison_records_go_to_the_dlq_and_the_stream_goes_on(
     ]
     produce(kafka_bootstrap, source, ((0, key.encode(), value) for key, value, _ in records))
 
-    args = ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
-            "--output-topic", sink, "--dlq-topic", dlq, "--group-id", f"g-{source}",
-            "--guarantee", guarantee, "--instance-id", "poison", "--codec", "image",
-            "--model-base-path", str(colors_model), "--model-name", "colors",
-            "--fetch-allowed-root", str(image_dir), "--fetch-allowed-host", "127.0.0.1",
-            "--max-batch-size", "8"]
+    args = [
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--input-topic",
+        source,
+        "--output-topic",
+        sink,
+        "--dlq-topic",
+        dlq,
+        "--group-id",
+        f"g-{source}",
+        "--guarantee",
+        guarantee,
+        "--instance-id",
+        "poison",
+        "--codec",
+        "image",
+        "--model-base-path",
+        str(colors_model),
+        "--model-name",
+        "colors",
+        "--fetch-allowed-root",
+        str(image_dir),
+        "--fetch-allowed-host",
+        "127.0.0.1",
+        "--max-batch-size",
+        "8",
+    ]
     good = [(key, label) for key, _, label in records if label]
     poison = {key: value for key, value, label in records if not label}
     with StreamProcess(args, tmp_path / "stream.log") as stream:
@@ -120,8 +147,10 @@ def test_poison_records_go_to_the_dlq_and_the_stream_goes_on(
         assert record.value == poison[key], f"{key}: DLQ must carry the original value"
         for header in ("stage", "reason", "exception"):
             assert record.headers.get(f"streamserve.error.{header}"), (key, record.headers)
-        reasons[key] = (record.headers["streamserve.error.stage"].decode(),
-                        record.headers["streamserve.error.reason"].decode())
+        reasons[key] = (
+            record.headers["streamserve.error.stage"].decode(),
+            record.headers["streamserve.error.reason"].decode(),
+        )
     print("\n".join(f"{key}: {stage}: {reason}" for key, (stage, reason) in reasons.items()))
     assert reasons["bad-json"][0] == "decode"
     assert reasons["missing-file"][0] == "fetch" and "not found" in reasons["missing-file"][1]

@@ -28,17 +28,25 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def _produce_paced(bootstrap: str, topic: str, chunks: int, pause_s: float,
-                   partitions: int = PARTITIONS) -> threading.Thread:
+def _produce_paced(
+    bootstrap: str, topic: str, chunks: int, pause_s: float, partitions: int = PARTITIONS
+) -> threading.Thread:
     def run() -> None:
         per_chunk = TOTAL // chunks
         for chunk in range(chunks):
             ids = range(chunk * per_chunk, (chunk + 1) * per_chunk)
-            produce(bootstrap, topic, (
-                (i % partitions, str(i).encode(),
-                 json.dumps({"id": i, "inputs": {"x": [[i % 7 / 7.0] * 16]}}).encode())
-                for i in ids
-            ))
+            produce(
+                bootstrap,
+                topic,
+                (
+                    (
+                        i % partitions,
+                        str(i).encode(),
+                        json.dumps({"id": i, "inputs": {"x": [[i % 7 / 7.0] * 16]}}).encode(),
+                    )
+                    for i in ids
+                ),
+            )
             time.sleep(pause_s)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -52,10 +60,26 @@ def test_third_instance_joins_mid_stream_without_loss_or_duplicates(
     source, sink = topic_factory(PARTITIONS, "scale-in"), topic_factory(PARTITIONS, "scale-out")
 
     def args(instance: str) -> list[str]:
-        return ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
-                "--output-topic", sink, "--group-id", f"g-{source}", "--guarantee",
-                "exactly-once", "--instance-id", instance, "--model-base-path", str(tiny_model),
-                "--model-name", "tiny", "--metrics-port", "0"]
+        return [
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--input-topic",
+            source,
+            "--output-topic",
+            sink,
+            "--group-id",
+            f"g-{source}",
+            "--guarantee",
+            "exactly-once",
+            "--instance-id",
+            instance,
+            "--model-base-path",
+            str(tiny_model),
+            "--model-name",
+            "tiny",
+            "--metrics-port",
+            "0",
+        ]
 
     first = StreamProcess(args("a"), tmp_path / "a.log").start()
     second = StreamProcess(args("b"), tmp_path / "b.log").start()
@@ -106,10 +130,26 @@ def test_a_frozen_instance_is_fenced_and_nothing_is_duplicated(
     source, sink = topic_factory(4, "zombie-in"), topic_factory(4, "zombie-out")
 
     def args(instance: str) -> list[str]:
-        return ["--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
-                "--output-topic", sink, "--group-id", f"g-{source}", "--guarantee",
-                "exactly-once", "--instance-id", instance, "--model-base-path", str(tiny_model),
-                "--model-name", "tiny", "--metrics-port", "0"]
+        return [
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--input-topic",
+            source,
+            "--output-topic",
+            sink,
+            "--group-id",
+            f"g-{source}",
+            "--guarantee",
+            "exactly-once",
+            "--instance-id",
+            instance,
+            "--model-base-path",
+            str(tiny_model),
+            "--model-name",
+            "tiny",
+            "--metrics-port",
+            "0",
+        ]
 
     zombie = StreamProcess(args("a"), tmp_path / "a.log").start()
     survivor = StreamProcess(args("b"), tmp_path / "b.log").start()

@@ -17,8 +17,10 @@ def make(threshold: int = 3, cooldown: float = 1.0, max_cooldown: float = 4.0):
     clock = Clock()
     changes: list[tuple[str, str]] = []
     breaker = CircuitBreaker(
-        "grpc://h:8500", BreakerPolicy(threshold, cooldown, max_cooldown),
-        on_change=lambda _b, old, new: changes.append((old.value, new.value)), clock=clock,
+        "grpc://h:8500",
+        BreakerPolicy(threshold, cooldown, max_cooldown),
+        on_change=lambda _b, old, new: changes.append((old.value, new.value)),
+        clock=clock,
     )
     return breaker, clock, changes
 

@@ -131,9 +131,14 @@ _EXPECTED_NUMBERS = {
     "tensorflow.serving.InceptionRequest": {"jpeg_encoded": 1},
     "tensorflow.serving.InceptionResponse": {"scores": 2, "classes": 3},
     "tensorflow.serving.BatchingParameters": {
-        "max_batch_size": 1, "batch_timeout_micros": 2, "max_enqueued_batches": 3,
-        "num_batch_threads": 4, "thread_pool_name": 5, "allowed_batch_sizes": 6,
-        "pad_variable_length_inputs": 7, "enable_large_batch_splitting": 8,
+        "max_batch_size": 1,
+        "batch_timeout_micros": 2,
+        "max_enqueued_batches": 3,
+        "num_batch_threads": 4,
+        "thread_pool_name": 5,
+        "allowed_batch_sizes": 6,
+        "pad_variable_length_inputs": 7,
+        "enable_large_batch_splitting": 8,
         "max_execution_batch_size": 9,
     },
     "tensorflow.serving.MonitoringConfig": {"prometheus_config": 1},
@@ -153,6 +158,7 @@ def test_inception_service_name():
 
 
 # --- V2: compare with tritonclient ---------------------------------------------------------
+
 
 @pytest.fixture
 def triton_service():
@@ -211,7 +217,9 @@ def test_v2_protos_match_triton(triton_service):
 
     default = descriptor_pool.Default()
     subset = {
-        "inference.ModelConfig", "inference.ModelInput", "inference.ModelOutput",
+        "inference.ModelConfig",
+        "inference.ModelInput",
+        "inference.ModelOutput",
         "inference.ModelDynamicBatching",
     }
     assert compare_file(v2.model_config_pb2.DESCRIPTOR, default, subset) >= 8

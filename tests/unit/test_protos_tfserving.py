@@ -49,11 +49,26 @@ def their(module: str):
 
 
 OUR_FILES_COMPLETE = [
-    tfs.types_pb2, tfs.tensor_shape_pb2, tfs.tensor_pb2, tfs.example_pb2, tfs.feature_pb2,
-    tfs.error_codes_pb2, tfs.model_pb2, tfs.predict_pb2, tfs.classification_pb2,
-    tfs.regression_pb2, tfs.inference_pb2, tfs.input_pb2, tfs.get_model_metadata_pb2,
-    tfs.get_model_status_pb2, tfs.status_pb2, tfs.model_management_pb2, tfs.model_service_pb2,
-    tfs.prediction_service_pb2, tfs.model_server_config_pb2, tfs.logging_config_pb2,
+    tfs.types_pb2,
+    tfs.tensor_shape_pb2,
+    tfs.tensor_pb2,
+    tfs.example_pb2,
+    tfs.feature_pb2,
+    tfs.error_codes_pb2,
+    tfs.model_pb2,
+    tfs.predict_pb2,
+    tfs.classification_pb2,
+    tfs.regression_pb2,
+    tfs.inference_pb2,
+    tfs.input_pb2,
+    tfs.get_model_metadata_pb2,
+    tfs.get_model_status_pb2,
+    tfs.status_pb2,
+    tfs.model_management_pb2,
+    tfs.model_service_pb2,
+    tfs.prediction_service_pb2,
+    tfs.model_server_config_pb2,
+    tfs.logging_config_pb2,
     tfs.file_system_storage_path_source_pb2,
 ]
 
@@ -122,8 +137,9 @@ def test_bfloat16_both_ways(tf):
     tf_tensor = their("tensorflow.core.framework.tensor_pb2")
     values = tf.constant([1.5, -2.0, 3.0], dtype=tf.bfloat16)
     theirs = tf.make_tensor_proto(values)
-    decoded = tensors.tensor_proto_to_numpy(tfs.tensor_pb2.TensorProto.FromString(
-        theirs.SerializeToString()))
+    decoded = tensors.tensor_proto_to_numpy(
+        tfs.tensor_pb2.TensorProto.FromString(theirs.SerializeToString())
+    )
     assert decoded.astype(np.float32).tolist() == [1.5, -2.0, 3.0]
     ours = tensors.numpy_to_tensor_proto(decoded, use_tensor_content=False)
     back = tf.make_ndarray(tf_tensor.TensorProto.FromString(ours.SerializeToString()))
@@ -172,7 +188,8 @@ def test_metadata_any_unpacks_with_tensorflow_serving(tf):
     assert signature.outputs["y"].name == "y:0"
     # and back: their packing unpacks in ours
     again = tfs.get_model_metadata_pb2.GetModelMetadataResponse.FromString(
-        theirs.SerializeToString())
+        theirs.SerializeToString()
+    )
     mine = tfs.get_model_metadata_pb2.SignatureDefMap()
     assert again.metadata["signature_def"].Unpack(mine)
     assert mine.signature_def["serving_default"].method_name == "tensorflow/serving/predict"
@@ -186,10 +203,13 @@ def test_model_server_config_text_agrees(tf):
     ours = text_format.Parse(text, tfs.model_server_config_pb2.ModelServerConfig())
     theirs = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(
-        deterministic=True)
+        deterministic=True
+    )
     reload = their_management.ReloadConfigRequest(config=theirs)
-    assert tfs.model_management_pb2.ReloadConfigRequest.FromString(
-        reload.SerializeToString()).config == ours
+    assert (
+        tfs.model_management_pb2.ReloadConfigRequest.FromString(reload.SerializeToString()).config
+        == ours
+    )
 
 
 def test_status_and_multi_inference_cross_parse(tf):
@@ -220,6 +240,7 @@ def test_tensorflow_serving_stubs_talk_to_our_services(tf):
     get_model_status_pb2 = their("tensorflow_serving.apis.get_model_status_pb2")
     prediction_grpc = their("tensorflow_serving.apis.prediction_service_pb2_grpc")
     model_service_grpc = their("tensorflow_serving.apis.model_service_pb2_grpc")
+
     class Prediction(tfs.prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             response = tfs.predict_pb2.PredictResponse(model_spec=request.model_spec)

@@ -53,15 +53,17 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def rows(*values: float) -> list[DecodedRecord]:
-    return [DecodedRecord(i, None, {"x": np.full((1, 4), v, np.float32)})
-            for i, v in enumerate(values)]
+    return [
+        DecodedRecord(i, None, {"x": np.full((1, 4), v, np.float32)}) for i, v in enumerate(values)
+    ]
 
 
 def test_transient_errors_are_retried_until_success(model: Path) -> None:
     predictor = OrtPredictor(model, failures=[Unavailable("down"), DeadlineExceeded("slow")])
     metrics = StreamMetrics()
-    invoker = build_invoker([predictor], retry=FAST, metrics=metrics,
-                            breaker_policy=BreakerPolicy(failure_threshold=5))
+    invoker = build_invoker(
+        [predictor], retry=FAST, metrics=metrics, breaker_policy=BreakerPolicy(failure_threshold=5)
+    )
     outcomes = asyncio.run(invoker.predict_each(rows(0.5)))
     assert outcomes[0].error is None and outcomes[0].mode == "remote" and predictor.calls == 3
     assert metrics.retries.labels("UNAVAILABLE")._value.get() == 1
@@ -80,8 +82,9 @@ def test_a_rejected_batch_is_bisected_down_to_the_poison_record(model: Path) -> 
 
 def test_open_breaker_blocks_then_a_half_open_probe_recovers(model: Path) -> None:
     predictor = OrtPredictor(model, failures=[Unavailable("down")] * 3)
-    invoker = build_invoker([predictor], retry=FAST,
-                            breaker_policy=BreakerPolicy(failure_threshold=2, cooldown_s=0.05))
+    invoker = build_invoker(
+        [predictor], retry=FAST, breaker_policy=BreakerPolicy(failure_threshold=2, cooldown_s=0.05)
+    )
     breaker = invoker.guards[0].breaker
     seen: list[BreakerState] = []
 
@@ -103,8 +106,9 @@ def test_fallback_answers_while_every_breaker_is_open(model: Path) -> None:
     primary = OrtPredictor(model, failures=[Unavailable("down")] * 50)
     fallback = OrtPredictor(model, target="embedded://tiny")
     fallback.mode = "fallback"
-    invoker = build_invoker([primary], fallback, retry=FAST,
-                            breaker_policy=BreakerPolicy(2, 30, 30))
+    invoker = build_invoker(
+        [primary], fallback, retry=FAST, breaker_policy=BreakerPolicy(2, 30, 30)
+    )
     outcomes = asyncio.run(invoker.predict_each(rows(0.3, 0.6)))
     assert [o.mode for o in outcomes] == ["fallback", "fallback"]
     assert not invoker.blocked and invoker.degraded()
@@ -113,8 +117,7 @@ def test_fallback_answers_while_every_breaker_is_open(model: Path) -> None:
 def test_each_target_has_its_own_breaker(model: Path) -> None:
     dead = OrtPredictor(model, target="grpc://dead:1", failures=[Unavailable("down")] * 50)
     alive = OrtPredictor(model, target="grpc://alive:1")
-    invoker = build_invoker([dead, alive], retry=FAST,
-                            breaker_policy=BreakerPolicy(2, 30, 30))
+    invoker = build_invoker([dead, alive], retry=FAST, breaker_policy=BreakerPolicy(2, 30, 30))
 
     async def many() -> None:
         for _ in range(10):
@@ -127,8 +130,10 @@ def test_each_target_has_its_own_breaker(model: Path) -> None:
 
 def test_split_rows_and_transient_classification() -> None:
     prediction = Prediction({"y": np.arange(6).reshape(3, 2)}, "m", 2)
-    records = [DecodedRecord(0, None, {"x": np.zeros((2, 1))}),
-               DecodedRecord(1, None, {"x": np.zeros((1, 1))})]
+    records = [
+        DecodedRecord(0, None, {"x": np.zeros((2, 1))}),
+        DecodedRecord(1, None, {"x": np.zeros((1, 1))}),
+    ]
     first, second = split_rows(prediction, records, "embedded")
     assert first.rows["y"].tolist() == [[0, 1], [2, 3]] and second.rows["y"].tolist() == [[4, 5]]
     with pytest.raises(Exception, match="expected 3 rows"):

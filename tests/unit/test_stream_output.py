@@ -25,8 +25,9 @@ class RecordingSink:
 def work(partition: int = 3, offset: int = 9, value: bytes = b"in"):
     book = PartitionBook()
     book.assign([("in", partition)])
-    return book.intake(InputRecord("in", partition, offset, b"key", value, [("trace", b"t1")],
-                                   timestamp_ms=1000))
+    return book.intake(
+        InputRecord("in", partition, offset, b"key", value, [("trace", b"t1")], timestamp_ms=1000)
+    )
 
 
 def writer(sink: RecordingSink, partitioning: str = "input") -> OutputWriter:
@@ -86,4 +87,6 @@ def test_an_oversized_dlq_value_is_dropped_but_the_reason_kept() -> None:
     assert topic == "dlq" and value is None
     assert headers["streamserve.error.value-dropped"] == b"true"
     assert dlq_headers(item.record, RecordError("s", "r"))[-1] == (
-        "streamserve.source.offset", b"9")
+        "streamserve.source.offset",
+        b"9",
+    )

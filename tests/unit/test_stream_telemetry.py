@@ -31,5 +31,9 @@ def test_metrics_have_their_own_registry_and_parse_back() -> None:
     assert metric_value(text, "streamserve_stream_records_out_total") == 5
     assert metric_value(text, "streamserve_stream_records_out_total", {"mode": "fallback"}) == 2
     assert metric_value(text, "streamserve_stream_breaker_state", {"target": "grpc://h:1"}) == 2
-    assert metric_value(generate_latest(second.registry).decode(),
-                        "streamserve_stream_records_out_total") == 0
+    assert (
+        metric_value(
+            generate_latest(second.registry).decode(), "streamserve_stream_records_out_total"
+        )
+        == 0
+    )

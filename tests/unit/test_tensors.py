@@ -16,16 +16,27 @@ from streamserve.protos import tfs, v2
 
 DT = tfs.types_pb2
 ALL_NUMERIC = [
-    np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
-    np.uint8, np.uint16, np.uint32, np.uint64, np.bool_,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
 ]
 
 
 def sample(dtype, shape=(2, 3)) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind == "O":
-        return np.array([f"s{i}".encode() * i for i in range(math.prod(shape))],
-                        dtype=object).reshape(shape)
+        return np.array(
+            [f"s{i}".encode() * i for i in range(math.prod(shape))], dtype=object
+        ).reshape(shape)
     if dtype == np.bool_:
         return (np.arange(math.prod(shape)) % 2 == 0).reshape(shape)
     values = np.arange(math.prod(shape)).reshape(shape)
@@ -37,6 +48,7 @@ def sample(dtype, shape=(2, 3)) -> np.ndarray:
 
 
 # --- dtype tables ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [*ALL_NUMERIC, np.complex64, np.complex128, object])
 def test_tf_dtype_round_trip(dtype):
@@ -74,6 +86,7 @@ def test_unknown_dtypes_are_invalid_argument():
 
 
 # --- TensorProto ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [*ALL_NUMERIC, np.complex64, np.complex128, object])
 @pytest.mark.parametrize("use_tensor_content", [True, False])
@@ -264,6 +277,7 @@ def test_bf16_raw():
 
 # --- V2 JSON --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", V2_TYPES)
 @pytest.mark.parametrize("binary", [False, True])
 def test_v2_json_round_trip(dtype, binary):
@@ -341,6 +355,7 @@ def test_binary_json_matches_tritonclient_http():
 
 
 # --- TF Serving REST ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Spec:

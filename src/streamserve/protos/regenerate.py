@@ -33,9 +33,7 @@ _RUNTIME_CHECK = re.compile(
     r"from google\.protobuf import runtime_version as _runtime_version\n"
     r"|_runtime_version\.ValidateProtobufRuntimeVersion\(\n(?:    .*\n)*?\)\n"
 )
-_GRPC_VERSION_CHECK = re.compile(
-    r"GRPC_GENERATED_VERSION = .*?\n\n\nclass ", re.DOTALL
-)
+_GRPC_VERSION_CHECK = re.compile(r"GRPC_GENERATED_VERSION = .*?\n\n\nclass ", re.DOTALL)
 _OWN_IMPORT = re.compile(rf"^(from|import) ({'|'.join(OWN_ROOTS)})([.\w]*)", re.MULTILINE)
 
 
@@ -47,9 +45,14 @@ def run_protoc(out_dir: Path) -> None:
     # A child process: protoc's C++ runtime must not share a process with tensorflow's.
     well_known = resources.files("grpc_tools") / "_proto"
     args = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}", f"-I{well_known}",
-        f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
         *(str(PROTO_ROOT / p) for p in proto_files()),
     ]
     subprocess.run(args, check=True)

@@ -40,8 +40,11 @@ class BreakerPolicy:
     max_cooldown_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if (self.failure_threshold < 1 or self.cooldown_s <= 0
-                or self.max_cooldown_s < self.cooldown_s):
+        if (
+            self.failure_threshold < 1
+            or self.cooldown_s <= 0
+            or self.max_cooldown_s < self.cooldown_s
+        ):
             raise ValueError("need failure_threshold >= 1 and 0 < cooldown_s <= max_cooldown_s")
 
 

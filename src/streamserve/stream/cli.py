@@ -31,19 +31,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     kafka.add_argument("--output-topic", required=True)
     kafka.add_argument("--group-id", required=True)
     kafka.add_argument("--dlq-topic", help="dead-letter topic (default: <input-topic>.dlq)")
-    kafka.add_argument("--guarantee", choices=["exactly-once", "at-least-once"],
-                       default="exactly-once")
-    kafka.add_argument("--instance-id", help="stable, unique id of this replica, e.g. the pod "
-                       "name: transactional.id and static group membership derive from it, so a "
-                       "restart fences the old transaction and rejoins at once "
-                       "(default: <host>-<pid>, dynamic membership)")
-    kafka.add_argument("--no-static-membership", action="store_true",
-                       help="join the group as a dynamic member")
-    kafka.add_argument("--output-partitioning", choices=["input", "key"], default="input",
-                       help="input: output partition = input partition (keeps per-partition "
-                       "order visible); key: Kafka's default partitioner on the key")
-    kafka.add_argument("--no-create-topics", action="store_true",
-                       help="fail instead of creating missing output/DLQ topics")
+    kafka.add_argument(
+        "--guarantee", choices=["exactly-once", "at-least-once"], default="exactly-once"
+    )
+    kafka.add_argument(
+        "--instance-id",
+        help="stable, unique id of this replica, e.g. the pod "
+        "name: transactional.id and static group membership derive from it, so a "
+        "restart fences the old transaction and rejoins at once "
+        "(default: <host>-<pid>, dynamic membership)",
+    )
+    kafka.add_argument(
+        "--no-static-membership", action="store_true", help="join the group as a dynamic member"
+    )
+    kafka.add_argument(
+        "--output-partitioning",
+        choices=["input", "key"],
+        default="input",
+        help="input: output partition = input partition (keeps per-partition "
+        "order visible); key: Kafka's default partitioner on the key",
+    )
+    kafka.add_argument(
+        "--no-create-topics",
+        action="store_true",
+        help="fail instead of creating missing output/DLQ topics",
+    )
     kafka.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE")
     kafka.add_argument("--producer-config", action="append", default=[], metavar="KEY=VALUE")
 
@@ -58,8 +70,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--protocol", choices=["tfserving", "v2"], default="tfserving")
     model.add_argument("--signature-name", help="default: serving_default")
     model.add_argument("--request-timeout-s", type=float, default=10.0)
-    model.add_argument("--fallback-model-base-path", type=Path,
-                       help="embedded model used while every remote breaker is open")
+    model.add_argument(
+        "--fallback-model-base-path",
+        type=Path,
+        help="embedded model used while every remote breaker is open",
+    )
     model.add_argument("--fallback-model-name", help="default: --model-name")
 
     flow = parser.add_argument_group("throughput and resilience")
@@ -77,14 +92,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     records = parser.add_argument_group("records")
     records.add_argument("--codec", choices=["tensor", "image"], default="tensor")
     records.add_argument("--output-format", choices=["json", "classic"], default="json")
-    records.add_argument("--input-dtype", action="append", default=[], metavar="NAME=DTYPE",
-                         help="tensor codec: numpy dtype of an input (default: from the model "
-                         "in embedded mode, else float32 for JSON floats, int64 for integers)")
-    records.add_argument("--fetch-allowed-root", action="append", default=[], type=Path,
-                         help="image files may be read below this directory (repeatable; the "
-                         "working directory is always allowed)")
-    records.add_argument("--fetch-allowed-host", action="append", default=[],
-                         help="trusted host (name, host:port, IP or network) even if private")
+    records.add_argument(
+        "--input-dtype",
+        action="append",
+        default=[],
+        metavar="NAME=DTYPE",
+        help="tensor codec: numpy dtype of an input (default: from the model "
+        "in embedded mode, else float32 for JSON floats, int64 for integers)",
+    )
+    records.add_argument(
+        "--fetch-allowed-root",
+        action="append",
+        default=[],
+        type=Path,
+        help="image files may be read below this directory (repeatable; the "
+        "working directory is always allowed)",
+    )
+    records.add_argument(
+        "--fetch-allowed-host",
+        action="append",
+        default=[],
+        help="trusted host (name, host:port, IP or network) even if private",
+    )
     records.add_argument("--fetch-allow-private-addresses", action="store_true")
     records.add_argument("--fetch-max-bytes", type=int, default=DEFAULT_FETCH_MAX_BYTES)
     records.add_argument("--fetch-timeout-s", type=float, default=10.0)
@@ -110,8 +139,9 @@ async def _run(args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
         predictors, fallback, dtypes = await _build_predictors(args, stack)
         codec = await _build_codec(args, dtypes, stack)
-        processor = StreamProcessor(_processor_config(args), predictors, codec, fallback,
-                                    on_ready=_print_ready)
+        processor = StreamProcessor(
+            _processor_config(args), predictors, codec, fallback, on_ready=_print_ready
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, processor.stop)
@@ -128,18 +158,29 @@ def _processor_config(args: argparse.Namespace) -> Any:
     from streamserve.stream.processor import ProcessorConfig
 
     return ProcessorConfig(
-        bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic,
-        output_topic=args.output_topic, group_id=args.group_id, dlq_topic=args.dlq_topic,
-        guarantee=args.guarantee, instance_id=args.instance_id,
+        bootstrap_servers=args.bootstrap_servers,
+        input_topic=args.input_topic,
+        output_topic=args.output_topic,
+        group_id=args.group_id,
+        dlq_topic=args.dlq_topic,
+        guarantee=args.guarantee,
+        instance_id=args.instance_id,
         static_membership=not args.no_static_membership,
-        max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-        max_in_flight=args.max_in_flight, decode_concurrency=args.decode_concurrency,
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        max_in_flight=args.max_in_flight,
+        decode_concurrency=args.decode_concurrency,
         max_buffered_records=args.max_buffered_records,
-        commit_interval_ms=args.commit_interval_ms, shutdown_timeout_s=args.shutdown_timeout_s,
+        commit_interval_ms=args.commit_interval_ms,
+        shutdown_timeout_s=args.shutdown_timeout_s,
         output_partitioning=args.output_partitioning,
-        create_missing_topics=not args.no_create_topics, metrics_port=args.metrics_port,
-        breaker=BreakerPolicy(args.breaker_failures, args.breaker_cooldown_s,
-                              max(args.breaker_max_cooldown_s, args.breaker_cooldown_s)),
+        create_missing_topics=not args.no_create_topics,
+        metrics_port=args.metrics_port,
+        breaker=BreakerPolicy(
+            args.breaker_failures,
+            args.breaker_cooldown_s,
+            max(args.breaker_max_cooldown_s, args.breaker_cooldown_s),
+        ),
         consumer_overrides=_key_values(args.consumer_config, "--consumer-config"),
         producer_overrides=_key_values(args.producer_config, "--producer-config"),
     )
@@ -157,15 +198,21 @@ async def _build_predictors(
             raise InvalidArgument("--fallback-model-base-path only applies to --model-server")
         if args.model_label is not None:
             raise InvalidArgument("--model-label needs --model-server (a model server config)")
-        predictor = await _embedded(args.model_base_path, args.model_name, "embedded", stack,
-                                    args.model_version)
+        predictor = await _embedded(
+            args.model_base_path, args.model_name, "embedded", stack, args.model_version
+        )
         dtypes = _signature_dtypes(predictor.manager, predictor.model_name, args.signature_name)
         return [predictor], None, dtypes
     if not args.model_name:
         raise InvalidArgument("--model-server needs --model-name")
-    spec = PredictorSpec(targets=[args.model_server], model_name=args.model_name,
-                         model_version=args.model_version, model_label=args.model_label,
-                         protocol=args.protocol, timeout_s=args.request_timeout_s)
+    spec = PredictorSpec(
+        targets=[args.model_server],
+        model_name=args.model_name,
+        model_version=args.model_version,
+        model_label=args.model_label,
+        protocol=args.protocol,
+        timeout_s=args.request_timeout_s,
+    )
     predictors = create_members(spec)
     for predictor in predictors:
         stack.push_async_callback(predictor.close)
@@ -177,7 +224,10 @@ async def _build_predictors(
 
 
 async def _embedded(
-    base_path: Path, name: str | None, mode: str, stack: contextlib.AsyncExitStack,
+    base_path: Path,
+    name: str | None,
+    mode: str,
+    stack: contextlib.AsyncExitStack,
     version: int | None = None,
 ) -> Any:
     from streamserve.predictors.factory import create_embedded_predictor
@@ -208,16 +258,23 @@ async def _build_codec(
         return TensorJsonCodec(dtypes, signature_name=args.signature_name)
     from streamserve.stream.fetch import FetchPolicy, ImageFetcher
 
-    fetcher = ImageFetcher(FetchPolicy(
-        allowed_roots=tuple(args.fetch_allowed_root),
-        allow_private_addresses=args.fetch_allow_private_addresses,
-        allowed_hosts=tuple(args.fetch_allowed_host),
-        max_bytes=args.fetch_max_bytes, timeout_s=args.fetch_timeout_s,
-        max_pixels=args.max_pixels,
-    ))
+    fetcher = ImageFetcher(
+        FetchPolicy(
+            allowed_roots=tuple(args.fetch_allowed_root),
+            allow_private_addresses=args.fetch_allow_private_addresses,
+            allowed_hosts=tuple(args.fetch_allowed_host),
+            max_bytes=args.fetch_max_bytes,
+            timeout_s=args.fetch_timeout_s,
+            max_pixels=args.max_pixels,
+        )
+    )
     stack.push_async_callback(fetcher.close)
-    return ImageCodec(fetcher, output_format=args.output_format,
-                      signature_name=args.signature_name, max_pixels=args.max_pixels)
+    return ImageCodec(
+        fetcher,
+        output_format=args.output_format,
+        signature_name=args.signature_name,
+        max_pixels=args.max_pixels,
+    )
 
 
 def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:

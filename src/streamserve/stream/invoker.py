@@ -37,14 +37,16 @@ log = logging.getLogger("streamserve.stream.invoker")
 
 PREDICT = "predict"
 
-TRANSIENT_CODES = frozenset({
-    Code.UNAVAILABLE,
-    Code.DEADLINE_EXCEEDED,
-    Code.RESOURCE_EXHAUSTED,
-    Code.ABORTED,
-    Code.CANCELLED,
-    Code.NOT_FOUND,  # a restarting server has not loaded the model yet
-})
+TRANSIENT_CODES = frozenset(
+    {
+        Code.UNAVAILABLE,
+        Code.DEADLINE_EXCEEDED,
+        Code.RESOURCE_EXHAUSTED,
+        Code.ABORTED,
+        Code.CANCELLED,
+        Code.NOT_FOUND,  # a restarting server has not loaded the model yet
+    }
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -130,7 +132,9 @@ class ModelInvoker:
         for guard in self.guards:
             guard.breaker.on_change = self.on_breaker_change
             if metrics is not None:
-                metrics.breaker_state.labels(guard.breaker.name).set(guard.breaker.state.gauge_value)
+                metrics.breaker_state.labels(guard.breaker.name).set(
+                    guard.breaker.state.gauge_value
+                )
 
     # ------------------------------------------------------------------ state
 
@@ -147,9 +151,14 @@ class ModelInvoker:
         self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState
     ) -> None:
         """Hook for :class:`CircuitBreaker` ``on_change``: wake waiters, log, count."""
-        log_event(log, f"breaker {new.value}", logging.WARNING if new is BreakerState.OPEN
-                  else logging.INFO, target=breaker.name, previous=old.value,
-                  failures=breaker.consecutive_failures)
+        log_event(
+            log,
+            f"breaker {new.value}",
+            logging.WARNING if new is BreakerState.OPEN else logging.INFO,
+            target=breaker.name,
+            previous=old.value,
+            failures=breaker.consecutive_failures,
+        )
         if self.metrics is not None:
             self.metrics.breaker_state.labels(breaker.name).set(new.gauge_value)
             self.metrics.breaker_transitions.labels(breaker.name, new.value).inc()
@@ -196,8 +205,14 @@ class ModelInvoker:
         if self.metrics is not None:
             self.metrics.retries.labels(reason).inc()
         if attempt == 1 or attempt % 10 == 0:
-            log_event(log, "model call retry", logging.WARNING, attempt=attempt, reason=reason,
-                      error=str(exc)[:200])
+            log_event(
+                log,
+                "model call retry",
+                logging.WARNING,
+                attempt=attempt,
+                reason=reason,
+                error=str(exc)[:200],
+            )
 
     def _observe(self, mode: str, seconds: float) -> None:
         if self.metrics is not None:
@@ -255,13 +270,14 @@ def split_rows(
     outcomes: list[Outcome] = []
     start = 0
     for count in counts:
-        rows = outputs if len(records) == 1 else {
-            name: array[start:start + count] for name, array in outputs.items()
-        }
+        rows = (
+            outputs
+            if len(records) == 1
+            else {name: array[start : start + count] for name, array in outputs.items()}
+        )
         outcomes.append(Outcome(rows, prediction.model_name, prediction.model_version, mode))
         start += count
     return outcomes
-
 
 
 def build_invoker(

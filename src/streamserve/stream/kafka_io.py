@@ -146,8 +146,12 @@ class _Sink:
         self.failed_deliveries: list[KafkaError] = []
 
     def produce(
-        self, topic: str, value: bytes | None, key: bytes | None,
-        headers: Headers | None = None, partition: int | None = None,
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if headers:
@@ -185,8 +189,12 @@ class TransactionalSink(_Sink):
             raise FatalStreamError(f"cannot initialise transactions: {exc}") from exc
 
     def produce(
-        self, topic: str, value: bytes | None, key: bytes | None,
-        headers: Headers | None = None, partition: int | None = None,
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
     ) -> None:
         if not self.in_transaction:
             self._begin()
@@ -205,7 +213,8 @@ class TransactionalSink(_Sink):
         try:
             if offsets:
                 self.producer.send_offsets_to_transaction(
-                    topic_partitions(offsets), self.consumer.consumer_group_metadata(),
+                    topic_partitions(offsets),
+                    self.consumer.consumer_group_metadata(),
                     self.timeout_s,
                 )
             self._commit_with_retries()

@@ -36,8 +36,10 @@ def dlq_headers(record: InputRecord, error: RecordError) -> Headers:
     return [
         *original,
         (f"{ERROR_HEADER_PREFIX}stage", error.stage.encode()),
-        (f"{ERROR_HEADER_PREFIX}reason",
-         error.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]),
+        (
+            f"{ERROR_HEADER_PREFIX}reason",
+            error.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES],
+        ),
         (f"{ERROR_HEADER_PREFIX}exception", exception_name(error).encode()),
         (f"{SOURCE_HEADER_PREFIX}topic", record.topic.encode()),
         (f"{SOURCE_HEADER_PREFIX}partition", str(record.partition).encode()),
@@ -76,12 +78,14 @@ class OutputWriter:
     def _output(self, work: Work) -> None:
         record = work.record
         try:
-            self.sink.produce(self.output_topic, work.output, record.key,
-                              partition=self._partition(record))
+            self.sink.produce(
+                self.output_topic, work.output, record.key, partition=self._partition(record)
+            )
         except KafkaException as exc:  # e.g. the output is larger than message.max.bytes
             error = exc.args[0] if exc.args else exc
-            self.dead_letter(record, RecordError("produce", f"output refused: {error}",
-                                                 "KafkaException"))
+            self.dead_letter(
+                record, RecordError("produce", f"output refused: {error}", "KafkaException")
+            )
             return
         self.metrics.records_out.labels(work.mode).inc()
         if work.mode == "fallback":
@@ -101,5 +105,12 @@ class OutputWriter:
             headers.append((f"{ERROR_HEADER_PREFIX}value-dropped", b"true"))
             self.sink.produce(self.dlq_topic, None, record.key, headers)
         self.metrics.records_dlq.labels(error.stage).inc()
-        log_event(log, "record to dlq", logging.WARNING, position=record.position,
-                  stage=error.stage, reason=error.reason[:300], exception=exception_name(error))
+        log_event(
+            log,
+            "record to dlq",
+            logging.WARNING,
+            position=record.position,
+            stage=error.stage,
+            reason=error.reason[:300],
+            exception=exception_name(error),
+        )

@@ -195,34 +195,57 @@ class StreamProcessor:
     async def _open(self) -> None:
         cfg = self.config
         partitions = await asyncio.to_thread(
-            ensure_topics, cfg.bootstrap_servers, cfg.input_topic,
-            [cfg.output_topic, cfg.resolved_dlq_topic], cfg.create_missing_topics,
+            ensure_topics,
+            cfg.bootstrap_servers,
+            cfg.input_topic,
+            [cfg.output_topic, cfg.resolved_dlq_topic],
+            cfg.create_missing_topics,
         )
-        consumer = Consumer(kafka_io.consumer_settings(
-            cfg.bootstrap_servers, cfg.group_id, cfg.group_instance_id, cfg.consumer_overrides))
+        consumer = Consumer(
+            kafka_io.consumer_settings(
+                cfg.bootstrap_servers, cfg.group_id, cfg.group_instance_id, cfg.consumer_overrides
+            )
+        )
         exactly_once = cfg.guarantee == "exactly-once"
-        producer = Producer(kafka_io.producer_settings(
-            cfg.bootstrap_servers, cfg.transactional_id if exactly_once else None,
-            cfg.producer_overrides))
+        producer = Producer(
+            kafka_io.producer_settings(
+                cfg.bootstrap_servers,
+                cfg.transactional_id if exactly_once else None,
+                cfg.producer_overrides,
+            )
+        )
         self._kafka: kafka_io.ConsumerThread = kafka_io.ConsumerThread(consumer)
         self._sink: kafka_io.Sink = (
-            kafka_io.TransactionalSink(producer, consumer) if exactly_once
+            kafka_io.TransactionalSink(producer, consumer)
+            if exactly_once
             else kafka_io.AtLeastOnceSink(producer, consumer)
         )
-        self._writer = OutputWriter(self._sink, cfg.output_topic, cfg.resolved_dlq_topic,
-                                    partitions[cfg.output_topic], cfg.output_partitioning,
-                                    self.metrics)
+        self._writer = OutputWriter(
+            self._sink,
+            cfg.output_topic,
+            cfg.resolved_dlq_topic,
+            partitions[cfg.output_topic],
+            cfg.output_partitioning,
+            self.metrics,
+        )
         await self._kafka.call(self._sink.start)
         await self._kafka.call(
-            consumer.subscribe, [cfg.input_topic],
-            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+            consumer.subscribe,
+            [cfg.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port)
         info = {
-            "group": cfg.group_id, "instance": cfg.resolved_instance_id,
-            "guarantee": cfg.guarantee, "input": cfg.input_topic, "output": cfg.output_topic,
-            "dlq": cfg.resolved_dlq_topic, "metrics_port": self.metrics_port,
+            "group": cfg.group_id,
+            "instance": cfg.resolved_instance_id,
+            "guarantee": cfg.guarantee,
+            "input": cfg.input_topic,
+            "output": cfg.output_topic,
+            "dlq": cfg.resolved_dlq_topic,
+            "metrics_port": self.metrics_port,
         }
         log_event(log, "stream started", **info)
         if self.on_ready is not None:
@@ -231,14 +254,20 @@ class StreamProcessor:
     def _start_workers(self) -> list[asyncio.Task[None]]:
         cfg = self.config
         batcher = MicroBatcher(
-            self._batch_queue, self._call_queue.put, cfg.max_batch_size,
+            self._batch_queue,
+            self._call_queue.put,
+            cfg.max_batch_size,
             cfg.max_batch_delay_ms / 1000,
         )
         tasks = [asyncio.create_task(batcher.run(), name="batcher")]
-        tasks += [asyncio.create_task(self._decode_loop(), name=f"decode-{i}")
-                  for i in range(cfg.decode_concurrency)]
-        tasks += [asyncio.create_task(self._call_loop(), name=f"call-{i}")
-                  for i in range(cfg.max_in_flight)]
+        tasks += [
+            asyncio.create_task(self._decode_loop(), name=f"decode-{i}")
+            for i in range(cfg.decode_concurrency)
+        ]
+        tasks += [
+            asyncio.create_task(self._call_loop(), name=f"call-{i}")
+            for i in range(cfg.max_in_flight)
+        ]
         return tasks
 
     async def _drain(self, consume: asyncio.Task[None], sink: asyncio.Task[None]) -> None:
@@ -255,8 +284,12 @@ class StreamProcessor:
         await sink
         await self._checkpoint()
         self._closed = True
-        log_event(log, "stream drained", unfinished=self.book.buffered,
-                  seconds=round(time.monotonic() - started, 3))
+        log_event(
+            log,
+            "stream drained",
+            unfinished=self.book.buffered,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]], graceful: bool) -> None:
         self._closed = True
@@ -327,8 +360,14 @@ class StreamProcessor:
             except Exception as exc:  # e.g. not fetching yet: try again next round
                 log_event(log, "seek failed", logging.WARNING, partition=state.key, error=str(exc))
                 continue
-            log_event(log, "rewound", logging.INFO, topic=state.topic, partition=state.partition,
-                      offset=state.seek_to)
+            log_event(
+                log,
+                "rewound",
+                logging.INFO,
+                topic=state.topic,
+                partition=state.partition,
+                offset=state.seek_to,
+            )
             state.seek_to = None
 
     async def _apply_flow_control(self) -> None:
@@ -340,8 +379,13 @@ class StreamProcessor:
             if newly:
                 await self._kafka.call(self._kafka.consumer.pause, _tps(newly))
                 if not self._paused:
-                    log_event(log, "consumption paused", logging.WARNING, reason=reason,
-                              buffered=self.book.buffered)
+                    log_event(
+                        log,
+                        "consumption paused",
+                        logging.WARNING,
+                        reason=reason,
+                        buffered=self.book.buffered,
+                    )
                     self.metrics.pauses.labels(reason).inc()
                     self._pause_reason = reason
                 self._paused |= newly
@@ -350,8 +394,13 @@ class StreamProcessor:
             if resumed:
                 await self._kafka.call(self._kafka.consumer.resume, _tps(resumed))
             self._paused.clear()
-            log_event(log, "consumption resumed", logging.INFO, after=self._pause_reason,
-                      buffered=self.book.buffered)
+            log_event(
+                log,
+                "consumption resumed",
+                logging.INFO,
+                after=self._pause_reason,
+                buffered=self.book.buffered,
+            )
         self.metrics.paused.set(1 if self._paused else 0)
         self.metrics.buffered.set(self.book.buffered)
 
@@ -364,7 +413,8 @@ class StreamProcessor:
             _low, high = self._kafka.consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
                 self.metrics.consumer_lag.labels(state.topic, str(state.partition)).set(
-                    max(0, high - state.next_offset))
+                    max(0, high - state.next_offset)
+                )
 
     # ------------------------------------------------------------------ rebalancing
 
@@ -412,9 +462,7 @@ class StreamProcessor:
             self.book.assign((tp.topic, tp.partition) for tp in partitions)
             await self._rebalanced(partitions, "assigned")
 
-    async def _begin_revoke(
-        self, partitions: list[KafkaTopicPartition]
-    ) -> kafka_io.Offsets | None:
+    async def _begin_revoke(self, partitions: list[KafkaTopicPartition]) -> kafka_io.Offsets | None:
         """Emit what is ready, snapshot offsets, forget the revoked partitions."""
         keys = [(tp.topic, tp.partition) for tp in partitions]
         offsets = None
@@ -441,8 +489,12 @@ class StreamProcessor:
 
     async def _rebalanced(self, partitions: list[KafkaTopicPartition], kind: str) -> None:
         self.metrics.rebalances.labels(kind).inc()
-        log_event(log, f"partitions {kind}", partitions=kafka_io.describe_partitions(partitions),
-                  owned=len(self.book))
+        log_event(
+            log,
+            f"partitions {kind}",
+            partitions=kafka_io.describe_partitions(partitions),
+            owned=len(self.book),
+        )
 
     # ------------------------------------------------------------------ work
 
@@ -487,8 +539,14 @@ class StreamProcessor:
             return
         latency_ms = (time.perf_counter() - work.received) * 1000
         try:
-            value = self.codec.encode(work.decoded, outcome.rows, outcome.model_name,
-                                      outcome.model_version, latency_ms, outcome.mode)
+            value = self.codec.encode(
+                work.decoded,
+                outcome.rows,
+                outcome.model_name,
+                outcome.model_version,
+                latency_ms,
+                outcome.mode,
+            )
         except RecordError as exc:
             work.fail(exc)
             return
@@ -557,8 +615,13 @@ class StreamProcessor:
         rewound = self.book.rewind_all()
         if not rewound:
             return
-        log_event(log, "rewinding to committed offsets", logging.WARNING, reason=reason,
-                  partitions=",".join(f"{s.topic}[{s.partition}]@{s.seek_to}" for s in rewound))
+        log_event(
+            log,
+            "rewinding to committed offsets",
+            logging.WARNING,
+            reason=reason,
+            partitions=",".join(f"{s.topic}[{s.partition}]@{s.seek_to}" for s in rewound),
+        )
 
 
 def input_record(message: Message) -> InputRecord:
@@ -568,7 +631,9 @@ def input_record(message: Message) -> InputRecord:
     timestamp_type, timestamp = message.timestamp()
     value, key = message.value(), message.key()
     return InputRecord(
-        topic=topic, partition=partition, offset=offset,
+        topic=topic,
+        partition=partition,
+        offset=offset,
         key=key.encode() if isinstance(key, str) else key,
         value=value.encode() if isinstance(value, str) else value,
         headers=normalise_headers(message.headers()),

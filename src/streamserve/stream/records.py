@@ -143,7 +143,8 @@ def _json_to_array(name: str, value: object, dtype: np.dtype | None) -> np.ndarr
         array = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise RecordError(
-            DECODE, f"input {name!r} is not a rectangular array of one type: {exc}",
+            DECODE,
+            f"input {name!r} is not a rectangular array of one type: {exc}",
             type(exc).__name__,
         ) from exc
     if dtype is not None:
@@ -197,13 +198,15 @@ class TensorJsonCodec:
         mode: str,
     ) -> bytes:
         outputs = {name: _jsonable(array) for name, array in rows.items()}
-        return dumps({
-            "id": decoded.id,
-            "model": {"name": model_name, "version": version},
-            "outputs": outputs,
-            "latency_ms": round(latency_ms, 3),
-            "mode": mode,
-        })
+        return dumps(
+            {
+                "id": decoded.id,
+                "model": {"name": model_name, "version": version},
+                "outputs": outputs,
+                "latency_ms": round(latency_ms, 3),
+                "mode": mode,
+            }
+        )
 
 
 def _check_rows(tensors: Mapping[str, np.ndarray]) -> None:
@@ -320,14 +323,16 @@ class ImageCodec:
         predictions = self._predictions(rows)
         if self.output_format == "classic":
             return classic_format(predictions).encode("utf-8")
-        return dumps({
-            "id": decoded.id,
-            "source": decoded.source,
-            "model": {"name": model_name, "version": version},
-            "predictions": predictions,
-            "latency_ms": round(latency_ms, 3),
-            "mode": mode,
-        })
+        return dumps(
+            {
+                "id": decoded.id,
+                "source": decoded.source,
+                "model": {"name": model_name, "version": version},
+                "predictions": predictions,
+                "latency_ms": round(latency_ms, 3),
+                "mode": mode,
+            }
+        )
 
     def _predictions(self, rows: Mapping[str, np.ndarray]) -> list[dict[str, object]]:
         try:

@@ -19,7 +19,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 _NS = "streamserve_stream"
 _LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -43,11 +57,15 @@ class StreamMetrics:
         self.e2e_latency = Histogram(
             f"{_NS}_end_to_end_latency_seconds",
             "Input record timestamp to its output being produced",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.model_call_latency = Histogram(
-            f"{_NS}_model_call_seconds", "One model call (one micro-batch)", ["mode"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            f"{_NS}_model_call_seconds",
+            "One model call (one micro-batch)",
+            ["mode"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
             f"{_NS}_batch_size", "Records per model call", buckets=_BATCH_BUCKETS, registry=r
@@ -57,31 +75,43 @@ class StreamMetrics:
             f"{_NS}_records_buffered", "Records consumed but not yet produced", registry=r
         )
         self.consumer_lag = Gauge(
-            f"{_NS}_consumer_lag", "High watermark minus next offset to consume",
-            ["topic", "partition"], registry=r,
+            f"{_NS}_consumer_lag",
+            "High watermark minus next offset to consume",
+            ["topic", "partition"],
+            registry=r,
         )
         self.breaker_state = Gauge(
-            f"{_NS}_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["target"],
+            f"{_NS}_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["target"],
             registry=r,
         )
         self.breaker_transitions = Counter(
-            f"{_NS}_breaker_transitions", "Circuit breaker state changes, by new state",
-            ["target", "state"], registry=r,
+            f"{_NS}_breaker_transitions",
+            "Circuit breaker state changes, by new state",
+            ["target", "state"],
+            registry=r,
         )
         self.retries = Counter(
-            f"{_NS}_model_call_retries", "Model calls retried after a transient error",
-            ["reason"], registry=r,
+            f"{_NS}_model_call_retries",
+            "Model calls retried after a transient error",
+            ["reason"],
+            registry=r,
         )
         self.paused = Gauge(
             f"{_NS}_consumer_paused", "1 while consumption is paused (backpressure)", registry=r
         )
         self.pauses = Counter(
-            f"{_NS}_consumer_pauses", "Times consumption was paused, by reason", ["reason"],
+            f"{_NS}_consumer_pauses",
+            "Times consumption was paused, by reason",
+            ["reason"],
             registry=r,
         )
         self.commits = Counter(
-            f"{_NS}_commits", "Checkpoints (transaction or offset commits), by result",
-            ["result"], registry=r,
+            f"{_NS}_commits",
+            "Checkpoints (transaction or offset commits), by result",
+            ["result"],
+            registry=r,
         )
         self.rebalances = Counter(
             f"{_NS}_rebalances", "Partition assignment changes, by kind", ["kind"], registry=r

@@ -73,7 +73,7 @@ class StreamProcess:
                 self._log.flush()
                 text = line.decode("utf-8", "replace").strip()
                 if text.startswith(READY_PREFIX):
-                    fields = text[len(READY_PREFIX):].split()
+                    fields = text[len(READY_PREFIX) :].split()
                     self.ready_info = dict(part.split("=", 1) for part in fields if "=" in part)
                     self._ready.set()
 
@@ -81,8 +81,9 @@ class StreamProcess:
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.1):
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"stream process exited ({self.process.returncode}):\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"stream process exited ({self.process.returncode}):\n" + self.log_tail()
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError("stream process not ready:\n" + self.log_tail())
         return self.ready_info
@@ -170,8 +171,9 @@ def produce(
     """Produce ``(partition, key, value)`` tuples (idempotent producer); return the count."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
-                         "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "linger.ms": 5}
+    )
     count = 0
     for partition, key, value in records:
         kwargs: dict[str, Any] = {"headers": headers} if headers else {}
@@ -203,11 +205,14 @@ def read_topic(
 
     from streamserve.stream.processor import input_record
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers, "group.id": f"reader-{time.monotonic_ns()}",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
@@ -221,10 +226,15 @@ def read_topic(
                 if message.error():
                     continue
                 record = input_record(message)
-                found.append(ReadRecord(
-                    record.partition, record.offset, record.key, record.value,
-                    {k: v for k, v in record.headers if v is not None},
-                ))
+                found.append(
+                    ReadRecord(
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                        {k: v for k, v in record.headers if v is not None},
+                    )
+                )
                 last_new = time.monotonic()
         return found
     finally:
@@ -236,13 +246,26 @@ def read_topic(
 IMAGE_PROCESSING = {
     "signatures": {
         "serving_default": {
-            "image_input": {"name": "images", "model_input": "input", "resize_short": 32,
-                            "crop": 32, "mean": [127.0, 127.0, 127.0],
-                            "std": [128.0, 128.0, 128.0], "layout": "NCHW", "color": "RGB",
-                            "max_pixels": 40_000_000, "max_bytes": 20_000_000},
-            "topk_output": {"model_output": "logits", "k": 2, "softmax": True,
-                            "labels_file": "labels.txt", "classes_name": "classes",
-                            "scores_name": "scores"},
+            "image_input": {
+                "name": "images",
+                "model_input": "input",
+                "resize_short": 32,
+                "crop": 32,
+                "mean": [127.0, 127.0, 127.0],
+                "std": [128.0, 128.0, 128.0],
+                "layout": "NCHW",
+                "color": "RGB",
+                "max_pixels": 40_000_000,
+                "max_bytes": 20_000_000,
+            },
+            "topk_output": {
+                "model_output": "logits",
+                "k": 2,
+                "softmax": True,
+                "labels_file": "labels.txt",
+                "classes_name": "classes",
+                "scores_name": "scores",
+            },
         },
     },
     "raw_signature_name": "tensor",
@@ -257,7 +280,7 @@ def build_image_classifier(version_dir: Path) -> Path:
     """
     from onnx import TensorProto, checker, helper, numpy_helper
 
-    weight = (np.eye(3, dtype=np.float32) * 10.0)
+    weight = np.eye(3, dtype=np.float32) * 10.0
     graph = helper.make_graph(
         [
             helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
@@ -279,8 +302,9 @@ def build_image_classifier(version_dir: Path) -> Path:
     return version_dir
 
 
-def image_bytes(color: tuple[int, int, int], size: tuple[int, int] = (48, 40),
-                image_format: str = "PNG") -> bytes:
+def image_bytes(
+    color: tuple[int, int, int], size: tuple[int, int] = (48, 40), image_format: str = "PNG"
+) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -311,10 +335,18 @@ class ServeProcess:
         """Start and wait for the readiness line (bounded by ``timeout``)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamserve", "serve", f"--port={self.grpc_port}",
-                 f"--rest_api_port={self.rest_port}", f"--model_name={self.model_name}",
-                 f"--model_base_path={self.base_path}"],
-                stdout=subprocess.PIPE, stderr=log,
+                [
+                    sys.executable,
+                    "-m",
+                    "streamserve",
+                    "serve",
+                    f"--port={self.grpc_port}",
+                    f"--rest_api_port={self.rest_port}",
+                    f"--model_name={self.model_name}",
+                    f"--model_base_path={self.base_path}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
             )
         ready = threading.Event()
         threading.Thread(target=self._await_ready, args=(ready,), daemon=True).start()

@@ -52,8 +52,15 @@ _TF_TO_NUMPY: dict[int, np.dtype] = {
 _NUMPY_TO_TF: dict[np.dtype, int] = {
     dtype: tf_type
     for tf_type, dtype in _TF_TO_NUMPY.items()
-    if tf_type not in (types_pb2.DT_QINT8, types_pb2.DT_QUINT8, types_pb2.DT_QINT32,
-                       types_pb2.DT_QINT16, types_pb2.DT_QUINT16, types_pb2.DT_BFLOAT16)
+    if tf_type
+    not in (
+        types_pb2.DT_QINT8,
+        types_pb2.DT_QUINT8,
+        types_pb2.DT_QINT32,
+        types_pb2.DT_QINT16,
+        types_pb2.DT_QUINT16,
+        types_pb2.DT_BFLOAT16,
+    )
 }
 if BFLOAT16 is not None:
     _NUMPY_TO_TF[BFLOAT16] = types_pb2.DT_BFLOAT16
@@ -203,7 +210,7 @@ def unpack_length_prefixed(buffer: bytes, count: int, name: str) -> list[bytes]:
                 f"tensor '{name}': BYTES element {len(values)} declares {length} bytes but only "
                 f"{end - offset} remain"
             )
-        values.append(bytes(view[offset:offset + length]))
+        values.append(bytes(view[offset : offset + length]))
         offset += length
     if len(values) != count:
         raise InvalidArgument(

@@ -54,6 +54,7 @@ BINARY_DATA_SIZE = "binary_data_size"
 
 # --- gRPC ---------------------------------------------------------------------------------
 
+
 def infer_input_to_numpy(tensor: InferTensor, raw: bytes | memoryview | None = None) -> np.ndarray:
     """Decode one gRPC tensor; ``raw`` is its ``raw_input_contents`` entry, if used."""
     name = tensor.name
@@ -121,6 +122,7 @@ def _fill(tensor: InferTensor, name: str, array: np.ndarray, raw: bool) -> bytes
 
 # --- raw bytes ----------------------------------------------------------------------------
 
+
 def decode_raw(
     buffer: bytes | memoryview, datatype: str, dtype: np.dtype, shape: tuple[int, ...], name: str
 ) -> np.ndarray:
@@ -136,6 +138,7 @@ def encode_raw(array: np.ndarray, datatype: str, name: str) -> bytes:
 
 
 # --- JSON ---------------------------------------------------------------------------------
+
 
 def v2_json_to_numpy(
     tensor: Mapping[str, Any], binary: bytes | memoryview | None = None
@@ -202,7 +205,7 @@ def split_binary_data(
                 f"tensor '{tensor.get('name')}': binary_data_size {size!r} exceeds the "
                 f"{len(body) - offset} bytes left in the request body"
             )
-        parts.append(body[offset:offset + size])
+        parts.append(body[offset : offset + size])
         offset += size
     if offset != len(body):
         raise InvalidArgument(f"{len(body) - offset} unexpected bytes after the binary tensors")
