@@ -147,7 +147,9 @@ class _OutputReader:
             total=len(expected), desc=f"{mode:>8}: predictions", unit="rec", leave=False
         ) as bar:
             while len(received) < len(expected) and time.monotonic() < deadline:
-                for message in self.consumer.consume(100, timeout=0.5):
+                # consume(n, t) waits the whole of t unless n records are ready
+                ready = self.consumer.consume(100, 0) or self.consumer.consume(1, 0.5)
+                for message in ready:
                     result = self._parse(message, sent)
                     if result is not None and result.id in expected:
                         received[result.id] = result
