@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,15 +26,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamserve.processes import free_port
+
 READY_PREFIX = "streamserve: serving gRPC on "
 START_DEADLINE_SECONDS = 60.0
 STOP_DEADLINE_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def no_tensorflow_path(root: Path) -> Path:

@@ -25,7 +25,7 @@ from streamserve.predictors.balancer import BalancedPredictor
 from streamserve.predictors.base import Prediction, Predictor
 from streamserve.predictors.embedded import EmbeddedPredictor
 from streamserve.predictors.factory import PredictorSpec, create_members, create_predictor
-from streamserve.processes import restartable_port
+from streamserve.processes import free_port, restartable_port
 from streamserve.repository import ModelManager, parse_model_config_file
 
 if TYPE_CHECKING:
@@ -48,12 +48,6 @@ MULTI_INPUTS = {
     "ids": np.array([[1, -2], [3, 2**40], [0, 9]], dtype=np.int64),
     "names": np.array([b"plain", "caf\u00e9 \u4e2d".encode(), b""], dtype=object),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run(coroutine_factory: Callable[[], object]) -> object:

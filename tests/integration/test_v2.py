@@ -13,7 +13,6 @@ import asyncio
 import json
 import queue
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from streamserve.models.toy import build_multi, build_tiny
+from streamserve.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -57,12 +57,6 @@ class Served:
     @property
     def grpc(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_repository(root: Path) -> Path:

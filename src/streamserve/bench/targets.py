@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from streamserve.errors import SetupError
+from streamserve.processes import free_port
 
 HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 180.0
@@ -28,12 +28,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 _STREAMSERVE_READY = re.compile(r"streamserve: serving gRPC on [^:]+:(\d+), REST on [^:]+:(\d+)")
 _MINIMAL_READY = re.compile(r"minimal-grpc: listening on [^:]+:(\d+)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
