@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Java 17 and Maven run the Kafka broker and fetch its jars; install them if missing.
+if { ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null
+fi
+
 python3 -m pip install -q --disable-pip-version-check -e '.[models,bench]'
 streamserve kafka fetch
 streamserve models build imagenet --out models/imagenet
