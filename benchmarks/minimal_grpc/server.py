@@ -1,4 +1,4 @@
-"""The floor for ``streamserve bench server``: a minimal hand-written grpc.aio V2 server.
+"""The floor for ``python -m benchmarks server``: a minimal hand-written grpc.aio V2 server.
 
 Only ``ModelInfer`` (raw contents in and out), ``ServerReady`` and ``ModelReady``; no
 model repository, validation, metrics, thread hop or batching: the request is decoded

@@ -1,4 +1,4 @@
-"""The one entry point: ``streamserve serve | stream | kafka | models | demo | bench``.
+"""The one entry point: ``streamserve serve | stream | kafka | models | demo``.
 
 Each subcommand lives in its own module exposing ``HELP``, ``configure(parser)``
 and ``run(args) -> int``. Those modules keep their top-level imports light and
@@ -20,7 +20,6 @@ COMMANDS: dict[str, str] = {
     "kafka": "streamserve.kafka.cli",
     "models": "streamserve.models.cli",
     "demo": "streamserve.demo",
-    "bench": "streamserve.bench.cli",
 }
 
 

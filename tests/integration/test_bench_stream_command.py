@@ -1,4 +1,4 @@
-"""``streamserve bench stream`` end to end on the real broker: the command runs, writes
+"""``python -m benchmarks stream`` end to end on the real broker: the command runs, writes
 results.json and the figures, and its 0-lost checks pass. Timings are never asserted."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench(kafka_bootstrap: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
         "-m",
-        "streamserve",
-        "bench",
+        "benchmarks",
         "stream",
         "--model",
         "tiny",
@@ -31,7 +31,9 @@ def _bench(kafka_bootstrap: str, out: Path, *extra: str) -> subprocess.Completed
         "2",
         *extra,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=540, check=False)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=540, check=False, cwd=REPO_ROOT
+    )
 
 
 def test_embedded_and_grpc_modes_produce_results_and_lose_nothing(

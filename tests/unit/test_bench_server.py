@@ -1,4 +1,4 @@
-"""Pure parts of ``streamserve bench server``: statistics, parsers, ratios, table, JSON shape.
+"""Pure parts of ``python -m benchmarks server``: statistics, parsers, ratios, table, JSON shape.
 
 Nothing here starts a process or measures time."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamserve.bench import common, loadtools, report
-from streamserve.bench import heavy as bench_heavy
-from streamserve.bench import server as bench
+from benchmarks import common, loadtools, report
+from benchmarks import heavy as bench_heavy
+from benchmarks import server as bench
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -242,13 +242,13 @@ def test_results_document_shape(tmp_path: Path) -> None:
 
 
 def test_bench_cli_registers_server() -> None:
-    from streamserve.cli import build_parser
+    from benchmarks.__main__ import build_parser
 
     args = build_parser().parse_args(
-        ["bench", "server", "--concurrency", "4", "--no-heavy", "--skip-mlserver"]
+        ["server", "--concurrency", "4", "--no-heavy", "--skip-mlserver"]
     )
     assert args.concurrency == 4 and args.heavy is False and args.skip_mlserver is True
-    assert args._bench_run is bench.run
+    assert args._run is bench.run
 
 
 def test_mean_batch_size_from_prometheus_text() -> None:

@@ -1,4 +1,4 @@
-"""Pure parts of ``streamserve bench stream``: statistics, loss check, timeline, records,
+"""Pure parts of ``python -m benchmarks stream``: statistics, loss check, timeline, records,
 summaries and the worker's timed predictor. No broker, no processes."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from streamserve.bench.stream_modes import MODES, image_records, parse_modes, tiny_records
-from streamserve.bench.stream_outage import breaker_events
-from streamserve.bench.stream_report import evaluate_goals, goals_text, model_summary, table
-from streamserve.bench.stream_stats import (
+from benchmarks.stream_modes import MODES, image_records, parse_modes, tiny_records
+from benchmarks.stream_outage import breaker_events
+from benchmarks.stream_report import evaluate_goals, goals_text, model_summary, table
+from benchmarks.stream_stats import (
     check_no_loss,
     end_to_end_latencies,
     expected_keys_below,
@@ -24,7 +24,7 @@ from streamserve.bench.stream_stats import (
     throughput,
     timeline,
 )
-from streamserve.bench.stream_worker import TimedPredictor, WorkerSpec
+from benchmarks.stream_worker import TimedPredictor, WorkerSpec
 from streamserve.predictors.base import Prediction
 
 # --------------------------------------------------------------------------- statistics

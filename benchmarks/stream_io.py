@@ -1,4 +1,4 @@
-"""Kafka plumbing for ``streamserve bench stream``: topics, producing, reading back, load shapes.
+"""Kafka plumbing for ``python -m benchmarks stream``: topics, producing, reading back, load shapes.
 
 Every benchmark topic is created with ``message.timestamp.type=LogAppendTime``: each
 record's timestamp is the broker's clock when it was appended to the log, on the input and

@@ -22,11 +22,11 @@ from typing import Any
 
 import orjson
 
-from streamserve.bench import stream_io as kio
-from streamserve.bench.stream_modes import MODES, Workload
-from streamserve.bench.stream_procs import ServerProcess, WorkerProcess
-from streamserve.bench.stream_run import BenchContext, start_worker, worker_spec
-from streamserve.bench.stream_stats import (
+from benchmarks import stream_io as kio
+from benchmarks.stream_modes import MODES, Workload
+from benchmarks.stream_procs import ServerProcess, WorkerProcess
+from benchmarks.stream_run import BenchContext, start_worker, worker_spec
+from benchmarks.stream_stats import (
     check_no_loss,
     metric_sum,
     parse_prometheus,

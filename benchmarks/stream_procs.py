@@ -1,4 +1,4 @@
-"""Child processes of ``streamserve bench stream``: the model server and processor workers.
+"""Child processes of ``python -m benchmarks stream``: the model server and processor workers.
 
 Both are started with the running interpreter (``python -m ...``), announce readiness with
 one stdout line (waited for with a deadline, never a sleep), log to a file in the output
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from streamserve.bench.common import process_tree_cpu_seconds
-from streamserve.bench.stream_worker import READY_PREFIX, WorkerSpec
+from benchmarks.common import process_tree_cpu_seconds
+from benchmarks.stream_worker import READY_PREFIX, WorkerSpec
 from streamserve.processes import restartable_port
 
 SERVER_READY_PREFIX = "streamserve: serving gRPC on "
@@ -173,14 +173,14 @@ class ServerProcess(_Child):
 
 
 class WorkerProcess(_Child):
-    """``python -m streamserve.bench.stream_worker SPEC`` (one :class:`StreamProcessor`)."""
+    """``python -m benchmarks.stream_worker SPEC`` (one :class:`StreamProcessor`)."""
 
     ready_prefix = READY_PREFIX
 
     def __init__(self, spec: WorkerSpec, spec_path: Path, log_path: Path) -> None:
         spec.save(spec_path)
         super().__init__(
-            [sys.executable, "-m", "streamserve.bench.stream_worker", str(spec_path)], log_path
+            [sys.executable, "-m", "benchmarks.stream_worker", str(spec_path)], log_path
         )
         self.spec = spec
         self.metrics_port: int | None = None

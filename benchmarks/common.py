@@ -8,7 +8,7 @@ Load generation:
   each runs a closed loop (every client sends its next request as soon as the previous
   answer arrives) with grpc.aio (several channels, raw bytes in and out, so the clients
   do no protobuf work) or aiohttp.
-- :mod:`streamserve.bench.loadtools` drives load with ``wrk`` (HTTP) and ``h2load``
+- :mod:`benchmarks.loadtools` drives load with ``wrk`` (HTTP) and ``h2load``
   (gRPC), written in C and far cheaper per request than a Python client.
 
 Every run has a warm-up, then a measurement window given as wall-clock times shared by

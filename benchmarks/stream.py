@@ -1,16 +1,16 @@
-"""``streamserve bench stream``: embedded vs remote inference on a real Kafka stream, measured.
+"""``python -m benchmarks stream``: embedded vs remote inference on a real Kafka stream, measured.
 
 On a real broker (the project's LocalKafka, or ``--bootstrap-servers``) the same records go
 through the stream processor in every mode of ``--modes`` (see
-:mod:`~streamserve.bench.stream_modes`), alternating within one invocation (``--rounds``
+:mod:`~benchmarks.stream_modes`), alternating within one invocation (``--rounds``
 repeats the whole alternation). Each mode is measured twice on fresh topics
-(:mod:`~streamserve.bench.stream_run`): a **drain** of N pre-produced records gives
+(:mod:`~benchmarks.stream_run`): a **drain** of N pre-produced records gives
 throughput, model-call latency and CPU seconds of processor, model server and broker; a
 **closed loop** of ``--concurrency`` records in flight gives end-to-end latency
 percentiles (output log-append time - input log-append time, both the broker's clock).
 Every phase checks that each input has exactly one output (read_committed).
 
-``--server-down-at T`` adds the outage scenario (:mod:`~streamserve.bench.stream_outage`):
+``--server-down-at T`` adds the outage scenario (:mod:`~benchmarks.stream_outage`):
 kill the model server T seconds into a remote run, restart it, once without and once with
 a fallback model; a timeline plot and a 0-lost check per run.
 
@@ -122,7 +122,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamserve.bench.stream_modes import parse_modes
+    from benchmarks.stream_modes import parse_modes
 
     try:
         modes = parse_modes(args.modes)
@@ -181,7 +181,7 @@ def _broker(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[str,
 
 
 def _context(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, logs: Path) -> Any:
-    from streamserve.bench.stream_run import BenchContext
+    from benchmarks.stream_run import BenchContext
 
     return BenchContext(
         bootstrap=bootstrap,
@@ -197,7 +197,7 @@ def _context(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, l
 
 
 def _workloads(models: list[str], models_dir: Path) -> dict[str, Any]:
-    from streamserve.bench.stream_modes import imagenet_workload, tiny_workload
+    from benchmarks.stream_modes import imagenet_workload, tiny_workload
 
     builders = {"tiny": tiny_workload, "imagenet": imagenet_workload}
     return {model: builders[model](models_dir) for model in models}
@@ -209,8 +209,8 @@ def _workloads(models: list[str], models_dir: Path) -> dict[str, Any]:
 def _run_modes(
     args: argparse.Namespace, ctx: Any, workload: Any, modes: list[Any]
 ) -> list[dict[str, Any]]:
-    from streamserve.bench.stream_procs import ServerProcess
-    from streamserve.bench.stream_run import run_mode
+    from benchmarks.stream_procs import ServerProcess
+    from benchmarks.stream_run import run_mode
 
     image = workload.model == "imagenet"
     count = args.image_records if image else args.records
@@ -249,7 +249,7 @@ def _one_line(model: str, result: dict[str, Any]) -> str:
 
 
 def _run_outages(args: argparse.Namespace, ctx: Any, workload: Any) -> list[dict[str, Any]]:
-    from streamserve.bench.stream_outage import run_outage
+    from benchmarks.stream_outage import run_outage
 
     rate = args.outage_rate or (10.0 if workload.model == "imagenet" else 1000.0)
     results = []
@@ -279,10 +279,10 @@ def _report(
     outages: list[dict[str, Any]],
     seconds: float,
 ) -> int:
-    from streamserve.bench import stream_plots
-    from streamserve.bench.common import nan_to_none, write_json
-    from streamserve.bench.stream_outage import BUCKET_S
-    from streamserve.bench.stream_report import evaluate_goals, goals_text, model_summary, table
+    from benchmarks import stream_plots
+    from benchmarks.common import nan_to_none, write_json
+    from benchmarks.stream_outage import BUCKET_S
+    from benchmarks.stream_report import evaluate_goals, goals_text, model_summary, table
 
     summaries = {model: model_summary(model_runs) for model, model_runs in runs.items()}
     goals = evaluate_goals(summaries)
@@ -353,7 +353,7 @@ def _plots(
         plots.throughput_bars(
             out / "throughput.png",
             per_model,
-            f"streamserve bench stream — {machine['cpus']} CPUs ({machine['cpu_model']})",
+            f"python -m benchmarks stream — {machine['cpus']} CPUs ({machine['cpu_model']})",
         )
     )
     if outages:

@@ -1,4 +1,4 @@
-"""``streamserve bench server``: closed-loop load on streamserve against its peers.
+"""``python -m benchmarks server``: closed-loop load on streamserve against its peers.
 
 Targets, all on the same tiny ONNX model (x[N,64] → Gemm 64×64 → Relu) and the same
 request bytes:
@@ -237,7 +237,7 @@ def open_session(model_path: Path) -> Any:
 
 def measure_raw(session: Any, feeds: dict[str, Any], rows: int, duration: float) -> dict[str, Any]:
     """Back-to-back ``session.run`` calls on one thread for ``duration`` seconds."""
-    from streamserve.bench.common import percentile
+    from benchmarks.common import percentile
 
     warm_until = time.perf_counter() + 1.0
     for _ in range(20):  # warm-up: 20 calls or one second, whichever ends first
@@ -294,7 +294,7 @@ class Plan:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamserve.bench import report
+    from benchmarks import report
 
     scenarios = parse_protocols(args.protocols)
     batches = parse_batch_sizes(args.batch_sizes)
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
             records, raw, plan = _run_tiny(args, scenarios, batches, out, notes, stack)
         heavy = None
         if args.heavy:
-            from streamserve.bench.heavy import run_heavy
+            from benchmarks.heavy import run_heavy
 
             heavy = run_heavy(args, out, notes, stack)
     meta = _meta(args, scenarios, batches, plan)
@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         f"({os.cpu_count()} cores): other work on the machine skews absolute figures"
     )
     document = report.results_document(meta, records, raw, heavy, notes)
-    from streamserve.bench.common import nan_to_none, write_json
+    from benchmarks.common import nan_to_none, write_json
 
     document = nan_to_none(document)
     json_path = write_json(out / "results.json", document)
@@ -366,7 +366,7 @@ def _meta(
 
 def _start_targets(args: argparse.Namespace, tiny_dir: Path, out: Path, notes: list[str],
                    stack: contextlib.ExitStack) -> dict[str, Any]:  # fmt: skip
-    from streamserve.bench import targets as t
+    from benchmarks import targets as t
 
     logs = out / "logs"
     servers: dict[str, Any] = {}
@@ -409,8 +409,8 @@ def stopping(server: Any) -> Any:
 def _run_tiny(args: argparse.Namespace, scenarios: list[str], batches: list[int], out: Path,
               notes: list[str], stack: contextlib.ExitStack,
               ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]], Plan]:  # fmt: skip
-    from streamserve.bench.common import ClientPool, progress
-    from streamserve.bench.loadtools import h2load_available, wrk_available
+    from benchmarks.common import ClientPool, progress
+    from benchmarks.loadtools import h2load_available, wrk_available
     from streamserve.models.cli import build_model
 
     tiny_dir = build_model(TINY, args.models_dir / TINY)
@@ -482,8 +482,8 @@ def _prepare_requests(plan: Plan, session: Any) -> None:
 
 def _measure(args: argparse.Namespace, plan: Plan, pool: Any, target: str, scenario: str,
              batch: int) -> Any:  # fmt: skip
-    from streamserve.bench.common import LoadJob
-    from streamserve.bench.loadtools import run_h2load_grpc, run_wrk
+    from benchmarks.common import LoadJob
+    from benchmarks.loadtools import run_h2load_grpc, run_wrk
 
     server = plan.targets[target]
     payload = plan.payloads[(scenario, batch)]
@@ -507,7 +507,7 @@ def _measure(args: argparse.Namespace, plan: Plan, pool: Any, target: str, scena
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamserve bench server", description=HELP)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks server", description=HELP)
     configure(parser)
     return run(parser.parse_args(argv))
 

@@ -1,4 +1,4 @@
-"""PNG figures for ``streamserve bench stream`` (matplotlib, Agg backend, no display).
+"""PNG figures for ``python -m benchmarks stream`` (matplotlib, Agg backend, no display).
 
 - ``latency_cdf_<model>.png`` — end-to-end latency CDF, one line per mode;
 - ``throughput.png`` — records/s per mode, one panel per model (ratio to embedded on top);
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from streamserve.bench.common import BarPanel, plot_bar_panels
+from benchmarks.common import BarPanel, plot_bar_panels
 
 BREAKER_LEVELS = {0: "closed", 1: "half-open", 2: "open"}
 EVENT_COLOURS = {"open": "red", "half-open": "orange", "closed": "green"}

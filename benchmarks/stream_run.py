@@ -26,17 +26,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from streamserve.bench import stream_io as kio
-from streamserve.bench.stream_modes import Mode, Workload
-from streamserve.bench.stream_procs import ServerProcess, WorkerProcess, cpu_seconds
-from streamserve.bench.stream_stats import (
+from benchmarks import stream_io as kio
+from benchmarks.stream_modes import Mode, Workload
+from benchmarks.stream_procs import ServerProcess, WorkerProcess, cpu_seconds
+from benchmarks.stream_stats import (
     check_no_loss,
     end_to_end_latencies,
     expected_keys_below,
     summarize,
     throughput,
 )
-from streamserve.bench.stream_worker import WorkerSpec
+from benchmarks.stream_worker import WorkerSpec
 
 WARMUP_RECORDS = 20
 POLL_S = 0.2

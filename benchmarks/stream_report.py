@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streamserve.bench.common import median, ratio
-from streamserve.bench.stream_stats import summarize
+from benchmarks.common import median, ratio
+from benchmarks.stream_stats import summarize
 
 GOAL_REMOTE_VS_BLOCKING = 10.0
 GOAL_REMOTE_VS_EMBEDDED = 0.7

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from benchmarks import BENCHMARKS_DIR
 from streamserve.errors import SetupError
 from streamserve.processes import free_port
 
 HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 180.0
-REPO_ROOT = Path(__file__).resolve().parents[3]
-BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 _STREAMSERVE_READY = re.compile(r"streamserve: serving gRPC on [^:]+:(\d+), REST on [^:]+:(\d+)")
 _MINIMAL_READY = re.compile(r"minimal-grpc: listening on [^:]+:(\d+)")
 
@@ -150,7 +149,7 @@ def start_minimal(
 ) -> ServerProcess:
     script = BENCHMARKS_DIR / "minimal_grpc" / "server.py"
     if not script.is_file():
-        raise SetupError(f"minimal server not found at {script} (run from a source checkout)")
+        raise SetupError(f"minimal server not found at {script}")
     command = [sys.executable, str(script), f"--model={model_path}", f"--name={model_name}",
                f"--host={HOST}", "--port=0", f"--loop={loop}"]  # fmt: skip
     server = _spawn(f"minimal-grpc-{loop}", command, log_dir)
@@ -184,7 +183,7 @@ def prepare_mlserver_repository(work_dir: Path, model_name: str, model_path: Pat
     """Copy the runtime and fill the settings templates from benchmarks/mlserver/."""
     templates = BENCHMARKS_DIR / "mlserver"
     if not (templates / "onnx_runtime.py").is_file():
-        raise SetupError(f"MLServer runtime not found in {templates} (run from a source checkout)")
+        raise SetupError(f"MLServer runtime not found in {templates}")
     model_dir = work_dir / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(templates / "onnx_runtime.py", model_dir / "onnx_runtime.py")

@@ -1,4 +1,4 @@
-"""Pure arithmetic for ``streamserve bench stream``: no Kafka, no processes, no clocks.
+"""Pure arithmetic for ``python -m benchmarks stream``: no Kafka, no processes, no clocks.
 
 - :func:`summarize` — percentiles of a list of numbers.
 - :func:`end_to_end_latencies` — output timestamp minus input timestamp, matched by key.
@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streamserve.bench.common import percentile
+from benchmarks.common import percentile
 
 PERCENTILES = (50, 95, 99)
 

@@ -1,4 +1,4 @@
-"""The heavy half of ``streamserve bench server``: the ImageNet classifier's ``tensor``
+"""The heavy half of ``python -m benchmarks server``: the ImageNet classifier's ``tensor``
 signature, single-image V2 gRPC requests to a streamserve with dynamic batching, against
 raw onnxruntime's batched throughput in this process.
 
@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from streamserve.bench.common import ClientPool, LoadJob, LoadResult, median
-from streamserve.bench.server import (
+from benchmarks.common import ClientPool, LoadJob, LoadResult, median
+from benchmarks.server import (
     GRPC_METHODS,
     HEAVY,
     HEAVY_SIGNATURE,
@@ -32,7 +32,7 @@ def run_heavy(
 ) -> dict[str, Any] | None:
     import numpy as np
 
-    from streamserve.bench import targets as t
+    from benchmarks import targets as t
     from streamserve.models.cli import build_model
 
     try:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamserve.bench.common import (
+from benchmarks.common import (
     REQUEST_TIMEOUT_SECONDS,
     LoadResult,
     percentile,

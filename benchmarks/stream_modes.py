@@ -1,4 +1,4 @@
-"""What ``streamserve bench stream`` compares: the modes, and the records each mode processes.
+"""What ``python -m benchmarks stream`` compares: the modes, and the records each mode processes.
 
 Modes (``--modes`` names):
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamserve.bench.stream_io import BenchRecord
+from benchmarks.stream_io import BenchRecord
 
 
 @dataclass(frozen=True)

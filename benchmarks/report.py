@@ -2,7 +2,7 @@
 
 Pure functions over plain dicts (a *record* is one measured run: ``target``,
 ``protocol``, ``transport``, ``batch``, ``round`` and the fields of
-:meth:`streamserve.bench.common.LoadResult.to_json`), so they are unit-tested without
+:meth:`benchmarks.common.LoadResult.to_json`), so they are unit-tested without
 running anything.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from streamserve.bench.common import BarPanel, median, plot_bar_panels, ratio
+from benchmarks.common import BarPanel, median, plot_bar_panels, ratio
 
 TARGET_ORDER = ("streamserve", "mlserver", "minimal", "minimal-uvloop")
 SCENARIO_ORDER = ("tf-grpc", "v2-grpc", "tf-rest", "v2-rest")
@@ -269,7 +269,7 @@ def plot_results(path: Path, document: dict[str, Any]) -> Path:
     if not panels:
         panels.append(BarPanel("No results", "", ["-"], {"none": [None]}))
     meta = document.get("meta", {})
-    title = (f"streamserve bench server: concurrency {meta.get('concurrency')}, "
+    title = (f"python -m benchmarks server: concurrency {meta.get('concurrency')}, "
              f"{meta.get('duration_s')} s per run, {meta.get('cpu_count')} cores")  # fmt: skip
     return plot_bar_panels(path, panels, title)
 

@@ -1,6 +1,6 @@
-"""One stream processor run for ``streamserve bench stream``, in its own process.
+"""One stream processor run for ``python -m benchmarks stream``, in its own process.
 
-    python -m streamserve.bench.stream_worker SPEC.json
+    python -m benchmarks.stream_worker SPEC.json
 
 The benchmark runs every mode in a child process so that each one's CPU time can be read
 from ``/proc`` and no mode shares an interpreter (or a GIL) with the benchmark itself.
@@ -189,7 +189,7 @@ def _write_calls(path: Path, timed: list[TimedPredictor]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m streamserve.bench.stream_worker SPEC.json", file=sys.stderr)
+        print("usage: python -m benchmarks.stream_worker SPEC.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     asyncio.run(run_worker(WorkerSpec.load(Path(args[0]))))
