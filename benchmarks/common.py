@@ -30,23 +30,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from streamserve.stats import percentile
+
 START_MARGIN_SECONDS = 0.5  # time client processes get to open channels before warm-up ends
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 # -- statistics ----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within 0..100, got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

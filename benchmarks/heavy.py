@@ -52,7 +52,7 @@ def run_heavy(
     sizes = sorted({min(args.concurrency, args.heavy_max_batch_size), args.heavy_max_batch_size})
     feeds = {size: {"input": np.repeat(image, size, axis=0)} for size in sizes}
     payload = v2_grpc_request(HEAVY, {"input": image}, HEAVY_SIGNATURE)
-    job = LoadJob("grpc", server.grpc_address, GRPC_METHODS["v2"], payload, args.concurrency)
+    job = LoadJob("grpc", server.grpc_target, GRPC_METHODS["v2"], payload, args.concurrency)
     pool = stack.enter_context(ClientPool(1))
     raw_runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
     server_runs: list[LoadResult] = []

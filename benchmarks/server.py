@@ -273,7 +273,7 @@ def measure_raw(session: Any, feeds: dict[str, Any], rows: int, duration: float)
 class Plan:
     scenarios: list[str]
     batches: list[int]
-    targets: dict[str, Any]  # name → ServerProcess
+    targets: dict[str, Any]  # name → a started server process
     use_wrk: bool
     use_h2load: bool
     payloads: dict[tuple[str, int], bytes] = field(default_factory=dict)
@@ -472,7 +472,7 @@ def _prepare_requests(plan: Plan, session: Any) -> None:
         plan.payloads[(scenario, batch)] = payload = builders[scenario](inputs)
         for name in plan.targets_for(scenario):
             server = plan.targets[name]
-            address = server.grpc_address if scenario.endswith("grpc") else server.rest_url
+            address = server.grpc_target if scenario.endswith("grpc") else server.rest_url
             body = send_once(scenario, address, TINY, payload)
             answer = decode_answer(scenario, body)
             if answer.shape != expected.shape or not np.allclose(answer, expected, atol=1e-4):
@@ -491,12 +491,12 @@ def _measure(args: argparse.Namespace, plan: Plan, pool: Any, target: str, scena
         method = GRPC_METHODS[scenario.split("-")[0]]
         connections = args.grpc_connections or args.concurrency
         if plan.use_h2load:
-            return run_h2load_grpc(server.grpc_address, method, payload, args.concurrency,
+            return run_h2load_grpc(server.grpc_target, method, payload, args.concurrency,
                                    connections, args.duration, args.warmup, server.pid,
                                    plan.answer_bytes[(target, scenario, batch)])  # fmt: skip
         channels = max(1, connections // pool.size)
         job = LoadJob(
-            "grpc", server.grpc_address, method, payload, args.concurrency, channels=channels
+            "grpc", server.grpc_target, method, payload, args.concurrency, channels=channels
         )
         return pool.run(job, args.warmup, args.duration, server.pid, f"grpc.aio x{pool.size} procs")
     url = rest_url(server.rest_url, TINY, scenario)

@@ -86,7 +86,7 @@ def worker_spec(
     targets: list[str] = []
     if mode.remote:
         assert server is not None
-        targets = [server.grpc_target if mode.transport == "grpc" else server.rest_target]
+        targets = [server.grpc_url if mode.transport == "grpc" else server.rest_url]
     return WorkerSpec(
         bootstrap_servers=ctx.bootstrap,
         input_topic=in_topic,

@@ -1,108 +1,80 @@
 """Server processes the server benchmark measures: streamserve, MLServer, a minimal grpc.aio
-V2 server. Each starts as a child process on free loopback ports, is polled for readiness
-with a deadline, and is stopped (SIGTERM, then SIGKILL) when the benchmark ends."""
+V2 server. Each starts as a :class:`~streamserve.processes.ChildProcess` on free loopback
+ports, is waited for with a deadline, and is stopped (SIGTERM, then SIGKILL) when the
+benchmark ends."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from benchmarks import BENCHMARKS_DIR
 from streamserve.errors import SetupError
-from streamserve.processes import free_port
+from streamserve.processes import ChildProcess, ModelServerProcess, free_port
+from streamserve.waiting import WaitTimeout, wait_until
 
 HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 180.0
-_STREAMSERVE_READY = re.compile(r"streamserve: serving gRPC on [^:]+:(\d+), REST on [^:]+:(\d+)")
-_MINIMAL_READY = re.compile(r"minimal-grpc: listening on [^:]+:(\d+)")
+MINIMAL_READY_PREFIX = "minimal-grpc: listening on "
 
 
-@dataclass
-class ServerProcess:
-    """A running server: where to reach it and which pid to read CPU time from."""
+class PeerProcess(ChildProcess):
+    """A peer server (MLServer, the minimal grpc.aio server) and where to reach it."""
 
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    grpc_port: int | None = None
-    rest_port: int | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        log_dir: Path,
+        *,
+        ready_prefix: str = "",
+        cwd: Path | None = None,
+        base_env: dict[str, str] | None = None,
+    ) -> None:
+        log_path = log_dir / f"{name}.log"
+        super().__init__(
+            command, log_path, ready_prefix=ready_prefix, cwd=cwd, base_env=base_env, name=name
+        )
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def grpc_address(self) -> str:
+    def grpc_target(self) -> str:
         return f"{HOST}:{self.grpc_port}"
 
     @property
     def rest_url(self) -> str:
         return f"http://{HOST}:{self.rest_port}"
 
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def on_ready(self, line: str) -> None:
+        if line.startswith(MINIMAL_READY_PREFIX):
+            self.grpc_port = int(line.rsplit(":", 1)[1].split()[0])
 
 
-def _spawn(
-    name: str,
-    command: list[str],
-    log_dir: Path,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> ServerProcess:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
-    )
-    return ServerProcess(name, process, log_path, _log=log)
-
-
-def _wait_for(server: ServerProcess, ready: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while not ready():
-        if server.process.poll() is not None:
-            raise SetupError(f"{server.name} exited during start-up; see {server.log_path}:\n"
-                             f"{_tail(server.log_path)}")  # fmt: skip
-        if time.monotonic() > deadline:
-            server.stop()
-            raise SetupError(f"{server.name} not {what} after {START_TIMEOUT_SECONDS:.0f}s; "
-                             f"see {server.log_path}")  # fmt: skip
-        time.sleep(0.1)
-
-
-def _tail(path: Path, chars: int = 2000) -> str:
+def _start(server: ChildProcess) -> None:
+    """Start ``server`` and wait for its readiness line; a SetupError if it never comes."""
+    server.start()
     try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
+        server.wait_ready(START_TIMEOUT_SECONDS)
+    except (RuntimeError, WaitTimeout) as exc:
+        server.stop()
+        raise SetupError(f"{server.name} did not start: {exc}") from exc
 
 
-def _match_log(server: ServerProcess, pattern: re.Pattern[str]) -> re.Match[str] | None:
-    return pattern.search(_tail(server.log_path, 1_000_000))
+def _wait_http_ok(server: ChildProcess, url: str) -> None:
+    try:
+        wait_until(lambda: _http_ok(url) or server.raise_if_exited(), START_TIMEOUT_SECONDS,
+                   f"{server.name} ready at {url}", interval=0.1,
+                   describe=server.failure_context)  # fmt: skip
+    except (RuntimeError, WaitTimeout) as exc:
+        server.stop()
+        raise SetupError(str(exc)) from exc
 
 
 def _http_ok(url: str) -> bool:
@@ -119,20 +91,14 @@ def start_streamserve(
     base_path: Path,
     log_dir: Path,
     extra_flags: list[str] = (),  # type: ignore[assignment]
-) -> ServerProcess:
+) -> ModelServerProcess:
     """``streamserve serve`` on a free gRPC port and a free REST port."""
-    command = [
-        sys.executable, "-m", "streamserve", "--log-level=WARNING", "serve", f"--host={HOST}",
-        "--port=0", f"--rest_api_port={free_port()}", f"--model_name={model_name}",
-        f"--model_base_path={base_path}", *extra_flags,
-    ]  # fmt: skip
-    server = _spawn(name, command, log_dir)
-    _wait_for(server, lambda: _match_log(server, _STREAMSERVE_READY) is not None, "serving")
-    match = _match_log(server, _STREAMSERVE_READY)
-    assert match is not None
-    server.grpc_port, server.rest_port = int(match.group(1)), int(match.group(2))
-    url = f"{server.rest_url}/v2/models/{model_name}/ready"
-    _wait_for(server, lambda: _http_ok(url), "ready")
+    flags = [f"--model_name={model_name}", f"--model_base_path={base_path}", *extra_flags]
+    log_path = log_dir / f"{name}.log"
+    server = ModelServerProcess(flags, log_path, global_flags=["--log-level=WARNING"])
+    server.name = name
+    _start(server)
+    _wait_http_ok(server, f"{server.rest_url}/v2/models/{model_name}/ready")
     return server
 
 
@@ -146,17 +112,15 @@ def uvloop_available() -> bool:
 
 def start_minimal(
     model_path: Path, model_name: str, log_dir: Path, loop: str = "asyncio"
-) -> ServerProcess:
+) -> PeerProcess:
     script = BENCHMARKS_DIR / "minimal_grpc" / "server.py"
     if not script.is_file():
         raise SetupError(f"minimal server not found at {script}")
     command = [sys.executable, str(script), f"--model={model_path}", f"--name={model_name}",
                f"--host={HOST}", "--port=0", f"--loop={loop}"]  # fmt: skip
-    server = _spawn(f"minimal-grpc-{loop}", command, log_dir)
-    _wait_for(server, lambda: _match_log(server, _MINIMAL_READY) is not None, "listening")
-    match = _match_log(server, _MINIMAL_READY)
-    assert match is not None
-    server.grpc_port = int(match.group(1))
+    server = PeerProcess(f"minimal-grpc-{loop}", command, log_dir,
+                         ready_prefix=MINIMAL_READY_PREFIX)  # fmt: skip
+    _start(server)
     return server
 
 
@@ -199,20 +163,20 @@ def prepare_mlserver_repository(work_dir: Path, model_name: str, model_path: Pat
     return work_dir
 
 
-def start_mlserver(binary: Path, repository: Path, model_name: str, log_dir: Path) -> ServerProcess:
+def start_mlserver(binary: Path, repository: Path, model_name: str, log_dir: Path) -> PeerProcess:
     settings = json.loads((repository / "settings.json").read_text())
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLSERVER_")}
-    server = _spawn("mlserver", [str(binary), "start", str(repository)], log_dir, cwd=repository,
-                    env=env)  # fmt: skip
+    server = PeerProcess("mlserver", [str(binary), "start", str(repository)], log_dir,
+                         cwd=repository, base_env=env)  # fmt: skip
     server.grpc_port, server.rest_port = settings["grpc_port"], settings["http_port"]
-    url = f"{server.rest_url}/v2/models/{model_name}/ready"
-    _wait_for(server, lambda: _http_ok(url), "ready")
+    _start(server)
+    _wait_http_ok(server, f"{server.rest_url}/v2/models/{model_name}/ready")
     return server
 
 
 __all__ = [
     "BENCHMARKS_DIR",
-    "ServerProcess",
+    "PeerProcess",
     "find_mlserver",
     "free_port",
     "mlserver_version",

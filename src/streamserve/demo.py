@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamserve.stats import percentile
+
 HELP = "Run the flagship demo: images on Kafka → ImageNet classifier → predictions"
 INPUT_TOPIC = "ImageInputTopic"
 OUTPUT_TOPIC = "ImageOutputTopic"
@@ -217,7 +219,7 @@ def _run_mode(
     args: argparse.Namespace,
     work_dir: Path,
 ) -> ModeResult:
-    from streamserve.stream.testing import StreamProcess
+    from streamserve.processes import StreamProcess
 
     roots = [Path(s).parent for s in sources if not s.startswith("http")][:1]
     reader = _OutputReader(kafka, args.partitions)
@@ -274,11 +276,6 @@ def _warm_up(
             raise TimeoutError(f"{writer.mode}: no prediction for warm-up records")
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
-
-
 def _print_predictions(results: list[Received]) -> None:
     seen: set[str] = set()
     print(f"\n{'source':<52} {'top-3 labels (score)':<66} {'e2e ms':>7}")
@@ -302,7 +299,7 @@ def _print_comparison(by_mode: dict[str, ModeResult]) -> None:
     for mode, result in by_mode.items():
         latencies = [r.latency_ms for r in result.paced]
         print(
-            f"{mode:<10} {_percentile(latencies, 0.5):8.1f} {_percentile(latencies, 0.99):8.1f}"
+            f"{mode:<10} {percentile(latencies, 50):8.1f} {percentile(latencies, 99):8.1f}"
             f"   {'':24}{result.records_per_second:15.1f}"
         )
 
@@ -324,7 +321,7 @@ def _start_platform(
         work_dir / "server.log",
     )
     stack.enter_context(server)
-    server.wait_ready(MODEL_NAME)
+    server.wait_ready(model=MODEL_NAME)
     print(
         f"server    gRPC {server.grpc_target}, REST {server.rest_url} "
         f"ready in {time.perf_counter() - started:.1f}s"
@@ -350,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
         sources = _sources(images, base_url)
         print(f"images    {len(images)} sample photos served at {base_url} and as file paths")
         modes = {
-            "remote": [f"--model-server=grpc://{server.grpc_target}"],
+            "remote": [f"--model-server={server.grpc_url}"],
             "embedded": [f"--model-base-path={args.model_base_path.resolve()}"],
         }
         by_mode: dict[str, ModeResult] = {}

@@ -24,6 +24,9 @@ import sys
 import threading
 from typing import Any
 
+SERVER_READY_PREFIX = "streamserve: serving gRPC on "
+"""Start of the line ``serve`` prints once it serves; child-process wrappers wait for it."""
+
 HELP = "Run the model server (TensorFlow Serving gRPC/REST and KServe V2 APIs)"
 MiB = 1024 * 1024
 
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     server.start()
     try:
         rest = f"REST on {args.host}:{server.rest_port}" if server.rest_port else "REST off"
-        print(f"streamserve: serving gRPC on {args.host}:{server.grpc_port}, {rest}", flush=True)
+        print(f"{SERVER_READY_PREFIX}{args.host}:{server.grpc_port}, {rest}", flush=True)
         stop.wait()
         print("streamserve: shutting down", file=sys.stderr, flush=True)
     finally:

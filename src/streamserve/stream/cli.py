@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+STREAM_READY_PREFIX = "streamserve stream ready:"
+"""Start of the line ``stream`` prints once it consumes (then ``key=value`` fields)."""
+
 HELP = "run model inference on a Kafka topic (embedded or remote model), exactly-once"
 
 DEFAULT_FETCH_MAX_BYTES = 20_000_000
@@ -150,7 +153,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 def _print_ready(info: dict[str, Any]) -> None:
     fields = " ".join(f"{key}={value}" for key, value in info.items())
-    print(f"streamserve stream ready: {fields}", flush=True)
+    print(f"{STREAM_READY_PREFIX} {fields}", flush=True)
 
 
 def _processor_config(args: argparse.Namespace) -> Any:
