@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, KafkaException
@@ -13,6 +12,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-expo
 )
 
 from streamserve.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from streamserve.waiting import WaitTimeout, wait_until
 
 _POLL_S = 0.2
 
@@ -53,12 +53,16 @@ def wait_until_ready(
 ) -> bool:
     """Poll until the broker answers; False once ``timeout`` passes or ``keep_waiting`` says no."""
     client = admin_client(bootstrap_servers)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and keep_waiting():
-        if is_ready(bootstrap_servers, timeout=1.0, client=client):
-            return True
-        time.sleep(_POLL_S)
-    return False
+
+    def outcome() -> str | None:
+        if not keep_waiting():
+            return "given up"
+        return "ready" if is_ready(bootstrap_servers, timeout=1.0, client=client) else None
+
+    try:
+        return wait_until(outcome, timeout, "Kafka ready", interval=_POLL_S) == "ready"
+    except WaitTimeout:
+        return False
 
 
 def list_topics(bootstrap_servers: str, timeout: float = 10.0) -> list[str]:
@@ -67,7 +71,7 @@ def list_topics(bootstrap_servers: str, timeout: float = 10.0) -> list[str]:
 
 
 def create_topics(
-    bootstrap_servers: str,
+    kafka: str | AdminClient,
     names: Iterable[str],
     partitions: int = 1,
     config: dict[str, str] | None = None,
@@ -75,15 +79,16 @@ def create_topics(
 ) -> None:
     """Create topics with ``partitions`` partitions each; existing topics are left as they are.
 
-    Idempotent, but an existing topic with a different partition count is an InvalidArgument.
-    Returns when every topic has a leader for each partition.
+    ``kafka`` is the bootstrap servers or an AdminClient. The replication factor is the
+    cluster's default. Idempotent, but an existing topic with a different partition count
+    is an InvalidArgument. Returns when every topic has a leader for each partition.
     """
     names = list(names)
     if partitions < 1:
         raise InvalidArgument(f"partitions must be at least 1, got {partitions}")
-    client = admin_client(bootstrap_servers)
+    client = _as_client(kafka)
     new_topics = [
-        NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config or {}))
+        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=dict(config or {}))
         for name in names
     ]
     futures = client.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
@@ -95,11 +100,15 @@ def create_topics(
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise InvalidArgument(f"cannot create topic {name!r}: {error.str()}") from None
     for name in names:
-        found = wait_for_topic(bootstrap_servers, name, timeout=timeout)
+        found = wait_for_topic(client, name, timeout=timeout)
         if found != partitions:
             raise InvalidArgument(
                 f"topic {name!r} already exists with {found} partitions, not {partitions}"
             )
+
+
+def _as_client(kafka: str | AdminClient) -> AdminClient:
+    return admin_client(kafka) if isinstance(kafka, str) else kafka
 
 
 def create_topic(
@@ -126,24 +135,29 @@ def delete_topic(bootstrap_servers: str, name: str, timeout: float = 30.0) -> bo
     return True
 
 
-def wait_for_topic(bootstrap_servers: str, name: str, timeout: float = 30.0) -> int:
-    """Wait until ``name`` exists and each partition has a leader; return its partition count."""
-    client = admin_client(bootstrap_servers)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            topic = client.list_topics(topic=name, timeout=5).topics.get(name)
-        except KafkaException:
-            topic = None
-        if (
-            topic is not None
-            and topic.error is None
-            and topic.partitions
-            and all(p.leader >= 0 for p in topic.partitions.values())
-        ):
-            return len(topic.partitions)
-        if time.monotonic() >= deadline:
-            raise DeadlineExceeded(
-                f"topic {name!r} not ready on {bootstrap_servers} within {timeout:.0f} s"
-            )
-        time.sleep(_POLL_S)
+def wait_for_topic(kafka: str | AdminClient, name: str, timeout: float = 30.0) -> int:
+    """Wait until ``name`` exists and each partition has a leader; return its partition count.
+
+    ``kafka`` is the bootstrap servers or an AdminClient.
+    """
+    client = _as_client(kafka)
+    where = kafka if isinstance(kafka, str) else "Kafka"
+    try:
+        return wait_until(
+            lambda: _partitions_with_leaders(client, name), timeout, "topic", interval=_POLL_S
+        )
+    except WaitTimeout:
+        raise DeadlineExceeded(
+            f"topic {name!r} not ready on {where} within {timeout:.0f} s"
+        ) from None
+
+
+def _partitions_with_leaders(client: AdminClient, name: str) -> int:
+    """The partition count of ``name`` once each partition has a leader, else 0."""
+    try:
+        topic = client.list_topics(topic=name, timeout=5).topics.get(name)
+    except KafkaException:
+        return 0
+    if topic is None or topic.error is not None or not topic.partitions:
+        return 0
+    return len(topic.partitions) if all(p.leader >= 0 for p in topic.partitions.values()) else 0

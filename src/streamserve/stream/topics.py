@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported in its stubs
-    AdminClient,
-    NewTopic,
-)
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from streamserve.errors import NotFound, Unavailable
+from streamserve.kafka.admin import create_topics
 
 _TIMEOUT_S = 30.0
 
@@ -19,7 +17,8 @@ def ensure_topics(
     bootstrap_servers: str, input_topic: str, output_topics: Sequence[str], create: bool
 ) -> dict[str, int]:
     """Partition count per topic. Missing output topics are created (like the input topic's
-    partition count, the cluster's default replication factor) when ``create`` is true."""
+    partition count, the cluster's default replication factor, by
+    :func:`streamserve.kafka.admin.create_topics`) when ``create`` is true."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     counts = _partition_counts(admin)
     if input_topic not in counts:
@@ -28,7 +27,7 @@ def ensure_topics(
     if missing and not create:
         raise NotFound(f"topics {missing} do not exist on {bootstrap_servers}")
     if missing:
-        _create(admin, missing, counts[input_topic])
+        create_topics(admin, missing, counts[input_topic], timeout=_TIMEOUT_S)
         counts = _partition_counts(admin)
     return counts
 
@@ -43,14 +42,3 @@ def _partition_counts(admin: AdminClient) -> dict[str, int]:
         for name, topic in cluster.topics.items()
         if topic.error is None and topic.partitions
     }
-
-
-def _create(admin: AdminClient, names: list[str], partitions: int) -> None:
-    topics = [NewTopic(name, num_partitions=partitions, replication_factor=-1) for name in names]
-    futures = admin.create_topics(topics, operation_timeout=_TIMEOUT_S, request_timeout=_TIMEOUT_S)
-    for name, future in futures.items():
-        try:
-            future.result(timeout=_TIMEOUT_S)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise Unavailable(f"cannot create topic {name!r}: {exc.args[0].str()}") from exc
