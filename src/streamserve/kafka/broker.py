@@ -25,6 +25,7 @@ from types import TracebackType
 from streamserve.errors import SetupError
 from streamserve.kafka import admin, config, jars, process
 from streamserve.kafka.java import require_java
+from streamserve.processes import free_port
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,8 @@ class LocalKafka:
         """Ports chosen by us can be taken between choosing and binding: retry with new ones."""
         fixed = (self.port, self.controller_port)
         for attempt in range(1, _PORT_RETRIES + 1):
-            self.port = fixed[0] or config.free_port(self.host)
-            self.controller_port = fixed[1] or config.free_port(self.host)
+            self.port = fixed[0] or free_port(self.host)
+            self.controller_port = fixed[1] or free_port(self.host)
             try:
                 self._start_once(java, lib)
                 return

@@ -56,13 +56,6 @@ logger.cleaner.level = WARN
 """
 
 
-def free_port(host: str) -> int:
-    """A port the OS says is free now (the broker binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def require_port_free(host: str, port: int) -> None:
     """Raise SetupError naming the port when something already listens on it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

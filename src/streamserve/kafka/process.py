@@ -1,4 +1,10 @@
-"""Child JVM processes: launch in their own process group, stop with SIGTERM then SIGKILL."""
+"""Child JVM processes: launch in their own process group, stop with SIGTERM then SIGKILL.
+
+A broker is tracked by pid rather than as a :class:`streamserve.processes.ChildProcess`:
+``streamserve kafka start`` leaves it running detached (no stdout pipe to read) and a later
+``streamserve kafka stop`` finds it from a state file. The signalling and log-tail helpers
+are :mod:`streamserve.processes`' own.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import ctypes
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from streamserve.processes import log_tail, signal_group
+from streamserve.waiting import WaitTimeout, wait_until
 
 _PR_SET_PDEATHSIG = 1
 
@@ -77,36 +85,21 @@ def terminate(pid: int, *, timeout: float, is_alive: Callable[[], bool] | None =
     Returns True when the process stopped on SIGTERM, False when it had to be killed.
     """
     alive = is_alive or (lambda: pid_alive(pid))
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            return True
-        time.sleep(0.1)
-    _signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    signal_group(pid, signal.SIGTERM)
+    if _gone_within(alive, timeout, interval=0.1):
+        return True
+    signal_group(pid, signal.SIGKILL)
+    _gone_within(alive, 10.0, interval=0.05)
     return False
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def _gone_within(alive: Callable[[], bool], timeout: float, interval: float) -> bool:
     try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, sig)
+        wait_until(lambda: not alive(), timeout, "process exit", interval=interval)
+    except WaitTimeout:
+        return False
+    return True
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    """The last ``lines`` lines of a text file ('' when it does not exist)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 256 * lines))
-            data = handle.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+tail = log_tail
+"""The last ``lines`` lines of a text file ('' when it does not exist)."""
