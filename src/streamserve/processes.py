@@ -37,6 +37,7 @@ __all__ = [
     "free_port",
     "log_tail",
     "metric_value",
+    "model_server",
     "restartable_port",
     "signal_group",
 ]
@@ -192,16 +193,18 @@ class ChildProcess:
     def _is_ready(self) -> bool:
         if self._ready.is_set():
             return True
-        self.raise_if_exited()
-        return False
-
-    def raise_if_exited(self) -> None:
-        process = self._started()
-        if process.poll() is None:
-            return
+        if self.running():
+            return False
         if self._reader is not None:
             self._reader.join(5)  # a readiness line printed just before exiting still counts
         if not self._ready.is_set():
+            self.raise_if_exited()
+        return self._ready.is_set()
+
+    def raise_if_exited(self) -> None:
+        """RuntimeError, with the log's tail, once the child has exited."""
+        process = self._started()
+        if process.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {process.returncode}; "
                                f"{self.failure_context()}")  # fmt: skip
 
@@ -312,8 +315,11 @@ class ModelServerProcess(ChildProcess):
         return f"http://{LOCALHOST}:{self.rest_port}"
 
     def on_ready(self, line: str) -> None:
-        address = line[len(self.ready_prefix) :].split(",")[0]
-        self.grpc_port = int(address.rsplit(":", 1)[1])
+        """``...gRPC on HOST:PORT, REST on HOST:PORT`` (or ``REST off``): the bound ports."""
+        grpc_address, _, rest = line[len(self.ready_prefix) :].partition(", ")
+        self.grpc_port = _port_of(grpc_address)
+        if rest.startswith("REST on "):
+            self.rest_port = _port_of(rest)
 
     def wait_ready(self, timeout: float = 120.0, model: str | None = None) -> Self:
         """Wait for the readiness line, then (if given) until ``model`` is AVAILABLE."""
@@ -336,6 +342,18 @@ class ModelServerProcess(ChildProcess):
             states = [s.get("state") for s in reply.json().get("model_version_status", [])]
             return reply.status_code == 200 and "AVAILABLE" in states
         return False
+
+
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1].split()[0])
+
+
+def model_server(
+    model_name: str, base_path: Path, log_path: Path, *, restartable: bool = False
+) -> ModelServerProcess:
+    """A :class:`ModelServerProcess` (not started) serving one model from ``base_path``."""
+    flags = [f"--model_name={model_name}", f"--model_base_path={base_path}"]
+    return ModelServerProcess(flags, log_path, restartable=restartable)
 
 
 class StreamProcess(ChildProcess):

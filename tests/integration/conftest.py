@@ -1,8 +1,8 @@
 """Real ``streamserve serve`` processes for integration tests.
 
-- ``ServerProcess``: starts the CLI as a subprocess on free ports, waits for its readiness
-  line and then polls the REST status endpoint with a deadline (never sleeps for
-  readiness), and stops it with SIGTERM (SIGKILL after a deadline).
+- ``ServerProcess``: a :class:`streamserve.testing.ModelServerProcess` (started at once, on
+  free ports) whose ``tensorflow`` refuses to import; ``wait_ready(model=...)`` waits for
+  the readiness line, then for the model's status (never sleeps).
 - ``serve_process`` (function fixture) and ``serve_process_module`` (module fixture):
   ``start(*flags) -> ServerProcess``; every process started is stopped at teardown.
 - ``tfserving_server`` (module fixture): one server with the toy ``multi`` model as ``m``.
@@ -13,24 +13,13 @@ which proves the server never needs TensorFlow.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from streamserve.processes import free_port
-
-READY_PREFIX = "streamserve: serving gRPC on "
-START_DEADLINE_SECONDS = 60.0
-STOP_DEADLINE_SECONDS = 30.0
+from streamserve.testing import ModelServerProcess, free_port
 
 
 def no_tensorflow_path(root: Path) -> Path:
@@ -43,95 +32,22 @@ def no_tensorflow_path(root: Path) -> Path:
     return package.parent
 
 
-class ServerProcess:
-    """One ``streamserve serve`` subprocess on 127.0.0.1."""
+class ServerProcess(ModelServerProcess):
+    """One ``streamserve serve`` subprocess on 127.0.0.1, started on construction, whose
+    ``tensorflow`` refuses to import."""
 
     def __init__(self, flags: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.rest_port = free_port()
-        self.flags = ["--host=127.0.0.1", "--port=0", f"--rest_api_port={self.rest_port}", *flags]
-        self.stderr_path = workdir / f"server-{self.rest_port}.log"
-        self.lines: list[str] = []
-        self.grpc_port = 0
-        self._ready = threading.Event()
-        child_env = {**os.environ, **(env or {})}
+        child_env = dict(env or {})
         child_env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(no_tensorflow_path(workdir)), child_env.get("PYTHONPATH")])
+            filter(None, [str(no_tensorflow_path(workdir)), os.environ.get("PYTHONPATH")])
         )
-        child_env["PYTHONUNBUFFERED"] = "1"
-        self._stderr = self.stderr_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamserve", "serve", *self.flags],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=child_env,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
-        self._reader.start()
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        rest_port = free_port()
+        log_path = workdir / f"server-{rest_port}.log"
+        super().__init__(flags, log_path, rest_port=rest_port, env=child_env)
+        self.start()
 
     def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith(READY_PREFIX):
-                address = line[len(READY_PREFIX) :].split(",")[0]
-                self.grpc_port = int(address.rsplit(":", 1)[1])
-                self._ready.set()
-
-    def wait_ready(self, model: str | None = None) -> ServerProcess:
-        """Wait for the readiness line, then until ``model`` (if given) answers status."""
-        deadline = time.monotonic() + START_DEADLINE_SECONDS
-        while not self._ready.wait(0.05):
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.process.returncode}:\n{self.stderr()}"
-                )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready in time:\n{self.stderr()}")
-        if model is not None:
-            poll_until(lambda: self.status_code(model) == 200, deadline, self.stderr)
-        return self
-
-    def status_code(self, model: str) -> int:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.rest_url}/v1/models/{model}", timeout=5).status_code
-        return 0
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_DEADLINE_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(5)
-        self._stderr.close()
-        return int(self.process.returncode)
-
-
-def poll_until(
-    condition: Callable[[], bool],
-    deadline: float,
-    describe: Callable[[], str] = lambda: "",
-    interval: float = 0.05,
-) -> None:
-    """Poll ``condition`` until true; raise TimeoutError (with ``describe()``) at ``deadline``."""
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met in time\n{describe()}")
-        time.sleep(interval)
+        return self.log_text()
 
 
 def _serve(workdir: Path) -> Iterator[Callable[..., ServerProcess]]:
@@ -149,7 +65,7 @@ def _serve(workdir: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """``start(*flags) -> ServerProcess`` (call ``.wait_ready(model)``); stopped after the test."""
+    """``start(*flags) -> ServerProcess`` (then ``.wait_ready(model=...)``); stopped after."""
     yield from _serve(tmp_path)
 
 
@@ -170,6 +86,6 @@ def tfserving_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     build_multi(root / "m" / "1")
     server = ServerProcess(["--model_name=m", f"--model_base_path={root / 'm'}"], root)
     try:
-        yield server.wait_ready("m")
+        yield server.wait_ready(model="m")
     finally:
         server.stop()

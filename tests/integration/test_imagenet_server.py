@@ -63,7 +63,7 @@ def imagenet_server(
     base_path = tmp_path_factory.mktemp("imagenet-base") / MODEL
     build_model(MODEL, base_path)
     server = serve_process_module(f"--model_name={MODEL}", f"--model_base_path={base_path}")
-    return server.wait_ready(MODEL)
+    return server.wait_ready(model=MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(serve_process_module: Callable[..., ServerProcess], repository: Path) -> ServerProcess:
     config = repository / "models.config"
-    return serve_process_module(f"--model_config_file={config}").wait_ready("tiny")
+    return serve_process_module(f"--model_config_file={config}").wait_ready(model="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +305,7 @@ def test_balancer_spreads_over_servers_and_transports(
     server: ServerProcess, serve_process_module: Callable[..., ServerProcess], repository: Path
 ) -> None:
     other = serve_process_module(f"--model_config_file={repository / 'models.config'}")
-    other.wait_ready("tiny")
+    other.wait_ready(model="tiny")
     targets = [f"grpc://{server.grpc_target}", other.rest_url, f"grpc://{other.grpc_target}"]
 
     async def go() -> list[Counting]:

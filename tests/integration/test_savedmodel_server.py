@@ -117,7 +117,7 @@ def server(base_path: Path) -> Iterator[ModelServerProcess]:
     )
     process = ModelServerProcess([f"--model_config_file={config}"], base_path.parent / "server.log")
     with process:
-        process.wait_ready(MODEL, timeout=START_TIMEOUT_SECONDS)
+        process.wait_ready(START_TIMEOUT_SECONDS, model=MODEL)
         wait_for_version(process, 1)
         yield process
 

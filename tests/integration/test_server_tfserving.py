@@ -122,7 +122,7 @@ def zoo_server(zoo: Path, serve_process_module: Callable[..., ServerProcess]) ->
         "--grpc_max_message_bytes=1048576",
         "--rest-api-max-body-bytes=1048576",
     )
-    return server.wait_ready("m")
+    return server.wait_ready(model="m")
 
 
 # -- TF Serving client helpers ---------------------------------------------------------------
@@ -299,8 +299,7 @@ def test_core_install_does_not_require_tensorflow() -> None:
 def test_cli_serves_grpc_and_rest(tfserving_server: ServerProcess) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    ready = [line for line in tfserving_server.lines if line.startswith("streamserve: serving")]
-    assert ready == [
+    assert [tfserving_server.ready_line] == [
         f"streamserve: serving gRPC on 127.0.0.1:{tfserving_server.grpc_port}, "
         f"REST on 127.0.0.1:{tfserving_server.rest_port}"
     ]
@@ -469,7 +468,7 @@ def test_new_version_replaces_old_under_load(
         "--file_system_poll_wait_seconds=0.5",
         f"--enable_batching={str(batching).lower()}",
     )
-    server.wait_ready("m")
+    server.wait_ready(model="m")
     channel, _, model_stub = stubs(server)
     inputs = multi_inputs(4)
     with channel, ClosedLoopClients(server, lambda: predict_request("m", inputs)) as clients:
@@ -526,7 +525,7 @@ def test_label_switch_by_reload_config_under_load(
     config_file = tmp_path / "models.config"
     config_file.write_text(config_text(model_entry("m", base, LABELLED)))
     server = serve_process(f"--model_config_file={config_file}")
-    server.wait_ready("m")
+    server.wait_ready(model="m")
     inputs = multi_inputs(2)
     channel, _, model_stub = stubs(server)
     with (
@@ -560,7 +559,7 @@ def test_corrupt_version_leaves_previous_serving(
     server = serve_process(
         "--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0.5"
     )
-    server.wait_ready("m")
+    server.wait_ready(model="m")
     publish_version(
         base, 3, lambda d: (d.mkdir(), (d / "model.onnx").write_bytes(b"\x08\x07not an onnx model"))
     )
@@ -590,7 +589,7 @@ def test_removing_model_from_config_file_unloads_it(
     server = serve_process(
         f"--model_config_file={config_file}", "--model_config_file_poll_wait_seconds=0.5"
     )
-    server.wait_ready("b")
+    server.wait_ready(model="b")
     url = server.rest_url + "/v1/models/{}:predict"
     row = {"instances": [{"x": [1, 2, 3, 4], "ids": [1, 2], "names": "a"}]}
     assert httpx.post(url.format("b"), json=row, timeout=10).status_code == 200
@@ -791,7 +790,7 @@ def test_sigterm_stops_gracefully_under_load(
 ) -> None:
     build_multi(tmp_path / "m" / "1")
     server = serve_process("--model_name=m", f"--model_base_path={tmp_path / 'm'}")
-    server.wait_ready("m")
+    server.wait_ready(model="m")
     inputs = multi_inputs(2)
     with ClosedLoopClients(server, lambda: predict_request("m", inputs)) as clients:
         poll_until(lambda: clients.count(1) >= 20, deadline())

@@ -16,7 +16,7 @@ from streamserve.stream import (
     RecordError,
     StreamProcessor,
 )
-from streamserve.stream.testing import produce, read_topic
+from streamserve.testing import produce, read_topic
 
 pytestmark = pytest.mark.integration
 

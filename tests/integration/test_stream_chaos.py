@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streamserve.stream.testing import StreamProcess, produce, read_topic
+from streamserve.testing import StreamProcess, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +148,7 @@ def test_sigterm_under_load_exits_quickly_and_restart_loses_nothing(
     consumed_at_stop = stream.metric("streamserve_stream_records_in_total")
     in_flight_at_stop = stream.metric("streamserve_stream_records_buffered")
     started = time.monotonic()
-    stream.signal(signal.SIGTERM)
+    stream.send_signal(signal.SIGTERM)
     code = stream.wait(timeout=10)  # acceptance: exits within 10 s
     took = time.monotonic() - started
     assert code == 0, stream.log_tail()

@@ -18,12 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from streamserve.stream.testing import (
-    ServeProcess,
-    StreamProcess,
-    build_image_classifier,
-    image_bytes,
-)
+from streamserve.testing import StreamProcess, model_server
+from tests.helpers import build_image_classifier, image_bytes
 
 pytestmark = [
     pytest.mark.integration,
@@ -66,8 +62,9 @@ def test_kcat_produce_path_and_consume_prediction(
     ]
     with contextlib.ExitStack() as stack:
         if remote:
-            server = stack.enter_context(ServeProcess("colors", base_path, tmp_path / "serve.log"))
-            args += ["--model-server", server.grpc_target, "--model-name", "colors"]
+            server = stack.enter_context(model_server("colors", base_path, tmp_path / "serve.log"))
+            server.wait_ready(model="colors")
+            args += ["--model-server", server.grpc_url, "--model-name", "colors"]
         else:
             args += ["--model-base-path", str(base_path)]
         stream = stack.enter_context(StreamProcess(args, tmp_path / "stream.log"))

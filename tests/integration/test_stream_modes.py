@@ -7,8 +7,6 @@ Real broker, real ``streamserve stream`` processes; embedded mode and each remot
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamserve.stream.testing import StreamProcess, produce, read_topic
+from streamserve import testing
+from streamserve.testing import StreamProcess, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -34,42 +33,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def model_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A real ``streamserve serve`` process serving the tiny model over gRPC and REST."""
-    grpc_port, rest_port = _free_port(), _free_port()
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamserve",
-                "serve",
-                f"--port={grpc_port}",
-                f"--rest_api_port={rest_port}",
-                "--model_name=tiny",
-                f"--model_base_path={tiny_model}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline().decode()  # the readiness line (blocks until ready)
-            assert "serving gRPC" in line, log_path.read_text()
-            yield {"grpc": f"grpc://127.0.0.1:{grpc_port}", "http": f"http://127.0.0.1:{rest_port}"}
-        finally:
-            process.terminate()
-            process.wait(15)
+    with testing.model_server("tiny", tiny_model, log_path) as server:
+        server.wait_ready(model="tiny")
+        yield {"grpc": server.grpc_url, "http": server.rest_url}
 
 
 MODES = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streamserve.stream.testing import ServeProcess, StreamProcess, produce, read_topic
+from streamserve.testing import StreamProcess, model_server, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,8 @@ def test_model_server_outage(
 ) -> None:
     source, sink = topic_factory(PARTITIONS, "outage-in"), topic_factory(PARTITIONS, "outage-out")
     dlq = topic_factory(1, "outage-dlq")
-    server = ServeProcess("tiny", tiny_model, tmp_path / "serve.log").start()
+    server = model_server("tiny", tiny_model, tmp_path / "serve.log", restartable=True)
+    server.start().wait_ready(model="tiny")
     args = [
         "--bootstrap-servers",
         kafka_bootstrap,
@@ -87,7 +88,7 @@ def test_model_server_outage(
         "--instance-id",
         "outage",
         "--model-server",
-        server.grpc_target,
+        server.grpc_url,
         "--model-name",
         "tiny",
         "--request-timeout-s",
@@ -110,7 +111,7 @@ def test_model_server_outage(
         _wait_for(lambda: stream.metric("streamserve_stream_records_out_total") >= 300, stream)
         server.kill()  # mid-stream
         time.sleep(OUTAGE_S)  # the outage itself (not a readiness wait)
-        server.start()
+        server.start().wait_ready(model="tiny")
         producer.join(120)
         outputs = read_topic(kafka_bootstrap, sink, TOTAL, timeout=120, quiet_s=2.0)
         dead = read_topic(kafka_bootstrap, dlq, 0, timeout=5, quiet_s=1.0)

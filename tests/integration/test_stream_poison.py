@@ -14,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from streamserve.stream.testing import (
-    StreamProcess,
-    build_image_classifier,
-    image_bytes,
-    produce,
-    read_topic,
-)
+from streamserve.testing import StreamProcess, produce, read_topic
+from tests.helpers import build_image_classifier, image_bytes
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamserve.stream.testing import StreamProcess, produce, read_topic
+from streamserve.testing import StreamProcess, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -161,13 +161,13 @@ def test_a_frozen_instance_is_fenced_and_nothing_is_duplicated(
         while _consumed(zombie) < 1000 or _consumed(survivor) < 1000:
             assert time.monotonic() < deadline, zombie.log_tail() + survivor.log_tail()
             time.sleep(0.1)
-        zombie.signal(signal.SIGSTOP)
+        zombie.send_signal(signal.SIGSTOP)
         time.sleep(15)  # longer than session.timeout.ms (10 s): the group evicts a
-        zombie.signal(signal.SIGCONT)
+        zombie.send_signal(signal.SIGCONT)
         producer.join(120)
         outputs = read_topic(kafka_bootstrap, sink, TOTAL, timeout=120, quiet_s=3.0)
     finally:
-        zombie.signal(signal.SIGCONT)
+        zombie.send_signal(signal.SIGCONT)
         for stream in (zombie, survivor):
             stream.stop()
 

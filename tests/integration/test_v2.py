@@ -12,17 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import re
 import struct
-import subprocess
-import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,19 +30,15 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from streamserve.models.toy import build_multi, build_tiny
-from streamserve.processes import free_port
+from streamserve.processes import ModelServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 STARTUP_SECONDS = 60.0
-_READY_LINE = re.compile(r"serving gRPC on [^:]+:(\d+), REST on [^:]+:(\d+)")
 
 
-@dataclass
-class Served:
-    grpc_port: int
-    rest_port: int
-    process: subprocess.Popen[str]
+class Served(ModelServerProcess):
+    """``streamserve serve`` with the V2 test repository."""
 
     @property
     def rest(self) -> str:
@@ -56,7 +46,7 @@ class Served:
 
     @property
     def grpc(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return self.grpc_target
 
 
 def write_repository(root: Path) -> Path:
@@ -86,48 +76,18 @@ def write_repository(root: Path) -> Path:
 
 
 def start_server(root: Path) -> Served:
-    command = [
-        sys.executable, "-m", "streamserve", "serve",
-        "--host=127.0.0.1", "--port=0", f"--rest_api_port={free_port()}",
+    flags = [
         f"--model_config_file={root / 'models.config'}",
         f"--traffic_split_file={root / 'splits.json'}",
         "--enable_batching", f"--batching_parameters_file={root / 'batching.txt'}",
         "--file_system_poll_wait_seconds=0",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_pump_lines, args=(process, lines), daemon=True).start()
-    deadline = time.monotonic() + STARTUP_SECONDS
-    seen: list[str] = []
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        found = _READY_LINE.search(line)
-        if found:
-            return Served(int(found.group(1)), int(found.group(2)), process)
-    stop_server(process)
-    raise AssertionError("streamserve serve did not start:\n" + "".join(seen))
-
-
-def _pump_lines(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.put(line)
-
-
-def stop_server(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    server = Served(flags, root / "server.log").start()
+    try:
+        return server.wait_ready(STARTUP_SECONDS)
+    except BaseException:
+        server.stop()
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +96,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         yield served
     finally:
-        stop_server(served.process)
+        served.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 import logging
 
 from streamserve.stream.telemetry import JsonLogFormatter, StreamMetrics, log_event
-from streamserve.stream.testing import metric_value
+from streamserve.testing import metric_value
 
 
 def test_log_event_is_readable_text_and_structured_json(caplog) -> None:
