@@ -4,15 +4,16 @@
 
 The benchmark runs every mode in a child process so that each one's CPU time can be read
 from ``/proc`` and no mode shares an interpreter (or a GIL) with the benchmark itself.
-The child builds the predictor named by the :class:`WorkerSpec` with the public APIs
-(:func:`~streamserve.predictors.factory.create_predictor`, ``StreamProcessor``), wraps it
-in :class:`TimedPredictor` to time every model call, prints one readiness line, runs until
+The child assembles its processor from the :class:`WorkerSpec` the way ``streamserve
+stream`` does (:func:`streamserve.stream.assembly.assemble`), wrapping every predictor in
+:class:`TimedPredictor` to time every model call, prints one readiness line, runs until
 SIGTERM/SIGINT and then writes the timed calls to ``spec.calls_path`` as JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -86,35 +87,27 @@ class TimedPredictor:
         await self.inner.close()
 
 
-def _build_predictor(spec: WorkerSpec) -> Any:
-    from streamserve.predictors.factory import (
-        PredictorSpec,
-        create_embedded_predictor,
-        create_predictor,
+def _pipeline_spec(spec: WorkerSpec) -> Any:
+    """The worker's model and codec as the stream CLI would assemble them."""
+    from streamserve.predictors.factory import PredictorSpec
+    from streamserve.stream.assembly import CodecSpec, PipelineSpec
+    from streamserve.stream.fetch import FetchPolicy
+
+    model = PredictorSpec(
+        targets=None if spec.model_base_path is not None else spec.targets,
+        model_name=spec.model_name,
+        protocol=spec.protocol,
+        model_base_path=spec.model_base_path,
+        per_call_channel=spec.per_call_channel,
     )
-
-    if spec.model_base_path is not None:
-        return create_embedded_predictor(spec.model_base_path, spec.model_name)
-    return create_predictor(
-        PredictorSpec(
-            targets=spec.targets,
-            model_name=spec.model_name,
-            protocol=spec.protocol,
-            per_call_channel=spec.per_call_channel,
-        )
+    codec = CodecSpec(
+        kind=spec.codec,
+        input_dtypes=spec.input_dtypes,
+        fetch=FetchPolicy(allowed_roots=tuple(spec.image_roots)),
     )
-
-
-def _build_codec(spec: WorkerSpec) -> tuple[Any, Any]:
-    """(codec, fetcher to close or None)."""
-    from streamserve.stream.records import ImageCodec, TensorJsonCodec
-
-    if spec.codec == "tensor":
-        return TensorJsonCodec(spec.input_dtypes), None
-    from streamserve.stream.fetch import FetchPolicy, ImageFetcher
-
-    fetcher = ImageFetcher(FetchPolicy(allowed_roots=tuple(spec.image_roots)))
-    return ImageCodec(fetcher), fetcher
+    return PipelineSpec(
+        _processor_config(spec), model, codec, fallback_base_path=spec.fallback_base_path
+    )
 
 
 def _processor_config(spec: WorkerSpec) -> Any:
@@ -145,40 +138,25 @@ def _print_ready(info: dict[str, Any]) -> None:
 
 
 async def run_worker(spec: WorkerSpec) -> None:
-    from streamserve.stream.processor import StreamProcessor
+    from streamserve.stream.assembly import assemble
 
     timed: list[TimedPredictor] = []
-    fetcher = None
-    try:
-        primary = TimedPredictor(await asyncio.to_thread(_build_predictor, spec))
-        timed.append(primary)
-        fallback = None
-        if spec.fallback_base_path is not None:
-            from streamserve.predictors.factory import create_embedded_predictor
 
-            inner = await asyncio.to_thread(
-                create_embedded_predictor,
-                spec.fallback_base_path,
-                spec.model_name,
-                None,
-                "fallback",
+    def timing(predictor: Any) -> TimedPredictor:
+        timed.append(TimedPredictor(predictor))
+        return timed[-1]
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            processor = await assemble(
+                _pipeline_spec(spec), stack, wrap=timing, on_ready=_print_ready
             )
-            fallback = TimedPredictor(inner)
-            timed.append(fallback)
-        codec, fetcher = _build_codec(spec)
-        processor = StreamProcessor(
-            _processor_config(spec), primary, codec, fallback, on_ready=_print_ready
-        )
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, processor.stop)
-        await processor.run()
-    finally:
-        _write_calls(Path(spec.calls_path), timed)
-        for predictor in timed:
-            await predictor.close()
-        if fetcher is not None:
-            await fetcher.close()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, processor.stop)
+            await processor.run()
+        finally:
+            _write_calls(Path(spec.calls_path), timed)
 
 
 def _write_calls(path: Path, timed: list[TimedPredictor]) -> None:

@@ -24,7 +24,7 @@ STREAM_READY_PREFIX = "streamserve stream ready:"
 HELP = "run model inference on a Kafka topic (embedded or remote model), exactly-once"
 
 DEFAULT_FETCH_MAX_BYTES = 20_000_000
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 40_000_000  # = streamserve.stream.assembly.DEFAULT_MAX_PIXELS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -137,14 +137,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    from streamserve.stream.processor import StreamProcessor
+    from streamserve.stream.assembly import assemble
 
     async with contextlib.AsyncExitStack() as stack:
-        predictors, fallback, dtypes = await _build_predictors(args, stack)
-        codec = await _build_codec(args, dtypes, stack)
-        processor = StreamProcessor(
-            _processor_config(args), predictors, codec, fallback, on_ready=_print_ready
-        )
+        processor = await assemble(_pipeline_spec(args), stack, on_ready=_print_ready)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, processor.stop)
@@ -189,93 +185,49 @@ def _processor_config(args: argparse.Namespace) -> Any:
     )
 
 
-async def _build_predictors(
-    args: argparse.Namespace, stack: contextlib.AsyncExitStack
-) -> tuple[list[Any], Any, dict[str, Any]]:
-    """(one predictor per target, fallback or None, input dtypes known from the model)."""
+def _pipeline_spec(args: argparse.Namespace) -> Any:
     from streamserve.errors import InvalidArgument
-    from streamserve.predictors.factory import PredictorSpec, create_members
+    from streamserve.predictors.factory import PredictorSpec
+    from streamserve.stream.assembly import PipelineSpec
 
-    if args.model_base_path is not None:
-        if args.fallback_model_base_path is not None:
-            raise InvalidArgument("--fallback-model-base-path only applies to --model-server")
-        if args.model_label is not None:
-            raise InvalidArgument("--model-label needs --model-server (a model server config)")
-        predictor = await _embedded(
-            args.model_base_path, args.model_name, "embedded", stack, args.model_version
-        )
-        dtypes = _signature_dtypes(predictor.manager, predictor.model_name, args.signature_name)
-        return [predictor], None, dtypes
-    if not args.model_name:
+    if args.model_base_path is None and not args.model_name:
         raise InvalidArgument("--model-server needs --model-name")
-    spec = PredictorSpec(
-        targets=[args.model_server],
-        model_name=args.model_name,
+    remote = args.model_base_path is None
+    model = PredictorSpec(
+        targets=[args.model_server] if remote else None,
+        model_name=args.model_name or "",
         model_version=args.model_version,
         model_label=args.model_label,
         protocol=args.protocol,
+        model_base_path=args.model_base_path,
         timeout_s=args.request_timeout_s,
     )
-    predictors = create_members(spec)
-    for predictor in predictors:
-        stack.push_async_callback(predictor.close)
-    fallback = None
-    if args.fallback_model_base_path is not None:
-        name = args.fallback_model_name or args.model_name
-        fallback = await _embedded(args.fallback_model_base_path, name, "fallback", stack)
-    return predictors, fallback, {}
-
-
-async def _embedded(
-    base_path: Path,
-    name: str | None,
-    mode: str,
-    stack: contextlib.AsyncExitStack,
-    version: int | None = None,
-) -> Any:
-    from streamserve.predictors.factory import create_embedded_predictor
-
-    predictor = await asyncio.to_thread(
-        create_embedded_predictor, base_path, name or "", version, mode=mode
+    return PipelineSpec(
+        processor=_processor_config(args),
+        model=model,
+        codec=_codec_spec(args),
+        fallback_base_path=args.fallback_model_base_path,
+        fallback_model_name=args.fallback_model_name,
     )
-    stack.push_async_callback(predictor.close)
-    return predictor
 
 
-def _signature_dtypes(manager: Any, name: str, signature_name: str | None) -> dict[str, Any]:
-    try:
-        with manager.handle(name) as handle:
-            signature = handle.servable.signatures[signature_name or "serving_default"]
-            return {input_name: spec.dtype for input_name, spec in signature.inputs.items()}
-    except Exception:  # no version loaded yet / unknown signature: infer from JSON
-        return {}
+def _codec_spec(args: argparse.Namespace) -> Any:
+    from streamserve.stream.assembly import CodecSpec
+    from streamserve.stream.fetch import FetchPolicy
 
-
-async def _build_codec(
-    args: argparse.Namespace, dtypes: dict[str, Any], stack: contextlib.AsyncExitStack
-) -> Any:
-    from streamserve.stream.records import ImageCodec, TensorJsonCodec
-
-    if args.codec == "tensor":
-        dtypes.update(_key_values(args.input_dtype, "--input-dtype"))
-        return TensorJsonCodec(dtypes, signature_name=args.signature_name)
-    from streamserve.stream.fetch import FetchPolicy, ImageFetcher
-
-    fetcher = ImageFetcher(
-        FetchPolicy(
+    return CodecSpec(
+        kind=args.codec,
+        input_dtypes=_key_values(args.input_dtype, "--input-dtype"),
+        signature_name=args.signature_name,
+        output_format=args.output_format,
+        fetch=FetchPolicy(
             allowed_roots=tuple(args.fetch_allowed_root),
             allow_private_addresses=args.fetch_allow_private_addresses,
             allowed_hosts=tuple(args.fetch_allowed_host),
             max_bytes=args.fetch_max_bytes,
             timeout_s=args.fetch_timeout_s,
             max_pixels=args.max_pixels,
-        )
-    )
-    stack.push_async_callback(fetcher.close)
-    return ImageCodec(
-        fetcher,
-        output_format=args.output_format,
-        signature_name=args.signature_name,
+        ),
         max_pixels=args.max_pixels,
     )
 
