@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from streamserve.stats import percentile
+from streamserve.waiting import wait_until
 
 HELP = "Run the flagship demo: images on Kafka → ImageNet classifier → predictions"
 INPUT_TOPIC = "ImageInputTopic"
@@ -268,12 +269,13 @@ def _warm_up(
     Records produced before the new group's first assignment are skipped (it starts at the
     end of the topic), hence more than one try.
     """
-    deadline = time.monotonic() + timeout_s
-    for attempt in itertools.count():
-        if _round_trip(writer, reader, sources[:1], f"warmup{attempt}", 1, 0.0, 3.0):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{writer.mode}: no prediction for warm-up records")
+    attempts = itertools.count()
+    wait_until(
+        lambda: _round_trip(writer, reader, sources[:1], f"warmup{next(attempts)}", 1, 0.0, 3.0),
+        timeout_s,
+        f"{writer.mode}: a prediction for warm-up records",
+        interval=0.0,
+    )
 
 
 def _print_predictions(results: list[Received]) -> None:

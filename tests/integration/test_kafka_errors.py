@@ -7,13 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from streamserve.errors import SetupError
 from streamserve.kafka import LocalKafka, jars, process
+from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,4 @@ def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 60
-    while process.pid_alive(broker_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not process.pid_alive(broker_pid)
+    wait_until(lambda: not process.pid_alive(broker_pid), 60, "orphaned broker exit", interval=0.1)

@@ -15,7 +15,6 @@ and every answer is compared with TensorFlow running the same SavedModel in-proc
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 
 from streamserve.processes import ModelServerProcess
 from streamserve.runtimes import REGRESS_METHOD
+from streamserve.waiting import wait_until
 
 tf = pytest.importorskip("tensorflow", reason="tensorflow not installed (streamserve[tensorflow])")
 pytest.importorskip("tensorflow_serving.apis.predict_pb2")
@@ -124,11 +124,13 @@ def server(base_path: Path) -> Iterator[ModelServerProcess]:
 
 def wait_for_version(process: ModelServerProcess, version: int) -> None:
     """``wait_ready`` waits for the model; with policy ``all`` version 1 may load later."""
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
     url = f"{process.rest_url}/v1/models/{MODEL}/versions/{version}"
-    while version_state(url) != "AVAILABLE":
-        assert time.monotonic() < deadline, process.log_tail()
-        time.sleep(0.05)
+    wait_until(
+        lambda: version_state(url) == "AVAILABLE",
+        START_TIMEOUT_SECONDS,
+        f"version {version} AVAILABLE",
+        describe=process.log_tail,
+    )
 
 
 def version_state(url: str) -> str:

@@ -32,6 +32,7 @@ import onnxruntime as ort
 import pytest
 
 from streamserve.models.toy import build_multi, build_tiny
+from streamserve.waiting import wait_until
 
 if TYPE_CHECKING:
     from .conftest import ServerProcess
@@ -262,13 +263,6 @@ def version_states(model_stub: object, model: str) -> dict[int, tuple[str, int, 
     }
 
 
-def poll_until(condition: Callable[[], bool], until: float, interval: float = 0.05) -> None:
-    while not condition():
-        if time.monotonic() > until:
-            raise TimeoutError("condition not met in time")
-        time.sleep(interval)
-
-
 def curl(*args: str) -> tuple[int, object]:
     """Run real curl; return (HTTP status, parsed JSON body)."""
     result = subprocess.run(
@@ -280,10 +274,6 @@ def curl(*args: str) -> tuple[int, object]:
     )
     body, _, status = result.stdout.rpartition("\n")
     return int(status), json.loads(body)
-
-
-def deadline() -> float:
-    return time.monotonic() + DEADLINE_SECONDS
 
 
 # -- 1. the CLI serves both protocols without TensorFlow --------------------------------------
@@ -472,15 +462,21 @@ def test_new_version_replaces_old_under_load(
     channel, _, model_stub = stubs(server)
     inputs = multi_inputs(4)
     with channel, ClosedLoopClients(server, lambda: predict_request("m", inputs)) as clients:
-        poll_until(lambda: clients.count(1) >= 20, deadline())
+        wait_until(lambda: clients.count(1) >= 20, DEADLINE_SECONDS, "expected state")
         published = time.monotonic()
         publish_version(base, 2, build_multi)
-        poll_until(
-            lambda: version_states(model_stub, "m").get(2, ("",))[0] == "AVAILABLE", deadline()
+        wait_until(
+            lambda: version_states(model_stub, "m").get(2, ("",))[0] == "AVAILABLE",
+            DEADLINE_SECONDS,
+            "expected state",
         )
         available_after = time.monotonic() - published
-        poll_until(lambda: version_states(model_stub, "m").get(1, ("",))[0] == "END", deadline())
-        poll_until(lambda: clients.count(2) >= 20, deadline())
+        wait_until(
+            lambda: version_states(model_stub, "m").get(1, ("",))[0] == "END",
+            DEADLINE_SECONDS,
+            "expected state",
+        )
+        wait_until(lambda: clients.count(2) >= 20, DEADLINE_SECONDS, "expected state")
     answers = dict(clients.versions)
     print(f"\nversion 2 AVAILABLE {available_after:.2f} s after publishing; answers {answers}")
     assert clients.failures == []
@@ -532,7 +528,7 @@ def test_label_switch_by_reload_config_under_load(
         channel,
         ClosedLoopClients(server, lambda: predict_request("m", inputs, label="stable")) as clients,
     ):
-        poll_until(lambda: clients.count(1) >= 20, deadline())
+        wait_until(lambda: clients.count(1) >= 20, DEADLINE_SECONDS, "expected state")
         reload = model_management_pb2.ReloadConfigRequest()
         config = reload.config.model_config_list.config.add(
             name="m", base_path=str(base), model_platform="onnx"
@@ -542,7 +538,7 @@ def test_label_switch_by_reload_config_under_load(
         config.version_labels["canary"] = 2
         response = model_stub.HandleReloadConfigRequest(reload, timeout=30)
         assert response.status.error_code == 0
-        poll_until(lambda: clients.count(2) >= 20, deadline())
+        wait_until(lambda: clients.count(2) >= 20, DEADLINE_SECONDS, "expected state")
     assert clients.failures == []
     assert clients.count(1) > 0 and clients.count(2) > 0
 
@@ -565,7 +561,11 @@ def test_corrupt_version_leaves_previous_serving(
     )
     channel, stub, model_stub = stubs(server)
     with channel:
-        poll_until(lambda: version_states(model_stub, "m").get(3, ("", 0))[1] != 0, deadline())
+        wait_until(
+            lambda: version_states(model_stub, "m").get(3, ("", 0))[1] != 0,
+            DEADLINE_SECONDS,
+            "expected state",
+        )
         states = version_states(model_stub, "m")
         state, code, message = states[3]
         print(f"\nversion 3: {state} code={code} message={message!r}")
@@ -594,8 +594,10 @@ def test_removing_model_from_config_file_unloads_it(
     row = {"instances": [{"x": [1, 2, 3, 4], "ids": [1, 2], "names": "a"}]}
     assert httpx.post(url.format("b"), json=row, timeout=10).status_code == 200
     config_file.write_text(config_text(model_entry("a", tmp_path / "a")))
-    poll_until(
-        lambda: httpx.post(url.format("b"), json=row, timeout=10).status_code == 404, deadline()
+    wait_until(
+        lambda: httpx.post(url.format("b"), json=row, timeout=10).status_code == 404,
+        DEADLINE_SECONDS,
+        "expected state",
     )
     assert httpx.post(url.format("a"), json=row, timeout=10).status_code == 200
     assert "error" in httpx.post(url.format("b"), json=row, timeout=10).json()
@@ -617,11 +619,13 @@ def test_bad_requests_get_clear_errors_without_disturbing_others(zoo_server: Ser
         channel,
         ClosedLoopClients(zoo_server, lambda: predict_request("m", good, version=1)) as clients,
     ):
-        poll_until(lambda: clients.count(1) >= 10, deadline())
+        wait_until(lambda: clients.count(1) >= 10, DEADLINE_SECONDS, "expected state")
         check_grpc_errors(stub, good)
         check_rest_errors(zoo_server.rest_url)
         served_before = clients.count(1)
-        poll_until(lambda: clients.count(1) >= served_before + 10, deadline())
+        wait_until(
+            lambda: clients.count(1) >= served_before + 10, DEADLINE_SECONDS, "expected state"
+        )
     assert clients.failures == []
     assert zoo_server.process.poll() is None
 
@@ -793,7 +797,7 @@ def test_sigterm_stops_gracefully_under_load(
     server.wait_ready(model="m")
     inputs = multi_inputs(2)
     with ClosedLoopClients(server, lambda: predict_request("m", inputs)) as clients:
-        poll_until(lambda: clients.count(1) >= 20, deadline())
+        wait_until(lambda: clients.count(1) >= 20, DEADLINE_SECONDS, "expected state")
         assert server.stop() == 0
     # Calls racing the stop are refused (UNAVAILABLE, or CANCELLED when gRPC had accepted the
     # stream but not yet dispatched it); calls being handled finish (test_server_app.py).

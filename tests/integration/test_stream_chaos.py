@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from streamserve.testing import StreamProcess, produce, read_topic
+from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -141,10 +142,13 @@ def test_sigterm_under_load_exits_quickly_and_restart_loses_nothing(
     produce(kafka_bootstrap, source, (_record(i) for i in range(total)))  # a backlog: full load
     stream = StreamProcess(args, tmp_path / "first.log").start()
     stream.wait_ready()
-    deadline = time.monotonic() + 60
-    while stream.metric("streamserve_stream_records_in_total") < 1000:
-        assert time.monotonic() < deadline, stream.log_tail()
-        time.sleep(0.1)
+    wait_until(
+        lambda: stream.metric("streamserve_stream_records_in_total") >= 1000,
+        60,
+        "1000 records consumed",
+        interval=0.1,
+        describe=stream.log_tail,
+    )
     consumed_at_stop = stream.metric("streamserve_stream_records_in_total")
     in_flight_at_stop = stream.metric("streamserve_stream_records_buffered")
     started = time.monotonic()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from streamserve.testing import StreamProcess, model_server, produce, read_topic
+from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +109,13 @@ def test_model_server_outage(
     try:
         stream.wait_ready()
         producer = _paced_producer(kafka_bootstrap, source, chunks=25, pause_s=0.4)
-        _wait_for(lambda: stream.metric("streamserve_stream_records_out_total") >= 300, stream)
+        wait_until(
+            lambda: stream.metric("streamserve_stream_records_out_total") >= 300,
+            60,
+            "300 records out",
+            interval=0.1,
+            describe=stream.log_tail,
+        )
         server.kill()  # mid-stream
         time.sleep(OUTAGE_S)  # the outage itself (not a readiness wait)
         server.start().wait_ready(model="tiny")
@@ -148,10 +155,3 @@ def test_model_server_outage(
     else:
         assert set(modes) == {"remote"}
         assert pauses >= 1 and "consumption paused" in log and "consumption resumed" in log
-
-
-def _wait_for(condition, stream: StreamProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, stream.log_tail()
-        time.sleep(0.1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamserve.testing import StreamProcess, produce, read_topic
+from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +90,13 @@ def test_third_instance_joins_mid_stream_without_loss_or_duplicates(
         first.wait_ready()
         second.wait_ready()
         producer = _produce_paced(kafka_bootstrap, source, chunks=24, pause_s=0.5)
-        deadline = time.monotonic() + 60
-        while _consumed(first) + _consumed(second) < TOTAL // 3:
-            assert time.monotonic() < deadline, first.log_tail() + second.log_tail()
-            time.sleep(0.2)
+        wait_until(
+            lambda: _consumed(first) + _consumed(second) >= TOTAL // 3,
+            60,
+            "a third of the records consumed",
+            interval=0.2,
+            describe=lambda: first.log_tail() + second.log_tail(),
+        )
         third.start().wait_ready()  # joins mid-stream: a cooperative rebalance moves partitions
         producer.join(120)
         outputs = read_topic(kafka_bootstrap, sink, TOTAL, timeout=120, quiet_s=3.0)
@@ -157,10 +161,13 @@ def test_a_frozen_instance_is_fenced_and_nothing_is_duplicated(
         zombie.wait_ready()
         survivor.wait_ready()
         producer = _produce_paced(kafka_bootstrap, source, chunks=30, pause_s=0.5, partitions=4)
-        deadline = time.monotonic() + 60
-        while _consumed(zombie) < 1000 or _consumed(survivor) < 1000:
-            assert time.monotonic() < deadline, zombie.log_tail() + survivor.log_tail()
-            time.sleep(0.1)
+        wait_until(
+            lambda: _consumed(zombie) >= 1000 and _consumed(survivor) >= 1000,
+            60,
+            "1000 records consumed by each processor",
+            interval=0.1,
+            describe=lambda: zombie.log_tail() + survivor.log_tail(),
+        )
         zombie.send_signal(signal.SIGSTOP)
         time.sleep(15)  # longer than session.timeout.ms (10 s): the group evicts a
         zombie.send_signal(signal.SIGCONT)

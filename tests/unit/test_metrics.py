@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from streamserve.server.metrics import (
     ServerMetrics,
     parse_monitoring_config,
 )
+from streamserve.waiting import wait_until
 
 
 def samples(metrics: ServerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -99,10 +99,8 @@ def test_follow_before_start_records_initial_load_latency(tmp_path: Path) -> Non
     with manager:
         assert manager.wait_for_state("tiny", 1, 30, timeout=30)
         key = ("streamserve_model_load_seconds_count", (("model", "tiny"),))
-        deadline = time.monotonic() + 10
-        while not samples(metrics).get(key):  # listeners run on the manager's event thread
-            assert time.monotonic() < deadline, "load latency never observed"
-            time.sleep(0.01)
+        # listeners run on the manager's event thread
+        wait_until(lambda: samples(metrics).get(key), 10, "load latency observed", interval=0.01)
     got = samples(metrics)
     assert got[("streamserve_model_load_seconds_count", (("model", "tiny"),))] == 1
     assert got[("streamserve_model_version_state", (("model", "tiny"), ("version", "1")))] == 50

@@ -7,7 +7,6 @@ the point; a fake loader where a test needs to control when or how a load ends.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from streamserve.repository import (
 )
 from streamserve.runtimes.base import Signature, TensorSpec
 from streamserve.runtimes.registry import load_servable
+from streamserve.waiting import WaitTimeout, wait_until
 
 POLL = 0.05
 DEADLINE = 20.0
@@ -40,12 +40,10 @@ def add_version(base: Path, version: int, build: Callable[[Path], object] = buil
 
 
 def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+    try:
+        return bool(wait_until(condition, timeout, "condition", interval=0.01))
+    except WaitTimeout:
+        return False
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from streamserve.repository import (
 )
 from streamserve.repository.routing import pick_weighted, stable_fraction
 from streamserve.runtimes.base import Signature
+from streamserve.waiting import WaitTimeout, wait_until
 
 POLL = 0.05
 DEADLINE = 20.0
@@ -72,12 +72,10 @@ def versions_dir(base: Path, *versions: int) -> Path:
 
 
 def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+    try:
+        return bool(wait_until(condition, timeout, "condition", interval=0.01))
+    except WaitTimeout:
+        return False
 
 
 @pytest.fixture
