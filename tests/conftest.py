@@ -8,8 +8,6 @@ Set STREAMSERVE_KAFKA_BOOTSTRAP=host:port to reuse a running broker instead, e.g
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -17,32 +15,23 @@ import pytest
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    existing = os.environ.get("STREAMSERVE_KAFKA_BOOTSTRAP")
-    if existing:
-        yield existing
-        return
-    from streamserve.kafka import LocalKafka
+    from streamserve.testing import kafka_broker
 
-    with LocalKafka() as kafka:
-        print(
-            f"\nKafka {kafka.version} at {kafka.bootstrap_servers}, "
-            f"started in {kafka.startup_seconds:.1f} s"
-        )
-        yield kafka.bootstrap_servers
+    with kafka_broker() as bootstrap_servers:
+        yield bootstrap_servers
 
 
 @pytest.fixture
 def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """``make(partitions=1, prefix="t") -> name``: a new, uniquely named, ready topic."""
     from streamserve.kafka import admin
+    from streamserve.testing import unique_topic
 
     created: list[str] = []
 
     def make(partitions: int = 1, prefix: str = "t") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        admin.create_topic(kafka_bootstrap, name, partitions)
-        created.append(name)
-        return name
+        created.append(unique_topic(kafka_bootstrap, prefix, partitions))
+        return created[-1]
 
     yield make
     for name in created:
