@@ -32,6 +32,7 @@ import onnxruntime as ort
 import pytest
 
 from streamserve.models.toy import build_multi, build_tiny
+from streamserve.server.cli import SERVER_READY_PREFIX
 from streamserve.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -290,7 +291,7 @@ def test_cli_serves_grpc_and_rest(tfserving_server: ServerProcess) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     assert [tfserving_server.ready_line] == [
-        f"streamserve: serving gRPC on 127.0.0.1:{tfserving_server.grpc_port}, "
+        f"{SERVER_READY_PREFIX}127.0.0.1:{tfserving_server.grpc_port}, "
         f"REST on 127.0.0.1:{tfserving_server.rest_port}"
     ]
     with grpc.insecure_channel(tfserving_server.grpc_target) as channel:
