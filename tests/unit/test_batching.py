@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamserve.errors import InvalidArgument, ResourceExhausted
 from streamserve.server.batching import (
     BatchingParameters,
     DynamicBatcher,
     parse_batching_parameters,
     parse_batching_parameters_file,
 )
-from streamserve.errors import InvalidArgument, ResourceExhausted
 
 pytestmark = pytest.mark.timeout(60)
 

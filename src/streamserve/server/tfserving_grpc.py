@@ -45,10 +45,10 @@ ROUTING_KEY_METADATA = "x-routing-key"
 
 def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(context.core), context.grpc_server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(context.core), context.grpc_server
     )
 

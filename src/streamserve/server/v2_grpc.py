@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -33,7 +33,7 @@ from streamserve.errors import InvalidArgument, StreamserveError, Unimplemented
 from streamserve.protos.v2 import grpc_service_pb2 as pb
 from streamserve.protos.v2 import grpc_service_pb2_grpc as pb_grpc
 from streamserve.server.context import ServerContext
-from streamserve.server.grpc_errors import grpc_errors, grpc_method
+from streamserve.server.grpc_errors import Method, grpc_errors, grpc_method
 from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, V2Plane, plane_for
 from streamserve.tensors import infer_input_to_numpy, numpy_to_infer_output
 
@@ -54,12 +54,12 @@ def _model_of(request: Any) -> str:
 def _version_of(response: Any) -> str:
     version = getattr(response, "model_version", "")
     if not version:  # ModelMetadata: the version when only one answered
-        versions = getattr(response, "versions", ())
+        versions: Sequence[str] = getattr(response, "versions", ())
         version = versions[0] if len(versions) == 1 else ""
     return str(version)
 
 
-def _rpc(api: str) -> Any:
+def _rpc(api: str) -> Callable[[Method], Method]:
     return grpc_method(PROTOCOL, api, _model_of, _version_of)
 
 
