@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 from streamserve.repository import ModelConfig, ModelManager
 from streamserve.runtimes.base import Signature, TensorSpec
 from streamserve.server.app import Server, ServerOptions
+from streamserve.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -106,14 +106,6 @@ def _queued_rows(rest_port: int) -> float:
     return 0.0
 
 
-def _wait_until(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def test_full_queue_is_429_and_resource_exhausted_then_recovers(
     gated: tuple[Server, GatedServable, threading.Event],
 ) -> None:
@@ -124,7 +116,7 @@ def test_full_queue_is_429_and_resource_exhausted_then_recovers(
         running: Future[list[list[float]]] = pool.submit(_infer, rest_port)
         assert servable.started.acquire(timeout=20)  # batch 1 holds the only worker
         waiting: Future[list[list[float]]] = pool.submit(_infer, rest_port)
-        _wait_until(lambda: _queued_rows(rest_port) == 1, "the second request to queue")
+        wait_until(lambda: _queued_rows(rest_port) == 1, 20, "the second request to queue")
 
         body = json.dumps(
             {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
