@@ -230,10 +230,6 @@ class DynamicBatcher:
         self._pump()
         return await future
 
-    @property
-    def pending_batches(self) -> int:
-        return len(self._open) + len(self._ready)
-
     def close(self) -> None:
         """Stop accepting work; batches already running finish in their threads."""
         self._closed = True
