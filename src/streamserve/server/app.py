@@ -58,6 +58,7 @@ from streamserve.server.batching import (
 )
 from streamserve.server.context import (
     DEFAULT_ADAPTERS,
+    METRICS_ADAPTER,
     Adapter,
     Cleanup,
     ServerContext,
@@ -78,7 +79,7 @@ INSTALLED_ADAPTERS: Mapping[str, Adapter] = {
     "v2_grpc": v2_grpc,
     "v2_rest": v2_rest,
     "legacy_inception": legacy_inception,
-    "metrics": metrics_adapter,
+    METRICS_ADAPTER: metrics_adapter,
 }
 _START_TIMEOUT_SECONDS = 60.0
 
