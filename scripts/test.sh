@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs, then run it: Python deps (with the
-# TensorFlow extra and the third-party clients used for interop tests), the
-# Apache Kafka jars (Maven Central, cached) and kcat; tests build their own models.
+# Install everything the test suite needs, check lint, formatting and types (ruff, mypy),
+# then run the tests. Installs Python deps (with the TensorFlow extra and the third-party
+# clients used for interop tests), the Apache Kafka jars (Maven Central, cached) and kcat;
+# tests build their own models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +16,11 @@ if ! command -v kcat >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get
   (apt-get update -qq && apt-get install -y -qq kcat) >/dev/null 2>&1 || echo "note: could not install kcat; kcat interop tests will be skipped"
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[dev,tensorflow]'
+
+# Static checks first: lint, formatting and types (configured in pyproject.toml).
+python3 -m ruff check .
+python3 -m ruff format --check .
+python3 -m mypy
+
 streamserve kafka fetch
 python3 -m pytest -ra "$@"

@@ -3,56 +3,89 @@
 Each subcommand lives in its own module exposing ``HELP``, ``configure(parser)``
 and ``run(args) -> int``. Those modules keep their top-level imports light and
 import heavy libraries inside ``run`` so that ``--help`` stays fast.
+
+``--log-level`` is accepted before or after the subcommand.
+
+Exit status: 0 success; 1 the command ran but did not succeed (e.g. an incomplete
+demo); 2 a usage, configuration or set-up error, explained on one ``error:`` line;
+3 ``kafka status``: the broker is not running; 4 an optional extra is missing (the
+``error:`` line says which ``pip install 'streamserve[...]'``); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import sys
+from types import ModuleType
 
-from streamserve.errors import StreamserveError
+from streamserve import __version__, demo
+from streamserve.errors import MissingExtra, StreamserveError
+from streamserve.kafka import cli as kafka_cli
+from streamserve.logs import LOG_LEVELS, configure_logging
+from streamserve.models import cli as models_cli
+from streamserve.server import cli as server_cli
+from streamserve.stream import cli as stream_cli
 
-COMMANDS: dict[str, str] = {
-    "serve": "streamserve.server.cli",
-    "stream": "streamserve.stream.cli",
-    "kafka": "streamserve.kafka.cli",
-    "models": "streamserve.models.cli",
-    "demo": "streamserve.demo",
+EXIT_ERROR = 2
+EXIT_MISSING_EXTRA = 4
+EXIT_INTERRUPTED = 130
+
+
+COMMANDS: dict[str, ModuleType] = {
+    "serve": server_cli,
+    "stream": stream_cli,
+    "kafka": kafka_cli,
+    "models": models_cli,
+    "demo": demo,
 }
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        # after the subcommand: only a given value may override the one before it
+        default=default if default is not None else argparse.SUPPRESS,
+        help="log level (default INFO)",
+    )
+
+
+def _add_log_level_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--log-level`` after the subcommand, at every level (``models build``)."""
+    _add_log_level(parser, None)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _add_log_level_to_subcommands(nested)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamserve", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--version", action="version", version=f"streamserve {__version__}")
+    _add_log_level(parser, "INFO")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # subcommand not built yet
+    for name, module in COMMANDS.items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(sub)
+        _add_log_level_to_subcommands(sub)
         sub.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, getattr(args, "log_format", "text"))
     try:
         return int(args._run(args) or 0)
+    except MissingExtra as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     except StreamserveError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -104,3 +104,14 @@ class SetupError(StreamserveError):
     """An environment problem (Java, Maven, ports, directories) a user must fix."""
 
     code = Code.FAILED_PRECONDITION
+
+
+class MissingExtra(SetupError):
+    """An optional dependency group (``pip install 'streamserve[EXTRA]'``) is not installed."""
+
+    def __init__(self, extra: str, module: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{extra}' extra (module {module!r} is missing): "
+            f"pip install 'streamserve[{extra}]'"
+        )
+        self.extra = extra

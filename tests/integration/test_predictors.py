@@ -9,7 +9,6 @@ The module's server serves, from one model config file:
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,14 +32,12 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-V2_SERVED = importlib.util.find_spec("streamserve.server.v2_grpc") is not None
-needs_v2 = pytest.mark.skipif(not V2_SERVED, reason="the server has no KServe V2 service yet")
 
 CASES = [
     pytest.param("tfserving", "grpc", id="tfserving-grpc"),
     pytest.param("tfserving", "http", id="tfserving-rest"),
-    pytest.param("v2", "grpc", id="v2-grpc", marks=needs_v2),
-    pytest.param("v2", "http", id="v2-rest", marks=needs_v2),
+    pytest.param("v2", "grpc", id="v2-grpc"),
+    pytest.param("v2", "http", id="v2-rest"),
 ]
 
 MULTI_INPUTS = {

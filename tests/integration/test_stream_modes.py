@@ -54,7 +54,6 @@ MODES = {
 def _model_args(mode: str, tiny_model: Path, request: pytest.FixtureRequest) -> list[str]:
     if MODES[mode] is None:
         return ["--model-base-path", str(tiny_model), "--model-name", "tiny"]
-    pytest.importorskip("streamserve.predictors.factory")
     server = request.getfixturevalue("model_server")
     scheme, protocol = MODES[mode]
     return ["--model-server", server[scheme], "--model-name", "tiny", "--protocol", protocol]

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamserve.batching import (
+from streamserve.errors import InvalidArgument, ResourceExhausted
+from streamserve.server.batching import (
     BatchingParameters,
     DynamicBatcher,
     parse_batching_parameters,
     parse_batching_parameters_file,
 )
-from streamserve.errors import InvalidArgument, ResourceExhausted
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -334,7 +334,7 @@ class RecordingMetrics:
 
 
 def test_batching_runner_batches_per_version_and_signature() -> None:
-    from streamserve.batching import BatchingRunner
+    from streamserve.server.batching import BatchingRunner
 
     metrics = RecordingMetrics()
     runner = BatchingRunner(
@@ -366,7 +366,7 @@ def test_batching_runner_batches_per_version_and_signature() -> None:
 
 
 def test_per_model_parameters_from_files(tmp_path: Path) -> None:
-    from streamserve.batching import per_model_parameters
+    from streamserve.server.batching import per_model_parameters
 
     (tmp_path / "a" / "1").mkdir(parents=True)
     (tmp_path / "a" / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 8 }")

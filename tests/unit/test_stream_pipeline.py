@@ -96,14 +96,17 @@ def run_batcher(works: list[Work], max_size: int, delay_s: float) -> list[list[i
     async def scenario() -> list[list[int]]:
         queue: asyncio.Queue[Work] = asyncio.Queue()
         batches: list[list[int]] = []
+        all_emitted = asyncio.Event()
 
         async def emit(batch: list[Work]) -> None:
             batches.append([w.record.offset for w in batch])
+            if sum(map(len, batches)) == len(works):
+                all_emitted.set()
 
         for work in works:
             queue.put_nowait(work)
         task = asyncio.create_task(MicroBatcher(queue, emit, max_size, delay_s).run())
-        await asyncio.sleep(delay_s + 0.05)
+        await asyncio.wait_for(all_emitted.wait(), timeout=10)
         task.cancel()
         return batches
 

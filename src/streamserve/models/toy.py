@@ -11,20 +11,24 @@ Needs the ``onnx`` package (``streamserve[models]``), imported lazily.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 17
 IR_VERSION = 8  # accepted by every onnxruntime since 1.10
 
 
-def _save(model: object, version_dir: Path) -> Path:
+def _save(model: onnx.ModelProto, version_dir: Path) -> Path:
     import onnx
 
     version_dir.mkdir(parents=True, exist_ok=True)
     path = version_dir / "model.onnx"
     onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())  # type: ignore[attr-defined]
+    path.write_bytes(model.SerializeToString())
     return path
 
 

@@ -28,8 +28,15 @@ class Predictor(Protocol):
     A remote predictor belongs to the event loop of its first call.
     """
 
-    mode: str  # "embedded" | "remote" | "fallback"
-    target: str  # where calls go, e.g. "grpc://host:8500" or "embedded://name"
+    @property
+    def mode(self) -> str:
+        """ "embedded" | "remote" | "fallback"."""
+        ...
+
+    @property
+    def target(self) -> str:
+        """Where calls go, e.g. "grpc://host:8500" or "embedded://name"."""
+        ...
 
     async def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None

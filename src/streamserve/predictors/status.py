@@ -96,8 +96,9 @@ def _error_text(body: bytes, limit: int = 500) -> str:
         parsed: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        text = parsed["error"]
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, str):
+        text = error
     else:
         text = body.decode("utf-8", "replace").strip() or "(empty body)"
     return text if len(text) <= limit else text[: limit - 3] + "..."

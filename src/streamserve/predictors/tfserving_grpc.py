@@ -54,7 +54,10 @@ class TfServingGrpcPredictor:
         request = self._request(inputs, signature_name)
 
         async def invoke(stub: Stub) -> predict_pb2.PredictResponse:
-            return await stub.Predict(request, timeout=self.timeout_s)
+            response: predict_pb2.PredictResponse = await stub.Predict(
+                request, timeout=self.timeout_s
+            )
+            return response
 
         response = await self._grpc.call(invoke)
         outputs = {name: tensors.tensor_proto_to_numpy(t) for name, t in response.outputs.items()}

@@ -49,7 +49,10 @@ class V2GrpcPredictor:
         request = self._request(inputs, signature_name)
 
         async def invoke(stub: Stub) -> grpc_service_pb2.ModelInferResponse:
-            return await stub.ModelInfer(request, timeout=self.timeout_s)
+            response: grpc_service_pb2.ModelInferResponse = await stub.ModelInfer(
+                request, timeout=self.timeout_s
+            )
+            return response
 
         response = await self._grpc.call(invoke)
         return Prediction(

@@ -15,13 +15,14 @@ from streamserve.repository.config import (
     parse_traffic_split_text,
     validate_model_configs,
 )
-from streamserve.repository.handles import ServableHandle
+from streamserve.repository.handles import Handle, ServableHandle
 from streamserve.repository.manager import Loader, ModelManager
 from streamserve.repository.poller import ConfigFilePoller, config_file_poller
 from streamserve.repository.states import VersionState, VersionStatus
 
 __all__ = [
     "ConfigFilePoller",
+    "Handle",
     "Loader",
     "ModelConfig",
     "ModelManager",

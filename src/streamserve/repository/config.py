@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from streamserve.errors import InvalidArgument
@@ -177,7 +178,7 @@ def _validate_traffic_split(config: ModelConfig) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _server_config_module() -> Any:
+def _server_config_module() -> ModuleType:
     from streamserve.protos.gen.tensorflow_serving.config import model_server_config_pb2
 
     return model_server_config_pb2
@@ -191,8 +192,9 @@ def parse_model_config_text(text: str, base_dir: Path | None = None) -> list[Mod
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        message = f"Invalid model config (text-format ModelServerConfig): {exc}"
-        raise InvalidArgument(message) from exc
+        raise InvalidArgument(
+            f"Invalid model config (text-format ModelServerConfig): {exc}"
+        ) from exc
     configs = model_configs_from_server_config(message) or []
     if base_dir is not None:
         configs = [_resolve_base_path(config, base_dir) for config in configs]
@@ -236,7 +238,7 @@ def model_configs_from_server_config(
 def model_server_config_to_proto(
     configs: Iterable[ModelConfig],
 ) -> model_server_config_pb2.ModelServerConfig:
-    message = _server_config_module().ModelServerConfig()
+    message: model_server_config_pb2.ModelServerConfig = _server_config_module().ModelServerConfig()
     message.model_config_list.SetInParent()
     for config in configs:
         message.model_config_list.config.append(model_config_to_proto(config))
@@ -258,7 +260,7 @@ def model_config_from_proto(proto: model_server_config_pb2.ModelConfig) -> Model
 
 def model_config_to_proto(config: ModelConfig) -> model_server_config_pb2.ModelConfig:
     """ModelConfig → proto; ``traffic_split`` has no field in TF Serving's proto and is dropped."""
-    proto = _server_config_module().ModelConfig()
+    proto: model_server_config_pb2.ModelConfig = _server_config_module().ModelConfig()
     proto.name = config.name
     proto.base_path = str(config.base_path)
     proto.model_platform = config.platform

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from streamserve.errors import Code
 from streamserve.repository.config import ModelConfig
@@ -73,6 +74,19 @@ class ModelRecord:
     def latest_available(self) -> VersionRecord | None:
         available = [r for r in self.versions.values() if r.state == VersionState.AVAILABLE]
         return max(available, key=lambda r: r.version, default=None)
+
+
+class Handle(Protocol):
+    """What a model call needs from a held version (:class:`ServableHandle` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def servable(self) -> Servable: ...
 
 
 class ServableHandle:

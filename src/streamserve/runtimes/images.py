@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from streamserve.errors import InvalidArgument
 
@@ -99,9 +99,9 @@ def decode_and_crop(data: object, spec: ImageSpec) -> np.ndarray:
     if len(data) > spec.max_bytes:
         raise _BadElement(f"image is {len(data)} bytes, more than max_bytes={spec.max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            _check_pixels(image, spec)
-            image = _oriented(image)
+        with Image.open(io.BytesIO(data)) as encoded:  # reads the header only
+            _check_pixels(encoded, spec)
+            image = _oriented(encoded)
             image = _coloured(image, spec.color)
             image = _resized(image, spec.resize_short)
             return _centre_cropped(np.asarray(image), spec.crop, spec.color)
@@ -109,7 +109,7 @@ def decode_and_crop(data: object, spec: ImageSpec) -> np.ndarray:
         raise
     except Image.DecompressionBombError as error:
         raise _BadElement(f"too many pixels ({error})") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise _BadElement("not a decodable image (unknown or unsupported format)") from None
     except Exception as error:  # any decoder failure is the element's fault, never ours
         reason = str(error) or type(error).__name__

@@ -97,7 +97,7 @@ def _parse_config(document: Any, base_dir: Path) -> ProcessingConfig:
     _expect(isinstance(document, dict), "the top level must be a JSON object")
     raw_signatures = document.get("signatures")
     _expect(
-        isinstance(raw_signatures, dict) and raw_signatures,
+        isinstance(raw_signatures, dict) and bool(raw_signatures),
         "'signatures' must be a non-empty object",
     )
     steps: dict[str, Step] = {}
@@ -115,7 +115,7 @@ def _parse_config(document: Any, base_dir: Path) -> ProcessingConfig:
             steps[name] = steps[target]
     raw_name = document.get("raw_signature_name")
     _expect(
-        raw_name is None or (isinstance(raw_name, str) and raw_name),
+        raw_name is None or (isinstance(raw_name, str) and bool(raw_name)),
         "'raw_signature_name' must be a string",
     )
     _expect(

@@ -184,16 +184,6 @@ def _tensor_spec(tf: Any, alias: str, dtype: Any, shape: Any) -> TensorSpec:
     return TensorSpec(alias, numpy_dtype, tuple(shape.as_list()))
 
 
-_NOISE_PREFIXES = ("Graph execution error", "Detected at node", "File ", "[[{{node", "[Op:")
-
-
-def _essence(message: str) -> str:
-    """TF's error without the Python stack of where the graph was built (our own code)."""
-    lines = [line.strip() for line in message.splitlines()]
-    useful = [line for line in lines if line and not line.startswith(_NOISE_PREFIXES)]
-    return " ".join(useful) or message
-
-
 def _tf_ready(array: np.ndarray) -> np.ndarray:
     # TF takes object arrays of bytes/str as DT_STRING; numpy str_ arrays must become bytes.
     if array.dtype.kind == "U":

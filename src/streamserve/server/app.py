@@ -11,112 +11,77 @@ Ports: ``grpc_port=0`` / ``rest_port=0`` pick free ports (read them back from
 ``server.grpc_port`` / ``server.rest_port``); ``rest_port=None`` turns REST off. (The
 CLI keeps TF Serving's meaning, where ``--rest_api_port=0`` turns REST off.)
 
-Protocol adapters live in their own modules and plug themselves in: each module named
-in ``ServerOptions.adapters`` that exists and defines ``install(context: ServerContext)``
-is installed at start, in order. ``install`` registers gRPC servicers on
-``context.grpc_server``, routes on ``context.rest_app`` (``add_route``), request
-observers on ``context.core``, and cleanups in ``context.on_stop``.
+Protocol adapters live in their own modules and are wired explicitly:
+:data:`INSTALLED_ADAPTERS` maps each adapter's name to its imported module, and
+``ServerOptions.adapters`` names the ones to install, in order. Each implements
+:class:`~streamserve.server.context.Adapter` (``install(context: ServerContext)``): it
+registers gRPC servicers on ``context.grpc_server``, routes on ``context.rest_app``
+(``add_route``), request observers on ``context.core``, and cleanups in
+``context.on_stop``. A configured adapter that is not installed, or whose ``install``
+fails, stops start-up with a :class:`~streamserve.errors.SetupError` naming it.
+
+The model runner is chosen here too: the caller's, else a
+:class:`~streamserve.server.batching.BatchingRunner` with ``enable_batching``, else a
+:class:`~streamserve.server.core.ThreadPoolRunner`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from streamserve.errors import InvalidArgument, SetupError
-from streamserve.repository import ConfigFilePoller, ModelConfig, ModelManager
-from streamserve.repository.config import load_model_configs
+from streamserve.errors import InvalidArgument, SetupError, StreamserveError
+from streamserve.repository import ConfigFilePoller, ModelManager, VersionState
+from streamserve.server import (
+    legacy_inception,
+    tfserving_grpc,
+    tfserving_rest,
+    v2_grpc,
+    v2_rest,
+)
+from streamserve.server import metrics as metrics_adapter
+from streamserve.server.batching import (
+    BatchingParameters,
+    BatchingRunner,
+    parse_batching_parameters_file,
+    per_model_parameters,
+)
+from streamserve.server.context import (
+    DEFAULT_ADAPTERS,
+    METRICS_ADAPTER,
+    Adapter,
+    Cleanup,
+    ServerContext,
+    ServerOptions,
+)
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
 from streamserve.server.http import App
 from streamserve.server.metrics import ServerMetrics
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-DEFAULT_ADAPTERS = (
-    "streamserve.server.tfserving_grpc",
-    "streamserve.server.tfserving_rest",
-    "streamserve.server.v2_grpc",
-    "streamserve.server.v2_rest",
-    "streamserve.server.legacy_inception",
-    "streamserve.server.metrics",
-)
+INSTALLED_ADAPTERS: Mapping[str, Adapter] = {
+    "tfserving_grpc": tfserving_grpc,
+    "tfserving_rest": tfserving_rest,
+    "v2_grpc": v2_grpc,
+    "v2_rest": v2_rest,
+    "legacy_inception": legacy_inception,
+    METRICS_ADAPTER: metrics_adapter,
+}
 _START_TIMEOUT_SECONDS = 60.0
-
-
-@dataclass
-class ServerOptions:
-    """Everything ``streamserve serve`` accepts; see :mod:`streamserve.server.cli`."""
-
-    # models: an explicit list, or one model, or a TF Serving model config file
-    models: list[ModelConfig] | None = None
-    model_name: str = "default"
-    model_base_path: str | Path | None = None
-    model_platform: str = ""
-    model_config_file: str | Path | None = None
-    model_config_file_poll_wait_seconds: float = 0.0  # 0 = read once
-    traffic_split_file: str | Path | None = None
-    file_system_poll_wait_seconds: float = 1.0
-    allow_version_labels_for_unavailable_models: bool = False
-    enable_model_warmup: bool = True
-    # network
-    host: str = "0.0.0.0"
-    grpc_port: int = 0  # 0 = pick a free port
-    rest_port: int | None = 0  # 0 = pick a free port, None = no REST
-    grpc_max_message_bytes: int = 64 * MiB
-    grpc_channel_arguments: str = ""  # "name=value,name=value"
-    rest_max_body_bytes: int = 64 * MiB
-    rest_api_timeout_in_ms: int = 30_000  # 0 = no timeout
-    # execution
-    predict_threads: int = 0  # 0 = one per core (at least 2)
-    enable_batching: bool = False
-    batching_parameters_file: str | Path | None = None
-    monitoring_config_file: str | Path | None = None
-    adapters: tuple[str, ...] = DEFAULT_ADAPTERS
-    grace_seconds: float = 5.0
-    extra: dict[str, Any] = field(default_factory=dict)  # flags for adapters
-
-    def model_configs(self) -> list[ModelConfig]:
-        if self.models is not None:
-            return list(self.models)
-        if self.model_config_file:
-            return load_model_configs(self.model_config_file, self.traffic_split_file)
-        if self.model_base_path:
-            return [
-                ModelConfig(
-                    self.model_name, Path(self.model_base_path).absolute(), self.model_platform
-                )
-            ]
-        raise InvalidArgument(
-            "No models to serve: give --model_base_path (and --model_name) or --model_config_file"
-        )
-
-
-@dataclass
-class ServerContext:
-    """What an adapter's ``install`` gets."""
-
-    options: ServerOptions
-    manager: ModelManager
-    core: InferenceCore
-    grpc_server: grpc.aio.Server
-    rest_app: App | None
-    health: health.aio.HealthServicer
-    on_stop: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
-    metrics: ServerMetrics | None = None
 
 
 class Server:
@@ -227,9 +192,10 @@ class Server:
 
     async def _start_parts(self, stack: contextlib.AsyncExitStack) -> None:
         options = self.options
-        metrics = ServerMetrics()
+        adapters = _configured_adapters(options.adapters)
+        metrics = ServerMetrics() if options.metrics_enabled else None
         manager = await self._start_manager(stack, metrics)
-        core = InferenceCore(manager, self._runner or ThreadPoolRunner(options.predict_threads))
+        core = InferenceCore(manager, self._build_runner(manager, metrics))
         stack.callback(core.close)
         stack.push_async_callback(core.drain, options.grace_seconds)  # after both servers stop
         grpc_server = grpc.aio.server(options=_grpc_server_options(options))
@@ -243,8 +209,8 @@ class Server:
             options, manager, core, grpc_server, rest_app, health_servicer, metrics=metrics
         )
         self.context = context
-        _install_adapters(context)
         stack.push_async_callback(_run_cleanups, context.on_stop)
+        _install_adapters(adapters, context)
         await self._start_grpc(stack, context)
         if rest_app is not None:
             await self._start_rest(stack, rest_app)
@@ -253,10 +219,11 @@ class Server:
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
 
     async def _start_manager(
-        self, stack: contextlib.AsyncExitStack, metrics: ServerMetrics
+        self, stack: contextlib.AsyncExitStack, metrics: ServerMetrics | None
     ) -> ModelManager:
         if self._given_manager is not None:
-            metrics.follow(self._given_manager)
+            if metrics is not None:
+                metrics.follow(self._given_manager)
             return self._given_manager
         options = self.options
         manager = ModelManager(
@@ -267,10 +234,20 @@ class Server:
             ),
             warmup=options.enable_model_warmup,
         )
-        metrics.follow(manager)  # before start: the initial loads' latency is recorded too
+        if metrics is not None:
+            metrics.follow(manager)  # before start: the initial loads' latency is recorded too
         await asyncio.to_thread(manager.start)
         stack.push_async_callback(asyncio.to_thread, manager.stop)
         return manager
+
+    def _build_runner(self, manager: ModelManager, metrics: ServerMetrics | None) -> Runner:
+        """The caller's runner, else a batching one with ``enable_batching``, else a pool."""
+        options = self.options
+        if self._runner is not None:
+            return self._runner
+        if not options.enable_batching:
+            return ThreadPoolRunner(options.predict_threads)
+        return _batching_runner(options, manager, metrics)
 
     async def _start_grpc(self, stack: contextlib.AsyncExitStack, context: ServerContext) -> None:
         address = f"{_grpc_host(self.options.host)}:{self.options.grpc_port}"
@@ -322,23 +299,44 @@ class Server:
         stack.push_async_callback(asyncio.to_thread, poller.stop)
 
 
-def _install_adapters(context: ServerContext) -> None:
-    for module_name in context.options.adapters:
+def _configured_adapters(names: tuple[str, ...]) -> list[tuple[str, Adapter]]:
+    missing = [name for name in names if name not in INSTALLED_ADAPTERS]
+    if missing:
+        raise SetupError(
+            f"server adapter(s) {', '.join(map(repr, missing))} configured but not installed; "
+            f"installed: {', '.join(INSTALLED_ADAPTERS)}"
+        )
+    return [(name, INSTALLED_ADAPTERS[name]) for name in names]
+
+
+def _install_adapters(adapters: list[tuple[str, Adapter]], context: ServerContext) -> None:
+    for name, adapter in adapters:
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            log.debug("adapter %s not present", module_name)
-            continue
-        install = getattr(module, "install", None)
-        if install is None:
-            log.debug("adapter %s has no install()", module_name)
-            continue
-        install(context)
+            adapter.install(context)
+        except StreamserveError as exc:
+            raise SetupError(f"server adapter {name!r} failed to install: {exc.message}") from exc
+        except Exception as exc:
+            raise SetupError(f"server adapter {name!r} failed to install: {exc!r}") from exc
 
 
-async def _run_cleanups(cleanups: list[Callable[[], Awaitable[None] | None]]) -> None:
+def _batching_runner(
+    options: ServerOptions, manager: ModelManager, metrics: ServerMetrics | None
+) -> BatchingRunner:
+    base = BatchingParameters()
+    if options.batching_parameters_file:
+        base = parse_batching_parameters_file(options.batching_parameters_file)
+    params_for = per_model_parameters(lambda name: manager.config(name).base_path, base)
+    runner = BatchingRunner(base, params_for=params_for, metrics=metrics)
+
+    def forget_unloaded(name: str, version: int, state: int, load_seconds: float | None) -> None:
+        if state == VersionState.END:
+            runner.forget(name, version)
+
+    manager.add_listener(forget_unloaded)
+    return runner
+
+
+async def _run_cleanups(cleanups: list[Cleanup]) -> None:
     for cleanup in reversed(cleanups):
         try:
             result = cleanup()
@@ -348,7 +346,7 @@ async def _run_cleanups(cleanups: list[Callable[[], Awaitable[None] | None]]) ->
             log.exception("adapter cleanup failed")
 
 
-async def _wait_started(server: Any, task: asyncio.Task[None]) -> None:
+async def _wait_started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS
     while not server.started:
         if task.done():
@@ -359,9 +357,9 @@ async def _wait_started(server: Any, task: asyncio.Task[None]) -> None:
         await asyncio.sleep(0.005)
 
 
-def _grpc_server_options(options: ServerOptions) -> list[tuple[str, Any]]:
+def _grpc_server_options(options: ServerOptions) -> list[tuple[str, int | str]]:
     size = options.grpc_max_message_bytes
-    args: list[tuple[str, Any]] = [
+    args: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),
@@ -400,4 +398,4 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-__all__ = ["DEFAULT_ADAPTERS", "Server", "ServerContext", "ServerOptions"]
+__all__ = ["DEFAULT_ADAPTERS", "INSTALLED_ADAPTERS", "Server", "ServerContext", "ServerOptions"]

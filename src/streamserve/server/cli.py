@@ -22,7 +22,12 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from streamserve.logs import add_log_format_argument
+
+if TYPE_CHECKING:
+    from streamserve.server.context import ServerOptions
 
 SERVER_READY_PREFIX = "streamserve: serving gRPC on "
 """Start of the line ``serve`` prints once it serves; child-process wrappers wait for it."""
@@ -97,12 +102,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="largest gRPC message (RESOURCE_EXHAUSTED above)")  # fmt: skip
     _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
     _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
+    add_log_format_argument(parser)
     for name in _IGNORED_FLAGS:
         _flag(parser, name, default=None, help=argparse.SUPPRESS)
 
 
-def options_from_args(args: argparse.Namespace) -> Any:
-    from streamserve.server.app import ServerOptions
+def options_from_args(args: argparse.Namespace) -> ServerOptions:
+    from streamserve.server.context import ServerOptions
 
     for name in _IGNORED_FLAGS:
         if getattr(args, name, None) is not None:

@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from streamserve.errors import InvalidArgument
-from streamserve.repository import ModelConfig, ModelManager, VersionStatus
+from streamserve.repository import Handle, ModelConfig, ModelManager, VersionStatus
 from streamserve.runtimes.base import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -50,7 +50,6 @@ T = TypeVar("T")
 # (model, version, protocol, api, status code name, seconds) — e.g. metrics
 RequestObserver = Callable[[str, str, str, str, str, float], None]
 InputDecoder = Callable[[Signature], Mapping[str, np.ndarray]]
-Handle = Any  # streamserve.repository.ServableHandle: .name, .version, .servable
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,10 +140,6 @@ class App:
 
     def add_route_regex(self, method: str, regex: str, handler: Handler) -> None:
         self._routes.append(_Route(method.upper(), re.compile(regex), handler))
-
-    @property
-    def routes(self) -> Iterable[tuple[str, str]]:
-        return [(route.method, route.pattern.pattern) for route in self._routes]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

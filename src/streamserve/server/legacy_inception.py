@@ -26,6 +26,7 @@ import numpy as np
 from streamserve.errors import FailedPrecondition, InvalidArgument, StreamserveError
 from streamserve.protos.tfs import inception_inference_pb2, inception_inference_pb2_grpc
 from streamserve.runtimes.base import DEFAULT_SIGNATURE, Signature
+from streamserve.server.context import ServerContext
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.server.grpc_errors import grpc_status
 
@@ -38,9 +39,11 @@ ROUTING_KEY_METADATA = "x-routing-key"
 CLASSES, SCORES = "classes", "scores"
 
 
-def install(context: Any) -> None:
+def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     configured = context.options.extra.get(MODEL_NAME_OPTION)
+    if configured is not None and not isinstance(configured, str):
+        raise InvalidArgument(f"{MODEL_NAME_OPTION} must be a model name, got {configured!r}")
     servicer = InceptionService(context.core, configured)
     inception_inference_pb2_grpc.add_InceptionServiceServicer_to_server(
         servicer, context.grpc_server

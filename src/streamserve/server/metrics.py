@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -33,6 +33,11 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 
 from streamserve.errors import InvalidArgument, StreamserveError
+from streamserve.repository import ModelManager
+from streamserve.server.http import Handler, Request, Response
+
+if TYPE_CHECKING:
+    from streamserve.server.context import ServerContext
 
 TF_SERVING_METRICS_PATH = "/monitoring/prometheus/metrics"
 PLAIN_METRICS_PATH = "/metrics"
@@ -154,7 +159,7 @@ class ServerMetrics:
         if process:
             ProcessCollector(namespace="streamserve", registry=reg)
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
-        self._followed: list[Any] = []
+        self._followed: list[ModelManager] = []
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class ServerMetrics:
 
     # -- model lifecycle --------------------------------------------------------------------
 
-    def follow(self, manager: Any) -> None:
+    def follow(self, manager: ModelManager) -> None:
         """Track ``manager``'s version states and load times (idempotent).
 
         Call it before ``manager.start()`` to see the initial loads' latency too; called
@@ -215,15 +220,13 @@ class ServerMetrics:
 # ---------------------------------------------------------------------------------------
 
 
-def install(context: Any) -> None:
-    """Adapter hook called by :class:`streamserve.server.app.Server` (after the protocol
-    adapters): request observer, model state listener, batching runner, REST routes."""
-    metrics = context.metrics if isinstance(context.metrics, ServerMetrics) else ServerMetrics()
-    context.metrics = metrics
+def install(context: ServerContext) -> None:
+    """Adapter hook: request observer, model state listener, REST routes."""
+    metrics = context.metrics
+    if metrics is None:  # installed without the options naming it
+        metrics = context.metrics = ServerMetrics()
     context.core.add_request_observer(metrics.observe_request)
     metrics.follow(context.manager)
-    if context.options.enable_batching:
-        _install_batching(context, metrics)
     if context.rest_app is None:
         return
     paths = {PLAIN_METRICS_PATH, TF_SERVING_METRICS_PATH}
@@ -234,45 +237,10 @@ def install(context: Any) -> None:
         context.rest_app.add_route("GET", path, _metrics_handler(metrics))
 
 
-def _metrics_handler(metrics: ServerMetrics) -> Callable[[Any], Awaitable[Any]]:
-    from streamserve.server.http import Response
-
+def _metrics_handler(metrics: ServerMetrics) -> Handler:
     content_type = CONTENT_TYPE.encode()
 
-    async def handler(request: Any) -> Response:
+    async def handler(request: Request) -> Response:
         return Response(body=metrics.render(), content_type=content_type)
 
     return handler
-
-
-def _install_batching(context: Any, metrics: ServerMetrics) -> None:
-    """Swap the core's default runner for a :class:`BatchingRunner`.
-
-    Lives here until the server wiring builds the runner itself: it needs the metrics
-    (batch sizes, queue depth), which exist only once adapters are installed.
-    """
-    from streamserve.batching import (
-        BatchingParameters,
-        BatchingRunner,
-        parse_batching_parameters_file,
-        per_model_parameters,
-    )
-    from streamserve.repository import VersionState
-    from streamserve.server.core import ThreadPoolRunner
-
-    core, manager, options = context.core, context.manager, context.options
-    if not isinstance(core.runner, ThreadPoolRunner):
-        return  # a runner chosen by the embedding code wins
-    base = BatchingParameters()
-    if options.batching_parameters_file:
-        base = parse_batching_parameters_file(options.batching_parameters_file)
-    params_for = per_model_parameters(lambda name: manager.config(name).base_path, base)
-    runner = BatchingRunner(base, params_for=params_for, metrics=metrics)
-    previous, core.runner = core.runner, runner
-    previous.close()
-
-    def forget_unloaded(name: str, version: int, state: int, load_seconds: float | None) -> None:
-        if state == VersionState.END:
-            runner.forget(name, version)
-
-    manager.add_listener(forget_unloaded)

@@ -46,7 +46,7 @@ def _fill_signature_def(message: Any, signature: Signature) -> None:
 
 def _fill_tensor_info(message: meta_graph_pb2.TensorInfo, spec: TensorSpec) -> None:
     message.name = spec.name
-    message.dtype = dtype_to_tf(spec.dtype)  # type: ignore[assignment]
+    message.dtype = dtype_to_tf(spec.dtype)
     if spec.shape is None:
         message.tensor_shape.unknown_rank = True
         return

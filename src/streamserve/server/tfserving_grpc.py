@@ -32,6 +32,7 @@ from streamserve.protos.tfs import (
     regression_pb2,
 )
 from streamserve.repository.config import model_configs_from_server_config
+from streamserve.server.context import ServerContext
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.server.examples import examples_from_proto
 from streamserve.server.grpc_errors import Method, grpc_method
@@ -42,12 +43,12 @@ PROTOCOL = "tfserving"
 ROUTING_KEY_METADATA = "x-routing-key"
 
 
-def install(context: Any) -> None:
+def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(context.core), context.grpc_server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(context.core), context.grpc_server
     )
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from streamserve.errors import InvalidArgument, StreamserveError
 from streamserve.repository import VersionStatus
+from streamserve.server.context import ServerContext
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.server.examples import examples_from_json, labelled
 from streamserve.server.http import App, Request, Response, json_response
@@ -42,7 +43,7 @@ _MODEL = r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def install(context: Any) -> None:
+def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     if context.rest_app is not None:
         add_routes(context.rest_app, context.core)

@@ -1,7 +1,7 @@
 """KServe V2 / Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``.
 
 A thin translator over :class:`~streamserve.server.core.InferenceCore`, sharing V2
-semantics with the REST adapter through :class:`~streamserve.server.v2_rest.V2Plane`.
+semantics with the REST adapter through :class:`~streamserve.server.v2_plane.V2Plane`.
 It runs on the same ``grpc.aio`` server (``--port``) as TF Serving's services.
 
 Wire rules (as Triton):
@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -32,15 +32,16 @@ import numpy as np
 from streamserve.errors import InvalidArgument, StreamserveError, Unimplemented
 from streamserve.protos.v2 import grpc_service_pb2 as pb
 from streamserve.protos.v2 import grpc_service_pb2_grpc as pb_grpc
-from streamserve.server.grpc_errors import grpc_errors, grpc_method
-from streamserve.server.v2_rest import PROTOCOL, ROUTING_KEY_HEADER, V2Plane, plane_for
+from streamserve.server.context import ServerContext
+from streamserve.server.grpc_errors import Method, grpc_errors, grpc_method
+from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, V2Plane, plane_for
 from streamserve.tensors import infer_input_to_numpy, numpy_to_infer_output
 
 STREAM_WINDOW = 64  # requests of one stream in flight at once
 _RAW_ONLY = (np.dtype(np.float16),)
 
 
-def install(context: Any) -> None:
+def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     servicer = InferenceServicer(plane_for(context))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, context.grpc_server)
@@ -53,12 +54,12 @@ def _model_of(request: Any) -> str:
 def _version_of(response: Any) -> str:
     version = getattr(response, "model_version", "")
     if not version:  # ModelMetadata: the version when only one answered
-        versions = getattr(response, "versions", ())
+        versions: Sequence[str] = getattr(response, "versions", ())
         version = versions[0] if len(versions) == 1 else ""
     return str(version)
 
 
-def _rpc(api: str) -> Any:
+def _rpc(api: str) -> Callable[[Method], Method]:
     return grpc_method(PROTOCOL, api, _model_of, _version_of)
 
 

@@ -8,9 +8,7 @@ Routes: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
 extension ``POST /v2/repository/index``, ``/v2/repository/models/{m}/load|unload``.
 Errors are ``{"error": "..."}`` with the HTTP status of the error's code.
 
-:class:`V2Plane` holds what the REST and gRPC V2 adapters share (metadata views,
-readiness, repository control, request addressing); both are thin translators over
-:class:`~streamserve.server.core.InferenceCore`.
+What the REST and gRPC V2 adapters share lives in :mod:`streamserve.server.v2_plane`.
 
 A request may pick a signature with ``parameters.signature_name`` (default
 ``serving_default``) and a sticky A/B arm with ``parameters.routing_key`` or the
@@ -22,239 +20,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-import streamserve
-from streamserve.errors import InvalidArgument, NotFound, StreamserveError
-from streamserve.repository import ModelConfig, VersionState
-from streamserve.runtimes.base import DEFAULT_SIGNATURE, Signature
-from streamserve.server.core import InferenceCore, ModelRef
+from streamserve.errors import InvalidArgument, StreamserveError
+from streamserve.server.context import ServerContext
 from streamserve.server.http import Request, Response, json_response
-from streamserve.tensors import dtype_to_v2, numpy_to_v2_json, split_binary_data, v2_json_to_numpy
+from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, TensorView, V2Plane, plane_for
+from streamserve.tensors import numpy_to_v2_json, split_binary_data, v2_json_to_numpy
 
-PROTOCOL = "v2"
-ROUTING_KEY_HEADER = "x-routing-key"
 HEADER_LENGTH = "inference-header-content-length"
-SERVER_NAME = "streamserve"
-EXTENSIONS = ("binary_tensor_data", "model_repository", "parameters")
-LOAD_TIMEOUT_SECONDS = 300.0
 _BINARY_CONTENT_TYPE = b"application/octet-stream"
 
-_INDEX_STATE = {
-    VersionState.START: "LOADING",
-    VersionState.LOADING: "LOADING",
-    VersionState.AVAILABLE: "READY",
-    VersionState.UNLOADING: "UNLOADING",
-    VersionState.END: "UNAVAILABLE",
-    VersionState.UNKNOWN: "UNAVAILABLE",
-}
 
-
-# ---------------------------------------------------------------------------------------
-# Protocol-neutral V2 operations (shared with v2_grpc)
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorView:
-    name: str
-    datatype: str
-    shape: list[int]  # -1 = any size
-
-
-@dataclass(frozen=True)
-class MetadataView:
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorView]
-    outputs: list[TensorView]
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    version: str
-    state: str
-    reason: str
-
-
-class V2Plane:
-    """V2 semantics over one :class:`InferenceCore` (one per server, thread-unsafe parts
-    run on the server's loop; repository changes run in worker threads)."""
-
-    def __init__(self, core: InferenceCore) -> None:
-        self.core = core
-        self.manager = core.manager
-        self._unloaded: dict[str, ModelConfig] = {}
-        self._repository_lock = asyncio.Lock()
-
-    # -- addressing ---------------------------------------------------------------------
-
-    @staticmethod
-    def ref(name: str, version: str, routing_key: str | None = None) -> ModelRef:
-        return ModelRef(name, parse_version(name, version), None, routing_key)
-
-    # -- health -------------------------------------------------------------------------
-
-    def server_ready(self) -> bool:
-        """Ready when every configured model has an AVAILABLE version."""
-        return all(self._has_available(name) for name in self.manager.model_names())
-
-    def model_ready(self, name: str, version: str) -> bool:
-        number = parse_version(name, version)
-        try:
-            statuses = self.manager.status(name, version=number)
-        except StreamserveError:
-            return False
-        return any(status.state == VersionState.AVAILABLE for status in statuses)
-
-    def _has_available(self, name: str) -> bool:
-        return self.model_ready(name, "")
-
-    @staticmethod
-    def server_metadata() -> dict[str, Any]:
-        return {
-            "name": SERVER_NAME,
-            "version": streamserve.__version__,
-            "extensions": list(EXTENSIONS),
-        }
-
-    # -- metadata -----------------------------------------------------------------------
-
-    def metadata(self, name: str, version: str) -> MetadataView:
-        meta = self.core.metadata(self.ref(name, version))
-        signature = choose_signature(meta.signatures, "")
-        if version:
-            versions = [str(meta.version)]
-        else:
-            statuses = self.manager.status(name)
-            versions = [str(s.version) for s in statuses if s.state == VersionState.AVAILABLE]
-        return MetadataView(
-            name=meta.name,
-            versions=versions,
-            platform=self._platform(name),
-            inputs=[_tensor_view(spec) for spec in signature.inputs.values()],
-            outputs=[_tensor_view(spec) for spec in signature.outputs.values()],
-        )
-
-    def _platform(self, name: str) -> str:
-        try:
-            platform = self.manager.config(name).platform
-        except StreamserveError:
-            platform = ""
-        return {"onnx": "onnxruntime_onnx", "tensorflow": "tensorflow_savedmodel"}.get(
-            platform, platform or "onnxruntime_onnx"
-        )
-
-    # -- repository extension -------------------------------------------------------------
-
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
-        entries: list[IndexEntry] = []
-        for name in self.manager.model_names():
-            try:
-                statuses = self.manager.status(name)
-            except StreamserveError as exc:
-                entries.append(IndexEntry(name, "", "UNAVAILABLE", exc.message))
-                continue
-            for status in statuses:
-                state = _INDEX_STATE.get(status.state, "UNAVAILABLE")
-                entries.append(IndexEntry(name, str(status.version), state, status.error_message))
-        entries.extend(IndexEntry(name, "", "UNAVAILABLE", "unloaded") for name in self._unloaded)
-        if ready_only:
-            entries = [entry for entry in entries if entry.state == "READY"]
-        return sorted(entries, key=lambda e: (e.name, e.version))
-
-    async def load(self, name: str, base_path: str | None = None) -> None:
-        """Load (add) a model and wait until a version is AVAILABLE.
-
-        A model that is configured or was unloaded comes back with its own config;
-        ``base_path`` adds a new model (or moves an existing one).
-        """
-        async with self._repository_lock:
-            configs = {n: self.manager.config(n) for n in self.manager.model_names()}
-            config = configs.get(name) or self._unloaded.get(name)
-            if base_path:
-                config = ModelConfig(name, Path(base_path).absolute())
-            if config is None:
-                raise NotFound(
-                    f"Unknown model {name!r}: it is not configured; give "
-                    'parameters {"base_path": "/path/to/model"} to add it'
-                )
-            if configs.get(name) == config and self._has_available(name):
-                return
-            configs[name] = config
-            await asyncio.wait_for(
-                asyncio.to_thread(self.core.reload_config, list(configs.values())),
-                LOAD_TIMEOUT_SECONDS,
-            )
-            self._unloaded.pop(name, None)
-
-    async def unload(self, name: str) -> None:
-        """Unload every version of a model and forget it until it is loaded again."""
-        async with self._repository_lock:
-            names = self.manager.model_names()
-            if name not in names:
-                if name in self._unloaded:
-                    return
-                raise NotFound(f"Unknown model {name!r}: it is not loaded")
-            config = self.manager.config(name)
-            remaining = [self.manager.config(n) for n in names if n != name]
-            await asyncio.to_thread(self.core.reload_config, remaining)
-            self._unloaded[name] = config
-
-
-def parse_version(name: str, version: str) -> int | None:
-    if not version:
-        return None
-    try:
-        number = int(version)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise InvalidArgument(
-            f"Invalid version {version!r} for model {name!r}: expected a non-negative integer"
-        )
-    return number
-
-
-def choose_signature(signatures: Mapping[str, Signature], requested: str) -> Signature:
-    """The requested signature, else ``serving_default``, else the only one."""
-    name = requested or DEFAULT_SIGNATURE
-    signature = signatures.get(name)
-    if signature is None and not requested and len(signatures) == 1:
-        signature = next(iter(signatures.values()))
-    if signature is None:
-        available = ", ".join(sorted(signatures))
-        raise InvalidArgument(f"Unknown signature {name!r}; the model has: {available}")
-    return signature
-
-
-def _tensor_view(spec: Any) -> TensorView:
-    shape = [-1 if dim is None else int(dim) for dim in spec.shape] if spec.shape else [-1]
-    return TensorView(spec.name, dtype_to_v2(spec.dtype), shape)
-
-
-def plane_for(context: Any) -> V2Plane:
-    """One plane per server, shared by the V2 REST and gRPC adapters."""
-    plane = getattr(context, "_v2_plane", None)
-    if plane is None:
-        plane = V2Plane(context.core)
-        context._v2_plane = plane
-    return plane
-
-
-# ---------------------------------------------------------------------------------------
-# REST translation
-# ---------------------------------------------------------------------------------------
-
-
-def install(context: Any) -> None:
+def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     if context.rest_app is None:
         return
@@ -506,14 +287,4 @@ def _opt_str(value: object, what: str) -> str | None:
     return value
 
 
-__all__ = [
-    "IndexEntry",
-    "MetadataView",
-    "TensorView",
-    "V2Plane",
-    "choose_signature",
-    "decode_inputs",
-    "install",
-    "parse_version",
-    "plane_for",
-]
+__all__ = ["V2Rest", "decode_inputs", "install", "split_binary_body"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
+
+from streamserve.logs import add_log_format_argument
 
 STREAM_READY_PREFIX = "streamserve stream ready:"
 """Start of the line ``stream`` prints once it consumes (then ``key=value`` fields)."""
@@ -124,11 +124,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     ops = parser.add_argument_group("operations")
     ops.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: any port)")
-    ops.add_argument("--log-format", choices=["text", "json"], default="text")
+    add_log_format_argument(ops)
 
 
-def run(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_format)
+def run(args: argparse.Namespace) -> int:  # logging: set up by streamserve.cli.main
     try:
         asyncio.run(_run(args))
     except KeyboardInterrupt:
@@ -242,14 +241,3 @@ def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:
             raise InvalidArgument(f"{flag} expects KEY=VALUE, got {pair!r}")
         result[key.strip()] = value.strip()
     return result
-
-
-def _configure_logging(log_format: str) -> None:
-    if log_format != "json":
-        return
-    from streamserve.stream.telemetry import JsonLogFormatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]

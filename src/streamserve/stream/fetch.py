@@ -334,7 +334,7 @@ class ImageFetcher:
         )
 
     def _next_hop(self, current: str, response: httpx.Response) -> str:
-        location = response.headers.get("location")
+        location: str | None = response.headers.get("location")
         if not location:
             raise RecordError(FETCH_STAGE, f"redirect without Location from {_describe(current)}")
         target = urljoin(current, location)

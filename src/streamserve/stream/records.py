@@ -226,8 +226,6 @@ def _jsonable(array: np.ndarray) -> object:
 
 # --------------------------------------------------------------------------- images
 
-Fetcher = Callable[[str], Awaitable[bytes]]
-
 
 class ImageFetcherLike(Protocol):
     async def fetch(self, source: str) -> bytes: ...

@@ -24,7 +24,7 @@ except ImportError:  # optional: only needed to keep bfloat16 tensors as bfloat1
 
 OBJECT = np.dtype(object)
 
-_TF_TO_NUMPY: dict[int, np.dtype] = {
+_TF_TO_NUMPY: dict[types_pb2.DataType, np.dtype] = {
     types_pb2.DT_FLOAT: np.dtype(np.float32),
     types_pb2.DT_DOUBLE: np.dtype(np.float64),
     types_pb2.DT_INT32: np.dtype(np.int32),
@@ -49,7 +49,7 @@ _TF_TO_NUMPY: dict[int, np.dtype] = {
 }
 
 # The quantized types decode to their storage ints; encoding picks the plain int types.
-_NUMPY_TO_TF: dict[np.dtype, int] = {
+_NUMPY_TO_TF: dict[np.dtype, types_pb2.DataType] = {
     dtype: tf_type
     for tf_type, dtype in _TF_TO_NUMPY.items()
     if tf_type
@@ -93,7 +93,7 @@ def _canonical(dtype: np.dtype | type) -> np.dtype:
     return dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
 
 
-def tf_to_dtype(tf_type: int) -> np.dtype:
+def tf_to_dtype(tf_type: types_pb2.DataType) -> np.dtype:
     """numpy dtype for a TF ``DataType`` value (``object`` for DT_STRING)."""
     try:
         return _TF_TO_NUMPY[tf_type]
@@ -101,7 +101,7 @@ def tf_to_dtype(tf_type: int) -> np.dtype:
         raise InvalidArgument(f"unsupported tensor dtype {tf_dtype_name(tf_type)}") from None
 
 
-def dtype_to_tf(dtype: np.dtype | type) -> int:
+def dtype_to_tf(dtype: np.dtype | type) -> types_pb2.DataType:
     """TF ``DataType`` value for a numpy dtype (bytes/str/object → DT_STRING)."""
     try:
         return _NUMPY_TO_TF[_canonical(dtype)]
@@ -128,7 +128,7 @@ def dtype_to_v2(dtype: np.dtype | type) -> str:
 
 def tf_dtype_name(tf_type: int) -> str:
     try:
-        return types_pb2.DataType.Name(tf_type)
+        return str(types_pb2.DataType.Name(tf_type))
     except ValueError:
         return str(tf_type)
 
@@ -193,7 +193,7 @@ def pack_length_prefixed(array: np.ndarray, name: str) -> bytes:
     return b"".join(parts)
 
 
-def unpack_length_prefixed(buffer: bytes, count: int, name: str) -> list[bytes]:
+def unpack_length_prefixed(buffer: bytes | memoryview, count: int, name: str) -> list[bytes]:
     view = memoryview(buffer)
     values: list[bytes] = []
     offset, end = 0, len(buffer)
@@ -220,7 +220,11 @@ def unpack_length_prefixed(buffer: bytes, count: int, name: str) -> list[bytes]:
 
 
 def frombuffer(
-    buffer: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str, bfloat16: bool = False
+    buffer: bytes | memoryview,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    name: str,
+    bfloat16: bool = False,
 ) -> np.ndarray:
     """Zero-copy, read-only view of little-endian row-major bytes.
 

@@ -21,7 +21,8 @@ from streamserve.tensors._json import array_to_json, is_b64, json_to_array
 
 
 class _Spec(Protocol):  # runtimes.base.TensorSpec, without importing the core layer
-    dtype: np.dtype
+    @property
+    def dtype(self) -> np.dtype: ...
 
 
 def rest_instances_to_numpy(
@@ -87,14 +88,14 @@ def _output_json(name: str, array: np.ndarray) -> Any:
 
 
 def _common_batch_size(outputs: Mapping[str, np.ndarray]) -> int:
-    sizes = {}
+    sizes: dict[str, int] = {}
     for name, array in outputs.items():
         if np.ndim(array) == 0:
             raise InvalidArgument(
                 f"output '{name}' is a scalar; row format needs a batch dimension "
                 "(use the columnar 'inputs' request format)"
             )
-        sizes[name] = np.shape(array)[0]
+        sizes[name] = int(np.shape(array)[0])
     if len(set(sizes.values())) > 1:
         raise InvalidArgument(
             f"outputs have different batch sizes {sizes}; use the columnar 'inputs' format"

@@ -56,7 +56,10 @@ _VALUE_FIELD: dict[int, str] = {
     types_pb2.DT_COMPLEX128: "dcomplex_val",
 }
 _HALF_BITS = (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
-_COMPLEX = {types_pb2.DT_COMPLEX64: np.float32, types_pb2.DT_COMPLEX128: np.float64}
+_COMPLEX: dict[int, np.dtype] = {
+    types_pb2.DT_COMPLEX64: np.dtype(np.float32),
+    types_pb2.DT_COMPLEX128: np.dtype(np.float64),
+}
 
 
 def tensor_proto_to_numpy(proto: TensorProto, name: str = "tensor") -> np.ndarray:

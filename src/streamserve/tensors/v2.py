@@ -152,6 +152,8 @@ def v2_json_to_numpy(
     if not isinstance(name, str) or not name:
         raise InvalidArgument("every tensor needs a non-empty string 'name'")
     datatype = tensor.get("datatype")
+    if not isinstance(datatype, str):
+        raise InvalidArgument(f"tensor '{name}': 'datatype' must be a string")
     dtype = _dtype(datatype, name)
     raw_shape = tensor.get("shape")
     if not isinstance(raw_shape, list) or not all(isinstance(d, int) for d in raw_shape):
@@ -212,9 +214,7 @@ def split_binary_data(
     return parts
 
 
-def _dtype(datatype: object, name: str) -> np.dtype:
-    if not isinstance(datatype, str):
-        raise InvalidArgument(f"tensor '{name}': 'datatype' must be a string")
+def _dtype(datatype: str, name: str) -> np.dtype:
     try:
         return v2_to_dtype(datatype)
     except InvalidArgument as error:

@@ -38,11 +38,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from streamserve.errors import InvalidArgument, ResourceExhausted
+
+if TYPE_CHECKING:
+    from streamserve.repository import Handle
+    from streamserve.runtimes.base import Servable
 
 Tensors = dict[str, np.ndarray]
 RunBatch = Callable[[Tensors], Mapping[str, np.ndarray]]
@@ -225,10 +229,6 @@ class DynamicBatcher:
             self._close(batch)
         self._pump()
         return await future
-
-    @property
-    def pending_batches(self) -> int:
-        return len(self._open) + len(self._ready)
 
     def close(self) -> None:
         """Stop accepting work; batches already running finish in their threads."""
@@ -435,6 +435,7 @@ class BatchMetrics(Protocol):
 
 
 ParamsFor = Callable[[str, int], "BatchingParameters | None"]
+_BatcherKey = tuple[str, int, str, tuple[str, ...]]  # model, version, signature, outputs
 
 
 class BatchingRunner:
@@ -460,12 +461,12 @@ class BatchingRunner:
         self._executor = ThreadPoolExecutor(
             max_workers=self.params.num_batch_threads, thread_name_prefix="batch"
         )
-        self._batchers: dict[tuple[object, ...], tuple[object, DynamicBatcher]] = {}
+        self._batchers: dict[_BatcherKey, tuple[Servable, DynamicBatcher]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(
         self,
-        handle: Any,
+        handle: Handle,
         signature_name: str,
         inputs: Tensors,
         output_filter: Sequence[str],
@@ -476,11 +477,11 @@ class BatchingRunner:
             entry = self._add(key, handle)
         return await entry[1].submit(inputs)
 
-    def _add(self, key: tuple[object, ...], handle: Any) -> tuple[object, DynamicBatcher]:
+    def _add(self, key: _BatcherKey, handle: Handle) -> tuple[Servable, DynamicBatcher]:
         self._loop = asyncio.get_running_loop()
         name, version, signature_name, output_filter = key
         servable = handle.servable
-        wanted = list(output_filter) or None  # type: ignore[call-overload]
+        wanted = list(output_filter) or None
 
         def run_batch(arrays: Tensors) -> Mapping[str, np.ndarray]:
             return servable.predict(arrays, signature_name, wanted)
@@ -495,7 +496,7 @@ class BatchingRunner:
             self._metrics.track_queue(name, str(version), lambda: self._queued(name, version))
         return entry
 
-    def _queued(self, name: object, version: object) -> int:
+    def _queued(self, name: str, version: int) -> int:
         return sum(
             batcher.queued_rows
             for key, (_, batcher) in list(self._batchers.items())

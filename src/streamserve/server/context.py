@@ -1,0 +1,117 @@
+"""What the server hands its protocol adapters: :class:`ServerOptions`, the typed
+:class:`ServerContext` and the :class:`Adapter` protocol they implement."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health
+
+from streamserve.errors import InvalidArgument
+from streamserve.repository import ModelConfig, ModelManager
+from streamserve.repository.config import load_model_configs
+from streamserve.server.core import InferenceCore
+from streamserve.server.http import App
+from streamserve.server.metrics import ServerMetrics
+
+MiB = 1024 * 1024
+METRICS_ADAPTER = "metrics"
+DEFAULT_ADAPTERS = (
+    "tfserving_grpc",
+    "tfserving_rest",
+    "v2_grpc",
+    "v2_rest",
+    "legacy_inception",
+    METRICS_ADAPTER,
+)
+
+Cleanup = Callable[[], Awaitable[None] | None]
+
+
+@dataclass
+class ServerOptions:
+    """Everything ``streamserve serve`` accepts; see :mod:`streamserve.server.cli`."""
+
+    # models: an explicit list, or one model, or a TF Serving model config file
+    models: list[ModelConfig] | None = None
+    model_name: str = "default"
+    model_base_path: str | Path | None = None
+    model_platform: str = ""
+    model_config_file: str | Path | None = None
+    model_config_file_poll_wait_seconds: float = 0.0  # 0 = read once
+    traffic_split_file: str | Path | None = None
+    file_system_poll_wait_seconds: float = 1.0
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_model_warmup: bool = True
+    # network
+    host: str = "0.0.0.0"
+    grpc_port: int = 0  # 0 = pick a free port
+    rest_port: int | None = 0  # 0 = pick a free port, None = no REST
+    grpc_max_message_bytes: int = 64 * MiB
+    grpc_channel_arguments: str = ""  # "name=value,name=value"
+    rest_max_body_bytes: int = 64 * MiB
+    rest_api_timeout_in_ms: int = 30_000  # 0 = no timeout
+    # execution
+    predict_threads: int = 0  # 0 = one per core (at least 2)
+    enable_batching: bool = False
+    batching_parameters_file: str | Path | None = None
+    monitoring_config_file: str | Path | None = None
+    # names of installed adapters (streamserve.server.app.INSTALLED_ADAPTERS), in order
+    adapters: tuple[str, ...] = DEFAULT_ADAPTERS
+    grace_seconds: float = 5.0
+    extra: dict[str, object] = field(default_factory=dict)  # flags for adapters
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return METRICS_ADAPTER in self.adapters
+
+    def model_configs(self) -> list[ModelConfig]:
+        if self.models is not None:
+            return list(self.models)
+        if self.model_config_file:
+            return load_model_configs(self.model_config_file, self.traffic_split_file)
+        if self.model_base_path:
+            return [
+                ModelConfig(
+                    self.model_name, Path(self.model_base_path).absolute(), self.model_platform
+                )
+            ]
+        raise InvalidArgument(
+            "No models to serve: give --model_base_path (and --model_name) or --model_config_file"
+        )
+
+
+@dataclass
+class ServerContext:
+    """What an adapter's ``install`` gets: it registers gRPC servicers on
+    ``grpc_server``, routes on ``rest_app`` (None when REST is off), request observers
+    on ``core``, and cleanups in ``on_stop`` (run in reverse order at stop)."""
+
+    options: ServerOptions
+    manager: ModelManager
+    core: InferenceCore
+    grpc_server: grpc.aio.Server
+    rest_app: App | None
+    health: health.aio.HealthServicer
+    metrics: ServerMetrics | None = None  # None when the metrics adapter is not configured
+    on_stop: list[Cleanup] = field(default_factory=list)
+
+
+class Adapter(Protocol):
+    """A protocol adapter: a module (or object) with an ``install`` function."""
+
+    def install(self, context: ServerContext) -> None: ...
+
+
+__all__ = [
+    "DEFAULT_ADAPTERS",
+    "METRICS_ADAPTER",
+    "Adapter",
+    "Cleanup",
+    "ServerContext",
+    "ServerOptions",
+]
