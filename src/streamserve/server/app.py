@@ -80,6 +80,10 @@ class ServerOptions:
     grpc_channel_arguments: str = ""  # "name=value,name=value"
     rest_max_body_bytes: int = 64 * MiB
     rest_api_timeout_in_ms: int = 30_000  # 0 = no timeout
+    # repository control over the network (see streamserve.server.model_control)
+    model_control_mode: str = "none"  # "none": refused; "explicit": allowed
+    model_repository_roots: tuple[str | Path, ...] = ()  # where loads may read from
+    model_control_token_file: str | Path | None = None  # bearer token required if set
     # execution
     predict_threads: int = 0  # 0 = one per core (at least 2)
     enable_batching: bool = False

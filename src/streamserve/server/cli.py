@@ -94,6 +94,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="largest gRPC message (RESOURCE_EXHAUSTED above)")  # fmt: skip
     _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
     _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
+    _flag(parser, "model_control_mode", choices=["none", "explicit"], default="none",
+          help="none (default): refuse load/unload/reload; explicit: allow them")  # fmt: skip
+    _flag(parser, "model_repository_root", action="append", default=[],
+          help="explicit mode: load models only from below DIR (repeatable)")  # fmt: skip
+    _flag(parser, "model_control_token_file",
+          help="explicit mode: require 'Authorization: Bearer <file content>'")  # fmt: skip
     for name in _IGNORED_FLAGS:
         _flag(parser, name, default=None, help=argparse.SUPPRESS)
 
@@ -125,6 +131,9 @@ def options_from_args(args: argparse.Namespace) -> Any:
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
+        model_control_mode=args.model_control_mode,
+        model_repository_roots=tuple(args.model_repository_root),
+        model_control_token_file=args.model_control_token_file,
     )
 
 

@@ -35,6 +35,7 @@ from streamserve.repository.config import model_configs_from_server_config
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.server.examples import examples_from_proto
 from streamserve.server.grpc_errors import Method, grpc_method
+from streamserve.server.model_control import ModelControl, control_for, grpc_authorization
 from streamserve.server.signatures import SIGNATURE_DEF_FIELD, signature_def_map
 from streamserve.tensors import numpy_to_tensor_proto, tensor_proto_to_numpy
 
@@ -48,7 +49,7 @@ def install(context: Any) -> None:
         PredictionService(context.core), context.grpc_server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelService(context.core), context.grpc_server
+        ModelService(context.core, control_for(context)), context.grpc_server
     )
 
 
@@ -156,8 +157,9 @@ def _check_metadata_fields(fields: list[str]) -> None:
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, control: ModelControl | None = None) -> None:
         self.core = core
+        self.control = control or ModelControl()  # default: reloads refused
 
     @grpc_method(PROTOCOL, "status", _request_model, lambda response: "")
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -173,9 +175,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def HandleReloadConfigRequest(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
+        self.control.authorize(grpc_authorization(context))
         configs = model_configs_from_server_config(request.config)
         response = model_management_pb2.ReloadConfigResponse()
         if configs is None:  # empty ModelServerConfig: nothing to do, as in TF Serving
             return response
+        configs = self.control.check_configs(configs)
         await asyncio.to_thread(self.core.reload_config, configs)  # errors → gRPC status
         return response
