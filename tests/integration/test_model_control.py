@@ -246,3 +246,20 @@ def test_token_is_required(token_server: Server, repo: Path) -> None:
             request, timeout=30, metadata=(("authorization", f"Bearer {TOKEN}"),)
         )
     assert _ready(server, "m") and not _ready(server, "n")
+
+
+def test_failed_loads_answer_with_the_load_errors_code(explicit_server: Server, repo: Path) -> None:
+    empty = repo / "root" / "empty"
+    empty.mkdir(exist_ok=True)
+    reply = _load(explicit_server, "empty", str(empty))
+    assert reply.status_code == 404, reply.text  # NOT_FOUND: no version, not 500/UNKNOWN
+    corrupt = repo / "root" / "corrupt" / "1"
+    corrupt.mkdir(parents=True, exist_ok=True)
+    (corrupt / "model.onnx").write_bytes(b"\x08\x07not an onnx model")
+    with grpc.insecure_channel(f"127.0.0.1:{explicit_server.grpc_port}") as channel:
+        v2 = v2grpc.GRPCInferenceServiceStub(channel)
+        request = v2pb.RepositoryModelLoadRequest(model_name="corrupt")
+        request.parameters["base_path"].string_param = str(corrupt.parent)
+        code, details = _grpc_code(lambda: v2.RepositoryModelLoad(request, timeout=60))
+    assert code == grpc.StatusCode.DATA_LOSS, details  # the ONNX loader's code, not UNKNOWN
+    assert not _ready(explicit_server, "empty") and not _ready(explicit_server, "corrupt")

@@ -80,6 +80,9 @@ class ServerOptions:
     grpc_channel_arguments: str = ""  # "name=value,name=value"
     rest_max_body_bytes: int = 64 * MiB
     rest_api_timeout_in_ms: int = 30_000  # 0 = no timeout
+    # elements one request tensor may hold (a TF "fill" tensor expands one value to its
+    # shape); 0 = derived: the largest message or body size / 4 (float32 elements)
+    max_request_tensor_elements: int = 0
     # repository control over the network (see streamserve.server.model_control)
     model_control_mode: str = "none"  # "none": refused; "explicit": allowed
     model_repository_roots: tuple[str | Path, ...] = ()  # where loads may read from
@@ -92,6 +95,13 @@ class ServerOptions:
     adapters: tuple[str, ...] = DEFAULT_ADAPTERS
     grace_seconds: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)  # flags for adapters
+
+    def request_tensor_element_limit(self) -> int:
+        """``max_request_tensor_elements``, or when 0 the elements of float32 data that
+        fit the largest gRPC message or REST body (16 Mi elements for 64 MiB)."""
+        if self.max_request_tensor_elements > 0:
+            return self.max_request_tensor_elements
+        return max(self.grpc_max_message_bytes, self.rest_max_body_bytes) // 4
 
     def model_configs(self) -> list[ModelConfig]:
         if self.models is not None:

@@ -92,6 +92,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="largest REST request body (413 above)")  # fmt: skip
     _flag(parser, "grpc_max_message_bytes", type=int, default=64 * MiB,
           help="largest gRPC message (RESOURCE_EXHAUSTED above)")  # fmt: skip
+    _flag(parser, "max_request_tensor_elements", type=int, default=0,
+          help="most elements a request tensor may hold or expand to (RESOURCE_EXHAUSTED "
+          "above; 0 = largest message size / 4)")  # fmt: skip
     _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
     _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
     _flag(parser, "model_control_mode", choices=["none", "explicit"], default="none",
@@ -131,6 +134,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
+        max_request_tensor_elements=args.max_request_tensor_elements,
         model_control_mode=args.model_control_mode,
         model_repository_roots=tuple(args.model_repository_root),
         model_control_token_file=args.model_control_token_file,

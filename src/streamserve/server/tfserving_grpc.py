@@ -46,7 +46,8 @@ ROUTING_KEY_METADATA = "x-routing-key"
 def install(context: Any) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        PredictionService(context.core), context.grpc_server
+        PredictionService(context.core, context.options.request_tensor_element_limit()),
+        context.grpc_server,
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(  # type: ignore[no-untyped-call]
         ModelService(context.core, control_for(context)), context.grpc_server
@@ -92,13 +93,18 @@ def _rpc(api: str) -> Callable[[Method], Method]:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, max_tensor_elements: int | None = None) -> None:
         self.core = core
+        self.max_tensor_elements = max_tensor_elements  # per request tensor; None: no limit
 
     @_rpc("predict")
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ref = model_ref(request.model_spec, context)
-        inputs = {name: tensor_proto_to_numpy(proto) for name, proto in request.inputs.items()}
+        limit = self.max_tensor_elements
+        inputs = {
+            name: tensor_proto_to_numpy(proto, name, limit)
+            for name, proto in request.inputs.items()
+        }
         result = await self.core.predict(
             ref, inputs, request.model_spec.signature_name, list(request.output_filter)
         )

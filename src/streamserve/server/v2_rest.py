@@ -262,6 +262,7 @@ def install(context: Any) -> None:
     rest = V2Rest(plane_for(context), control_for(context))
     app = context.rest_app
     app.add_route("GET", "/v2", rest.server_metadata)
+    app.add_route("GET", "/v2/", rest.server_metadata)
     app.add_route("GET", "/v2/health/live", rest.live)
     app.add_route("GET", "/v2/health/ready", rest.ready)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
