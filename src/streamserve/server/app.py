@@ -41,6 +41,14 @@ from streamserve.repository import ConfigFilePoller, ModelConfig, ModelManager
 from streamserve.repository.config import load_model_configs
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
 from streamserve.server.http import App
+from streamserve.server.http_limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+    HttpLimits,
+    guarded_protocol,
+)
 from streamserve.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,11 @@ class ServerOptions:
     grpc_channel_arguments: str = ""  # "name=value,name=value"
     rest_max_body_bytes: int = 64 * MiB
     rest_api_timeout_in_ms: int = 30_000  # 0 = no timeout
+    # REST connection limits (see streamserve.server.http_limits); timeouts: 0 = none
+    rest_api_header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_S
+    rest_api_body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_S
+    rest_api_max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    rest_api_max_headers: int = DEFAULT_MAX_HEADERS
     # elements one request tensor may hold (a TF "fill" tensor expands one value to its
     # shape); 0 = derived: the largest message or body size / 4 (float32 elements)
     max_request_tensor_elements: int = 0
@@ -303,9 +316,16 @@ class Server:
 
         sock = _listen(self.options.host, self.options.rest_port or 0)
         stack.callback(sock.close)
+        options = self.options
+        limits = HttpLimits(
+            header_timeout_s=options.rest_api_header_timeout_seconds,
+            body_timeout_s=options.rest_api_body_timeout_seconds,
+            max_header_bytes=options.rest_api_max_header_bytes,
+            max_headers=options.rest_api_max_headers,
+        )
         config = uvicorn.Config(
             app,
-            http="httptools",
+            http=guarded_protocol(limits),  # httptools with header/body limits
             lifespan="off",
             access_log=False,
             log_level="warning",

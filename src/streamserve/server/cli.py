@@ -90,6 +90,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="REST request timeout (0 = none)")  # fmt: skip
     _flag(parser, "rest_api_max_body_bytes", type=int, default=64 * MiB,
           help="largest REST request body (413 above)")  # fmt: skip
+    _flag(parser, "rest_api_header_timeout_seconds", type=float, default=10.0,
+          help="a request's line and headers must arrive within this (408; 0 = none)")  # fmt: skip
+    _flag(parser, "rest_api_body_timeout_seconds", type=float, default=60.0,
+          help="a request's body must arrive within this after its headers (408)")  # fmt: skip
+    _flag(parser, "rest_api_max_header_bytes", type=int, default=32 * 1024,
+          help="largest REST request line + headers (431 above)")  # fmt: skip
+    _flag(parser, "rest_api_max_headers", type=int, default=100,
+          help="most header fields in a REST request (431 above)")  # fmt: skip
     _flag(parser, "grpc_max_message_bytes", type=int, default=64 * MiB,
           help="largest gRPC message (RESOURCE_EXHAUSTED above)")  # fmt: skip
     _flag(parser, "max_request_tensor_elements", type=int, default=0,
@@ -130,6 +138,10 @@ def options_from_args(args: argparse.Namespace) -> Any:
         grpc_channel_arguments=args.grpc_channel_arguments,
         rest_max_body_bytes=args.rest_api_max_body_bytes,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        rest_api_header_timeout_seconds=args.rest_api_header_timeout_seconds,
+        rest_api_body_timeout_seconds=args.rest_api_body_timeout_seconds,
+        rest_api_max_header_bytes=args.rest_api_max_header_bytes,
+        rest_api_max_headers=args.rest_api_max_headers,
         predict_threads=args.predict_threads,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
