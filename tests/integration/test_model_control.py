@@ -147,8 +147,8 @@ def test_control_is_refused_by_default_and_models_stay(default_server: Server, r
 
     target = f"127.0.0.1:{server.grpc_port}"
     with grpc.insecure_channel(target) as channel:
-        models = model_service_pb2_grpc.ModelServiceStub(channel)
-        v2 = v2grpc.GRPCInferenceServiceStub(channel)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+        v2 = v2grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         for call in (
             lambda: models.HandleReloadConfigRequest(_reload_request(), timeout=30),
             lambda: models.HandleReloadConfigRequest(_reload_request(("m", "/etc")), timeout=30),
@@ -189,13 +189,13 @@ def test_explicit_mode_loads_inside_the_root_only(explicit_server: Server, repo:
     assert not _ready(server, "o")
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
         outside = _reload_request(
             ("m", str(repo / "root" / "m")), ("o", str(repo / "outside" / "o"))
         )
         code, details = _grpc_code(lambda: models.HandleReloadConfigRequest(outside, timeout=30))
         assert code == grpc.StatusCode.PERMISSION_DENIED, details
-        v2 = v2grpc.GRPCInferenceServiceStub(channel)
+        v2 = v2grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         request = v2pb.RepositoryModelLoadRequest(model_name="o")
         request.parameters["base_path"].string_param = "/etc"
         code, details = _grpc_code(lambda: v2.RepositoryModelLoad(request))
@@ -232,7 +232,7 @@ def test_token_is_required(token_server: Server, repo: Path) -> None:
     assert _ready(server, "n")
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
         request = _reload_request(("m", str(repo / "root" / "m")))
         for metadata in ((), (("authorization", "Bearer nope"),)):
             code, _ = _grpc_code(
@@ -257,7 +257,7 @@ def test_failed_loads_answer_with_the_load_errors_code(explicit_server: Server, 
     corrupt.mkdir(parents=True, exist_ok=True)
     (corrupt / "model.onnx").write_bytes(b"\x08\x07not an onnx model")
     with grpc.insecure_channel(f"127.0.0.1:{explicit_server.grpc_port}") as channel:
-        v2 = v2grpc.GRPCInferenceServiceStub(channel)
+        v2 = v2grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         request = v2pb.RepositoryModelLoadRequest(model_name="corrupt")
         request.parameters["base_path"].string_param = str(corrupt.parent)
         code, details = _grpc_code(lambda: v2.RepositoryModelLoad(request, timeout=60))

@@ -60,7 +60,7 @@ def _fill_request(name: str, dtype: int, shape: list[int], **values: list[Any]) 
 
 def _predict_error(server: ModelServerProcess, request: Any) -> grpc.RpcError:
     with grpc.insecure_channel(server.grpc_target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.RpcError) as caught:
             stub.Predict(request, timeout=60)
     return caught.value
@@ -122,7 +122,7 @@ def test_impossible_v2_shapes_are_invalid_argument(
     tensor = request.inputs.add(name="x", datatype="FP32", shape=shape)
     tensor.contents.fp32_contents.append(1.0)
     with grpc.insecure_channel(server.grpc_target) as channel:
-        stub = v2grpc.GRPCInferenceServiceStub(channel)
+        stub = v2grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(request, timeout=60)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()

@@ -502,5 +502,5 @@ class ModelManager:
             codes += [r.error_code for r in failed if r.error_code != Code.OK]
             if not failed and model.problem:
                 codes.append(Code.NOT_FOUND)
-        known = [code for code in codes if code != Code.UNKNOWN]
-        return descriptions, (known or [Code.UNKNOWN])[0]
+        known: list[Code] = [code for code in codes if code != Code.UNKNOWN]
+        return descriptions, known[0] if known else Code.UNKNOWN
