@@ -6,7 +6,9 @@ as ``--flag=value`` or ``--flag value``; boolean flags accept ``--flag``,
 from the environment like TF Serving's Docker image does. Differences: the REST port
 defaults to 8501 (TF Serving's binary defaults to 0 = off, its Docker image passes
 8501); ``--rest_api_port=0`` turns REST off as in TF Serving; ``--port=0`` picks a free
-gRPC port (printed on the readiness line).
+gRPC port (printed on the readiness line); network model control (V2 load/unload,
+``HandleReloadConfigRequest``) is off unless ``--model_control_mode=explicit`` (see
+:mod:`streamserve.server.model_control`).
 
 Once both servers listen, one line is printed to stdout::
 
@@ -68,7 +70,9 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: 
 def configure(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
     _flag(parser, "rest_api_port", type=int, default=8501, help="HTTP/REST port (0 = no REST)")
-    _flag(parser, "host", default="0.0.0.0", help="address both servers listen on")
+    _flag(parser, "host", default="0.0.0.0",
+          help="address both servers listen on (0.0.0.0: all interfaces, as TF Serving; "
+          "127.0.0.1: this machine only)")  # fmt: skip
     _flag(parser, "model_name", default=os.environ.get("MODEL_NAME", "default"),
           help="name of the single model (env MODEL_NAME)")  # fmt: skip
     _flag(parser, "model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
