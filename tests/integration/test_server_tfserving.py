@@ -521,7 +521,7 @@ def test_label_switch_by_reload_config_under_load(
     build_multi(base / "2")
     config_file = tmp_path / "models.config"
     config_file.write_text(config_text(model_entry("m", base, LABELLED)))
-    server = serve_process(f"--model_config_file={config_file}")
+    server = serve_process(f"--model_config_file={config_file}", "--model_control_mode=explicit")
     server.wait_ready(model="m")
     inputs = multi_inputs(2)
     channel, _, model_stub = stubs(server)

@@ -148,7 +148,7 @@ def test_poison_records_go_to_the_dlq_and_the_stream_goes_on(
         )
     print("\n".join(f"{key}: {stage}: {reason}" for key, (stage, reason) in reasons.items()))
     assert reasons["bad-json"][0] == "decode"
-    assert reasons["missing-file"][0] == "fetch" and "not found" in reasons["missing-file"][1]
+    assert reasons["missing-file"][0] == "fetch" and "not readable" in reasons["missing-file"][1]
     assert reasons["http-404"][0] == "fetch" and "404" in reasons["http-404"][1]
     assert reasons["binary-garbage"][0] == "decode"
     assert reasons["not-an-image-file"][0] == "image"

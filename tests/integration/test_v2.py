@@ -81,6 +81,7 @@ def start_server(root: Path) -> Served:
         f"--traffic_split_file={root / 'splits.json'}",
         "--enable_batching", f"--batching_parameters_file={root / 'batching.txt'}",
         "--file_system_poll_wait_seconds=0",
+        "--model_control_mode=explicit", f"--model_repository_root={root}",
     ]  # fmt: skip
     server = Served(flags, root / "server.log").start()
     try:

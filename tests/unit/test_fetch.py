@@ -244,13 +244,13 @@ def image_root(tmp_path: Path) -> Path:
 
 
 def test_file_inside_root(image_root: Path) -> None:
-    policy = {"allowed_roots": (image_root,), "include_cwd": False}
+    policy = {"allowed_roots": (image_root,)}
     assert _fetch(str(image_root / "cat.png"), **policy) == PNG
     assert _fetch((image_root / "cat.png").as_uri(), **policy) == PNG
 
 
 def test_file_escapes_refused(image_root: Path) -> None:
-    policy = {"allowed_roots": (image_root,), "include_cwd": False}
+    policy = {"allowed_roots": (image_root,)}
     for source in (
         str(image_root / ".." / "secret.png"),
         str(image_root / "escape.png"),
@@ -259,20 +259,50 @@ def test_file_escapes_refused(image_root: Path) -> None:
         assert "outside the allowed roots" in _refused(source, **policy).reason
 
 
-def test_relative_path_under_cwd(image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_implicit_roots_not_even_the_working_directory(
+    image_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(image_root)
-    assert _fetch("cat.png") == PNG
-    assert "outside" in _refused("../secret.png").reason
+    for source in ("cat.png", str(image_root / "cat.png"), (image_root / "cat.png").as_uri()):
+        assert "outside the allowed roots" in _refused(source).reason
+    monkeypatch.chdir("/")
+    for source in ("/etc/passwd", "file:///etc/passwd", "etc/passwd", "/proc/self/cmdline"):
+        error = _refused(source)
+        assert error.stage == "fetch" and "root:" not in error.reason
+
+
+def test_relative_path_under_an_allowed_root(
+    image_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(image_root)
+    assert _fetch("cat.png", allowed_roots=(image_root,)) == PNG
+    assert "outside" in _refused("../secret.png", allowed_roots=(image_root,)).reason
+
+
+def test_missing_and_refused_files_get_the_same_reason(image_root: Path) -> None:
+    missing, outside = str(image_root / "nope.png"), str(image_root.parent / "secret.png")
+    reasons = {
+        _refused(source, allowed_roots=(image_root,)).reason.replace(source, "X")
+        for source in (missing, outside)
+    }
+    assert len(reasons) == 1, reasons
+
+
+def test_not_an_image_reason_quotes_no_bytes(image_root: Path) -> None:
+    (image_root / "secret.txt").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    error = _refused(str(image_root / "secret.txt"), allowed_roots=(image_root,))
+    assert error.stage == "image" and "not an image" in error.reason
+    assert "root" not in error.reason.replace(str(image_root), "")
 
 
 def test_missing_file_and_directory(image_root: Path) -> None:
-    policy = {"allowed_roots": (image_root,), "include_cwd": False}
-    assert "file not found" in _refused(str(image_root / "nope.png"), **policy).reason
+    policy = {"allowed_roots": (image_root,)}
+    assert "not readable" in _refused(str(image_root / "nope.png"), **policy).reason
     assert _refused(str(image_root), **policy).stage == "fetch"
 
 
 def test_file_too_big(image_root: Path) -> None:
-    policy = {"allowed_roots": (image_root,), "include_cwd": False, "max_bytes": 10}
+    policy = {"allowed_roots": (image_root,), "max_bytes": 10}
     assert "max_bytes=10" in _refused(str(image_root / "cat.png"), **policy).reason
 
 

@@ -321,6 +321,18 @@ def test_top_k_softmax_off_and_stable_ties() -> None:
             "cannot read labels file",
         ),
         (
+            lambda d: d["signatures"]["serving_default"]["topk_output"].update(
+                labels_file="/etc/passwd"
+            ),
+            "labels_file '/etc/passwd' must be inside the model's version directory",
+        ),
+        (
+            lambda d: d["signatures"]["serving_default"]["topk_output"].update(
+                labels_file="../../labels.txt"
+            ),
+            "labels_file '../../labels.txt' must be inside the model's version directory",
+        ),
+        (
             lambda d: d["signatures"]["serving_default"]["image_input"].update(mean=[1.0]),
             "'mean' must be a list of 3 numbers",
         ),
@@ -339,6 +351,15 @@ def test_bad_processing_json_names_the_file(tmp_path: Path, mutate: Any, message
         load_servable(version_dir)
     assert "processing.json" in caught.value.message
     assert message in caught.value.message
+
+
+def test_labels_file_symlinked_out_of_the_version_dir_fails_the_load(tmp_path: Path) -> None:
+    version_dir = build_classifier(tmp_path / "1")
+    (tmp_path / "outside.txt").write_text("\n".join(f"l{i}" for i in range(10)))
+    (version_dir / "labels.txt").unlink()
+    (version_dir / "labels.txt").symlink_to(tmp_path / "outside.txt")
+    with pytest.raises(InvalidArgument, match="must be inside the model's version directory"):
+        load_servable(version_dir)
 
 
 def test_unparsable_processing_json(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ def test_reload_reports_new_models_that_did_not_load(tmp_path: Path, make_manage
         manager.reload_config(
             [ModelConfig("a", tmp_path / "a"), ModelConfig("empty", tmp_path / "empty")]
         )
-    assert caught.value.code == Code.UNKNOWN
+    assert caught.value.code == Code.NOT_FOUND  # no version found, not UNKNOWN
     assert "1 model(s) did not become available" in caught.value.message
     assert "No versions of servable empty found" in caught.value.message
     assert manager.model_names() == ["a", "empty"]  # kept: it loads when versions appear

@@ -73,12 +73,37 @@ def test_routes_and_params() -> None:
     assert response.json()["params"] == {"name": "m"}  # unmatched optional groups dropped
 
 
-def test_unknown_path_is_404_and_wrong_method_501() -> None:
+def test_unknown_path_is_404_and_wrong_method_405_with_allow() -> None:
     app = make_app()
+
+    async def put(request: Request) -> Response:
+        return json_response({})
+
+    app.add_route("PUT", "/v2/models/{name}/infer", put)
     response = call(app, "GET", "/nope")
     assert response.status_code == 404 and "error" in response.json()
     response = call(app, "GET", "/v2/models/m/infer")
-    assert response.status_code == 501 and "not allowed" in response.json()["error"]
+    assert response.status_code == 405 and "not allowed" in response.json()["error"]
+    assert response.headers["allow"] == "POST, PUT"
+    response = call(app, "DELETE", "/missing")
+    assert (response.status_code, response.headers["allow"]) == (405, "GET")
+
+
+def test_json_nested_too_deeply_is_400() -> None:
+    app = make_app()
+
+    async def parse(request: Request) -> Response:
+        return json_response({"type": type(request.json()).__name__})
+
+    app.add_route("POST", "/parse", parse)
+    for body in (
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ):
+        response = call(app, "POST", "/parse", content=body)
+        assert response.status_code == 400, response.text
+        assert "nested too deeply" in response.json()["error"]
+    assert call(app, "POST", "/parse", content=b"[[1]]").json() == {"type": "list"}
 
 
 def test_errors_map_to_status_and_json() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamserve import tensors
-from streamserve.errors import InvalidArgument
+from streamserve.errors import InvalidArgument, ResourceExhausted
 from streamserve.protos import tfs, v2
 
 DT = tfs.types_pb2
@@ -182,12 +182,36 @@ def test_fill_scalar_and_empty(proto, expected):
         (_typed(DT.DT_INT8, [1], int_val=[300]), "out of range"),
         (_typed(DT.DT_RESOURCE, [1]), "DT_RESOURCE"),
         (_typed(DT.DT_INVALID, [1]), "DT_INVALID"),
+        (_typed(DT.DT_FLOAT, [2**62, 2**62], float_val=[1.0]), "more than any tensor can hold"),
+        (_typed(DT.DT_STRING, [2**62, 2**62], string_val=[b"a"]), "more than any tensor"),
+        (_typed(DT.DT_FLOAT, [1] * 1000, float_val=[1.0]), "1000 dimensions; at most 32"),
+        (_typed(DT.DT_FLOAT, [1] * 1000, tensor_content=b"\0" * 4), "1000 dimensions"),
     ],
 )
 def test_bad_tensor_protos_name_the_tensor(proto, message):
     with pytest.raises(InvalidArgument, match=message) as error:
         tensors.tensor_proto_to_numpy(proto, "pixels")
     assert "pixels" in error.value.message
+
+
+@pytest.mark.parametrize(
+    "proto",
+    [
+        _typed(DT.DT_FLOAT, [4194304, 64], float_val=[1.0]),
+        _typed(DT.DT_STRING, [4194304, 64], string_val=[b"a"]),
+        _typed(DT.DT_FLOAT, [1001], float_val=[1.0] * 1001),
+    ],
+)
+def test_element_limit_is_checked_before_allocating(proto):
+    with pytest.raises(ResourceExhausted, match="more than the limit of 1000 elements") as error:
+        tensors.tensor_proto_to_numpy(proto, "pixels", max_elements=1000)
+    assert (
+        "pixels" in error.value.message and "--max_request_tensor_elements" in error.value.message
+    )
+    filled = tensors.tensor_proto_to_numpy(
+        _typed(DT.DT_FLOAT, [10, 100], float_val=[2.0]), "x", 1000
+    )
+    assert filled.shape == (10, 100) and float(filled.sum()) == 2000.0
 
 
 def test_unknown_rank_is_rejected():
@@ -261,6 +285,9 @@ def _input(datatype: str, shape: list[int], **contents):
         (_input("BYTES", [1]), b"\x01\x00", "truncated"),
         (_input("FP33", [1]), b"", "unsupported datatype 'FP33'"),
         (_input("FP32", [-1]), b"", "negative dimension"),
+        (_input("FP32", [1] * 1000, fp32_contents=[1.0]), None, "1000 dimensions"),
+        (_input("FP32", [1] * 1000), b"\0" * 4, "1000 dimensions"),
+        (_input("FP32", [2**62, 2**62]), b"\0" * 4, "more than any tensor can hold"),
     ],
 )
 def test_bad_infer_inputs(tensor, raw, message):
@@ -318,6 +345,8 @@ def test_v2_json_non_utf8_bytes_as_b64():
         ({"name": "x", "datatype": "FP32", "shape": "2", "data": [1]}, "list of integers"),
         ({"name": "x", "datatype": 5, "shape": [1], "data": [1]}, "'datatype' must be"),
         ({"name": "x", "datatype": "FP32", "shape": [1]}, "no 'data'"),
+        ({"name": "x", "datatype": "FP32", "shape": [1] * 1000, "data": [1]}, "1000 dimensions"),
+        ({"name": "x", "datatype": "FP32", "shape": [2**62, 2**62], "data": [1]}, "any tensor"),
     ],
 )
 def test_bad_v2_json(entry, message):

@@ -155,13 +155,13 @@ class ModelManager:
             self._swap_in(replaced)
             with self._lock:
                 errors = [self._update_labels(self._models[c.name], c) for c in configs]
-                unavailable = self._describe_unavailable(added)
+                unavailable, code = self._describe_unavailable(added)
         if any(errors):
             raise FailedPrecondition("; ".join(e for e in errors if e))
         if unavailable:
             listing = ", ".join(unavailable)
             message = f"{len(unavailable)} model(s) did not become available: {{{listing}}}"
-            raise StreamserveError(message, Code.UNKNOWN)
+            raise StreamserveError(message, code)
 
     def model_names(self) -> list[str]:
         with self._lock:
@@ -486,13 +486,21 @@ class ModelManager:
                 model.split = dict(config.traffic_split)
             return error
 
-    def _describe_unavailable(self, names: list[str]) -> list[str]:
-        descriptions = []
+    def _describe_unavailable(self, names: list[str]) -> tuple[list[str], Code]:
+        """Why each of ``names`` has no available version, and the status code to report:
+        the first load error's own code (e.g. INVALID_ARGUMENT for a bad model file),
+        NOT_FOUND when no version was found, else UNKNOWN."""
+        descriptions: list[str] = []
+        codes: list[Code] = []
         for name in names:
             model = self._models.get(name)
             if model is None or model.latest_available() is not None:
                 continue
-            errors = [r.error_message for r in model.versions.values() if r.error_message]
-            reason = "; ".join(errors) or model.problem or "no version loaded"
-            descriptions.append(f"{name}: {reason}")
-        return descriptions
+            failed = [r for r in model.versions.values() if r.error_message]
+            reason = "; ".join(r.error_message for r in failed) or model.problem
+            descriptions.append(f"{name}: {reason or 'no version loaded'}")
+            codes += [r.error_code for r in failed if r.error_code != Code.OK]
+            if not failed and model.problem:
+                codes.append(Code.NOT_FOUND)
+        known: list[Code] = [code for code in codes if code != Code.UNKNOWN]
+        return descriptions, known[0] if known else Code.UNKNOWN

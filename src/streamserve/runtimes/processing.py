@@ -166,7 +166,7 @@ def _parse_image_input(signature: str, raw: Any) -> ImageInput:
 def _parse_topk(signature: str, raw: Any, base_dir: Path) -> TopKOutput:
     where = f"signature '{signature}' topk_output"
     _expect(isinstance(raw, dict), f"{where} must be an object")
-    labels_file = base_dir / _string(raw, "labels_file", where)
+    labels_file = _inside(base_dir, _string(raw, "labels_file", where), f"{where}: labels_file")
     try:
         lines = labels_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -187,6 +187,18 @@ def _parse_topk(signature: str, raw: Any, base_dir: Path) -> TopKOutput:
     )
     _expect(topk.classes_name != topk.scores_name, f"{where}: classes_name equals scores_name")
     return topk
+
+
+def _inside(base_dir: Path, name: str, what: str) -> Path:
+    """``base_dir / name`` if it resolves (symlinks and ``..`` included) inside
+    ``base_dir``, the model's version directory; a model must not read other files."""
+    root = Path(os.path.realpath(base_dir))
+    path = Path(os.path.realpath(base_dir / name))
+    _expect(
+        path.is_relative_to(root),
+        f"{what} {name!r} must be inside the model's version directory {base_dir}",
+    )
+    return path
 
 
 def _expect(condition: bool, message: str) -> None:

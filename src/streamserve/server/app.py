@@ -66,6 +66,10 @@ from streamserve.server.context import (
 )
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
 from streamserve.server.http import App
+from streamserve.server.http_limits import (
+    HttpLimits,
+    guarded_protocol,
+)
 from streamserve.server.metrics import ServerMetrics
 
 if TYPE_CHECKING:
@@ -266,9 +270,16 @@ class Server:
 
         sock = _listen(self.options.host, self.options.rest_port or 0)
         stack.callback(sock.close)
+        options = self.options
+        limits = HttpLimits(
+            header_timeout_s=options.rest_api_header_timeout_seconds,
+            body_timeout_s=options.rest_api_body_timeout_seconds,
+            max_header_bytes=options.rest_api_max_header_bytes,
+            max_headers=options.rest_api_max_headers,
+        )
         config = uvicorn.Config(
             app,
-            http="httptools",
+            http=guarded_protocol(limits),  # httptools with header/body limits
             lifespan="off",
             access_log=False,
             log_level="warning",

@@ -6,7 +6,9 @@ as ``--flag=value`` or ``--flag value``; boolean flags accept ``--flag``,
 from the environment like TF Serving's Docker image does. Differences: the REST port
 defaults to 8501 (TF Serving's binary defaults to 0 = off, its Docker image passes
 8501); ``--rest_api_port=0`` turns REST off as in TF Serving; ``--port=0`` picks a free
-gRPC port (printed on the readiness line).
+gRPC port (printed on the readiness line); network model control (V2 load/unload,
+``HandleReloadConfigRequest``) is off unless ``--model_control_mode=explicit`` (see
+:mod:`streamserve.server.model_control`).
 
 Once both servers listen, one line is printed to stdout::
 
@@ -76,7 +78,9 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: 
 def configure(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
     _flag(parser, "rest_api_port", type=int, default=8501, help="HTTP/REST port (0 = no REST)")
-    _flag(parser, "host", default="0.0.0.0", help="address both servers listen on")
+    _flag(parser, "host", default="0.0.0.0",
+          help="address both servers listen on (0.0.0.0: all interfaces, as TF Serving; "
+          "127.0.0.1: this machine only)")  # fmt: skip
     _flag(parser, "model_name", default=os.environ.get("MODEL_NAME", "default"),
           help="name of the single model (env MODEL_NAME)")  # fmt: skip
     _flag(parser, "model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
@@ -98,11 +102,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="REST request timeout (0 = none)")  # fmt: skip
     _flag(parser, "rest_api_max_body_bytes", type=int, default=64 * MiB,
           help="largest REST request body (413 above)")  # fmt: skip
+    _flag(parser, "rest_api_header_timeout_seconds", type=float, default=10.0,
+          help="a request's line and headers must arrive within this (408; 0 = none)")  # fmt: skip
+    _flag(parser, "rest_api_body_timeout_seconds", type=float, default=60.0,
+          help="a request's body must arrive within this after its headers (408)")  # fmt: skip
+    _flag(parser, "rest_api_max_header_bytes", type=int, default=32 * 1024,
+          help="largest REST request line + headers (431 above)")  # fmt: skip
+    _flag(parser, "rest_api_max_headers", type=int, default=100,
+          help="most header fields in a REST request (431 above)")  # fmt: skip
     _flag(parser, "grpc_max_message_bytes", type=int, default=64 * MiB,
           help="largest gRPC message (RESOURCE_EXHAUSTED above)")  # fmt: skip
+    _flag(parser, "max_request_tensor_elements", type=int, default=0,
+          help="most elements a request tensor may hold or expand to (RESOURCE_EXHAUSTED "
+          "above; 0 = largest message size / 4)")  # fmt: skip
     _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
     _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
     add_log_format_argument(parser)
+    _flag(parser, "model_control_mode", choices=["none", "explicit"], default="none",
+          help="none (default): refuse load/unload/reload; explicit: allow them")  # fmt: skip
+    _flag(parser, "model_repository_root", action="append", default=[],
+          help="explicit mode: load models only from below DIR (repeatable)")  # fmt: skip
+    _flag(parser, "model_control_token_file",
+          help="explicit mode: require 'Authorization: Bearer <file content>'")  # fmt: skip
     for name in _IGNORED_FLAGS:
         _flag(parser, name, default=None, help=argparse.SUPPRESS)
 
@@ -130,10 +151,18 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         grpc_channel_arguments=args.grpc_channel_arguments,
         rest_max_body_bytes=args.rest_api_max_body_bytes,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        rest_api_header_timeout_seconds=args.rest_api_header_timeout_seconds,
+        rest_api_body_timeout_seconds=args.rest_api_body_timeout_seconds,
+        rest_api_max_header_bytes=args.rest_api_max_header_bytes,
+        rest_api_max_headers=args.rest_api_max_headers,
         predict_threads=args.predict_threads,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
+        max_request_tensor_elements=args.max_request_tensor_elements,
+        model_control_mode=args.model_control_mode,
+        model_repository_roots=tuple(args.model_repository_root),
+        model_control_token_file=args.model_control_token_file,
     )
 
 

@@ -16,6 +16,12 @@ from streamserve.repository import ModelConfig, ModelManager
 from streamserve.repository.config import load_model_configs
 from streamserve.server.core import InferenceCore
 from streamserve.server.http import App
+from streamserve.server.http_limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+)
 from streamserve.server.metrics import ServerMetrics
 
 MiB = 1024 * 1024
@@ -55,6 +61,18 @@ class ServerOptions:
     grpc_channel_arguments: str = ""  # "name=value,name=value"
     rest_max_body_bytes: int = 64 * MiB
     rest_api_timeout_in_ms: int = 30_000  # 0 = no timeout
+    # REST connection limits (see streamserve.server.http_limits); timeouts: 0 = none
+    rest_api_header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_S
+    rest_api_body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_S
+    rest_api_max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    rest_api_max_headers: int = DEFAULT_MAX_HEADERS
+    # elements one request tensor may hold (a TF "fill" tensor expands one value to its
+    # shape); 0 = derived: the largest message or body size / 4 (float32 elements)
+    max_request_tensor_elements: int = 0
+    # repository control over the network (see streamserve.server.model_control)
+    model_control_mode: str = "none"  # "none": refused; "explicit": allowed
+    model_repository_roots: tuple[str | Path, ...] = ()  # where loads may read from
+    model_control_token_file: str | Path | None = None  # bearer token required if set
     # execution
     predict_threads: int = 0  # 0 = one per core (at least 2)
     enable_batching: bool = False
@@ -68,6 +86,13 @@ class ServerOptions:
     @property
     def metrics_enabled(self) -> bool:
         return METRICS_ADAPTER in self.adapters
+
+    def request_tensor_element_limit(self) -> int:
+        """``max_request_tensor_elements``, or when 0 the elements of float32 data that
+        fit the largest gRPC message or REST body (16 Mi elements for 64 MiB)."""
+        if self.max_request_tensor_elements > 0:
+            return self.max_request_tensor_elements
+        return max(self.grpc_max_message_bytes, self.rest_max_body_bytes) // 4
 
     def model_configs(self) -> list[ModelConfig]:
         if self.models is not None:

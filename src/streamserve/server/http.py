@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,16 @@ class PayloadTooLarge(StreamserveError):
     """The request body exceeds the configured limit (HTTP 413)."""
 
     code = Code.RESOURCE_EXHAUSTED
+
+
+class MethodNotAllowed(StreamserveError):
+    """The path exists but not for this method (HTTP 405 with an ``Allow`` header)."""
+
+    code = Code.UNIMPLEMENTED
+
+    def __init__(self, message: str, allowed: Iterable[str]) -> None:
+        super().__init__(message)
+        self.allowed = sorted(set(allowed))
 
 
 @dataclass
@@ -94,6 +104,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"JSON Parse error: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("JSON Parse error: the document is nested too deeply") from None
 
 
 def json_response(obj: Any, status: int = 200, allow_nan: bool = False) -> Response:
@@ -162,23 +174,29 @@ class App:
             return await handler(request)
         except PayloadTooLarge as exc:
             return error_response(exc.code, exc.message, status=413)
+        except MethodNotAllowed as exc:
+            response = error_response(exc.code, exc.message, status=405)
+            response.headers.append((b"allow", ", ".join(exc.allowed).encode()))
+            return response
         except StreamserveError as exc:
             return error_response(exc.code, exc.message)
+        except RecursionError:  # e.g. a nested structure deeper than the interpreter allows
+            return error_response(Code.INVALID_ARGUMENT, "Request is nested too deeply")
         except Exception as exc:  # one bad request must never take the server down
             log.exception("unexpected error handling %s %s", method, path)
             return error_response(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     def _match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        path_matched = False
+        allowed: list[str] = []
         for route in self._routes:
             found = route.pattern.match(path)
             if found is None:
                 continue
             if route.method == method:
                 return route.handler, {k: v for k, v in found.groupdict().items() if v is not None}
-            path_matched = True
-        if path_matched:
-            raise StreamserveError(f"Method {method} not allowed for {path}", Code.UNIMPLEMENTED)
+            allowed.append(route.method)
+        if allowed:
+            raise MethodNotAllowed(f"Method {method} not allowed for {path}", allowed)
         raise StreamserveError(f"Malformed request: {method} {path}", Code.NOT_FOUND)
 
     async def _read_body(self, receive: Any, headers: dict[str, str]) -> bytes:

@@ -36,6 +36,7 @@ from streamserve.server.context import ServerContext
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.server.examples import examples_from_proto
 from streamserve.server.grpc_errors import Method, grpc_method
+from streamserve.server.model_control import ModelControl, control_for, grpc_authorization
 from streamserve.server.signatures import SIGNATURE_DEF_FIELD, signature_def_map
 from streamserve.tensors import numpy_to_tensor_proto, tensor_proto_to_numpy
 
@@ -46,10 +47,11 @@ ROUTING_KEY_METADATA = "x-routing-key"
 def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(context.core), context.grpc_server
+        PredictionService(context.core, context.options.request_tensor_element_limit()),
+        context.grpc_server,
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelService(context.core), context.grpc_server
+        ModelService(context.core, control_for(context)), context.grpc_server
     )
 
 
@@ -92,13 +94,18 @@ def _rpc(api: str) -> Callable[[Method], Method]:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, max_tensor_elements: int | None = None) -> None:
         self.core = core
+        self.max_tensor_elements = max_tensor_elements  # per request tensor; None: no limit
 
     @_rpc("predict")
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ref = model_ref(request.model_spec, context)
-        inputs = {name: tensor_proto_to_numpy(proto) for name, proto in request.inputs.items()}
+        limit = self.max_tensor_elements
+        inputs = {
+            name: tensor_proto_to_numpy(proto, name, limit)
+            for name, proto in request.inputs.items()
+        }
         result = await self.core.predict(
             ref, inputs, request.model_spec.signature_name, list(request.output_filter)
         )
@@ -157,8 +164,9 @@ def _check_metadata_fields(fields: list[str]) -> None:
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, control: ModelControl | None = None) -> None:
         self.core = core
+        self.control = control or ModelControl()  # default: reloads refused
 
     @grpc_method(PROTOCOL, "status", _request_model, lambda response: "")
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -174,9 +182,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def HandleReloadConfigRequest(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
+        self.control.authorize(grpc_authorization(context))
         configs = model_configs_from_server_config(request.config)
         response = model_management_pb2.ReloadConfigResponse()
         if configs is None:  # empty ModelServerConfig: nothing to do, as in TF Serving
             return response
+        configs = self.control.check_configs(configs)
         await asyncio.to_thread(self.core.reload_config, configs)  # errors → gRPC status
         return response

@@ -34,6 +34,7 @@ from streamserve.protos.v2 import grpc_service_pb2 as pb
 from streamserve.protos.v2 import grpc_service_pb2_grpc as pb_grpc
 from streamserve.server.context import ServerContext
 from streamserve.server.grpc_errors import Method, grpc_errors, grpc_method
+from streamserve.server.model_control import ModelControl, control_for, grpc_authorization
 from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, V2Plane, plane_for
 from streamserve.tensors import infer_input_to_numpy, numpy_to_infer_output
 
@@ -43,7 +44,7 @@ _RAW_ONLY = (np.dtype(np.float16),)
 
 def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
-    servicer = InferenceServicer(plane_for(context))
+    servicer = InferenceServicer(plane_for(context), control_for(context))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, context.grpc_server)
 
 
@@ -64,9 +65,10 @@ def _rpc(api: str) -> Callable[[Method], Method]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: V2Plane) -> None:
+    def __init__(self, plane: V2Plane, control: ModelControl | None = None) -> None:
         self.plane = plane
         self.core = plane.core
+        self.control = control or ModelControl()  # default: load/unload refused
 
     # -- health and metadata --------------------------------------------------------------
 
@@ -193,17 +195,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("load")
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.control.authorize(grpc_authorization(context))
         base_path = None
         if "base_path" in request.parameters:
             parameter = request.parameters["base_path"]
             if parameter.WhichOneof("parameter_choice") != "string_param":
                 raise InvalidArgument("parameter base_path must be a string_param")
             base_path = parameter.string_param
+            self.control.check_base_path(base_path)
         await self.plane.load(request.model_name, base_path)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc("unload")
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.control.authorize(grpc_authorization(context))
         await self.plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

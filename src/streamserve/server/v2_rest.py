@@ -28,6 +28,7 @@ import orjson
 from streamserve.errors import InvalidArgument, StreamserveError
 from streamserve.server.context import ServerContext
 from streamserve.server.http import Request, Response, json_response
+from streamserve.server.model_control import ModelControl, control_for
 from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, TensorView, V2Plane, plane_for
 from streamserve.tensors import numpy_to_v2_json, split_binary_data, v2_json_to_numpy
 
@@ -39,9 +40,10 @@ def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     if context.rest_app is None:
         return
-    rest = V2Rest(plane_for(context))
+    rest = V2Rest(plane_for(context), control_for(context))
     app = context.rest_app
     app.add_route("GET", "/v2", rest.server_metadata)
+    app.add_route("GET", "/v2/", rest.server_metadata)
     app.add_route("GET", "/v2/health/live", rest.live)
     app.add_route("GET", "/v2/health/ready", rest.ready)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -57,9 +59,10 @@ _EMPTY_OK = Response(status=200, body=b"")
 
 
 class V2Rest:
-    def __init__(self, plane: V2Plane) -> None:
+    def __init__(self, plane: V2Plane, control: ModelControl | None = None) -> None:
         self.plane = plane
         self.core = plane.core
+        self.control = control or ModelControl()  # default: load/unload refused
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response(self.plane.server_metadata())
@@ -132,14 +135,18 @@ class V2Rest:
         return json_response(entries)
 
     async def load(self, request: Request) -> Response:
+        self.control.authorize(request.headers.get("authorization"))
         name = request.path_params["name"]
         document = request.json() if request.body.strip() else {}
         parameters = _dict(_dict(document, "body").get("parameters"), "parameters")
         base_path = _opt_str(parameters.get("base_path"), "parameters.base_path")
+        if base_path:
+            self.control.check_base_path(base_path)
         await self.plane.load(name, base_path)
         return _EMPTY_OK
 
     async def unload(self, request: Request) -> Response:
+        self.control.authorize(request.headers.get("authorization"))
         await self.plane.unload(request.path_params["name"])
         return _EMPTY_OK
 

@@ -108,8 +108,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         type=Path,
-        help="image files may be read below this directory (repeatable; the "
-        "working directory is always allowed)",
+        help="image files may be read below this directory (repeatable; default: "
+        "none, so local paths and file:// URLs are refused)",
     )
     records.add_argument(
         "--fetch-allowed-host",

@@ -5,8 +5,11 @@ Every fetch is bounded and checked, because record values come from whoever can 
 to the input topic:
 
 1. the scheme must be allowed (``file``, ``http``, ``https`` by default);
-2. a file must resolve (symlinks and ``..`` included, via ``realpath``) inside an allowed
-   root — the working directory plus the configured roots;
+2. a file must resolve (symlinks and ``..`` included, via ``realpath``) inside one of the
+   configured ``allowed_roots``; there are no implicit roots (not even the working
+   directory), so with none configured every local path and ``file://`` URL is refused.
+   A refused, missing or unreadable file gets one and the same reason, so records cannot
+   probe which paths exist;
 3. a URL's host is resolved once, every resolved address must be public (no loopback,
    private, link-local such as ``169.254.169.254``, multicast or reserved ranges) unless
    the host is in ``allowed_hosts``, or private addresses are allowed (link-local ones stay
@@ -19,6 +22,7 @@ to the input topic:
 
 Every refusal raises :class:`~streamserve.stream.errors.RecordError` with stage
 ``"fetch"`` (``"image"`` for the content checks) and a reason that names the rule.
+Reasons never quote the fetched bytes (they end up in DLQ headers and logs).
 """
 
 from __future__ import annotations
@@ -60,11 +64,13 @@ class FetchPolicy:
     host names (``"images.internal"``), ``"host:port"``, IP addresses or networks
     (``"127.0.0.1"``, ``"10.0.0.0/8"``). Tests and the demo serve images from
     ``127.0.0.1`` and trust it this way (or set ``allow_private_addresses``).
+
+    ``allowed_roots`` lists the directories local files may be read from; empty (the
+    default) refuses every local path and ``file://`` URL.
     """
 
     allowed_schemes: frozenset[str] = DEFAULT_SCHEMES
     allowed_roots: tuple[Path | str, ...] = ()
-    include_cwd: bool = True
     max_bytes: int = 20_000_000
     timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
@@ -123,7 +129,8 @@ def check_image(
     """
     image_format = sniff_image_format(data)
     if image_format is None:
-        raise RecordError(IMAGE_STAGE, f"not an image (unknown signature {data[:8]!r})")
+        # the bytes themselves are never quoted: they may be a file's secret content
+        raise RecordError(IMAGE_STAGE, f"not an image (unknown signature, {len(data)} bytes)")
     if image_format not in allowed_formats:
         raise RecordError(IMAGE_STAGE, f"image format {image_format} is not allowed")
     try:
@@ -228,10 +235,7 @@ class ImageFetcher:
     policy: FetchPolicy = field(default_factory=FetchPolicy)
 
     def __post_init__(self) -> None:
-        roots = [Path(root) for root in self.policy.allowed_roots]
-        if self.policy.include_cwd:
-            roots.append(Path.cwd())
-        self._roots = tuple(Path(os.path.realpath(root)) for root in roots)
+        self._roots = tuple(Path(os.path.realpath(root)) for root in self.policy.allowed_roots)
         self._trust = _HostTrust.parse(self.policy.allowed_hosts)
         self._clients: dict[str, httpx.AsyncClient] = {}
 
@@ -279,23 +283,28 @@ class ImageFetcher:
     # ------------------------------------------------------------------ files
 
     def _read_file(self, path: str) -> bytes:
+        # One reason for "outside the roots", "missing", "not a regular file" and "cannot
+        # read": a record must not learn which paths exist.
+        refused = RecordError(
+            FETCH_STAGE,
+            f"file {_describe(path)!r} is not readable (missing, not a regular file, "
+            "or outside the allowed roots: --fetch-allowed-root)",
+        )
+        if not self._roots:
+            raise refused
         real = Path(os.path.realpath(path))
         if not any(real.is_relative_to(root) for root in self._roots):
-            raise RecordError(FETCH_STAGE, f"path {path!r} is outside the allowed roots")
+            raise refused
         try:
             with open(real, "rb") as handle:
                 info = os.fstat(handle.fileno())
                 if not stat.S_ISREG(info.st_mode):
-                    raise RecordError(FETCH_STAGE, f"{path!r} is not a regular file")
+                    raise refused
                 if info.st_size > self.policy.max_bytes:
                     raise RecordError(FETCH_STAGE, self._too_big(path, info.st_size))
                 data = handle.read(self.policy.max_bytes + 1)
-        except FileNotFoundError as exc:
-            raise RecordError(FETCH_STAGE, f"file not found: {path!r}", type(exc).__name__) from exc
         except OSError as exc:
-            raise RecordError(
-                FETCH_STAGE, f"cannot read {path!r}: {exc.strerror or exc}", type(exc).__name__
-            ) from exc
+            raise RecordError(FETCH_STAGE, refused.reason, type(exc).__name__) from None
         if len(data) > self.policy.max_bytes:  # the file grew after fstat
             raise RecordError(FETCH_STAGE, self._too_big(path, len(data)))
         return data

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
-from streamserve.errors import InvalidArgument
+from streamserve.errors import InvalidArgument, ResourceExhausted
 from streamserve.protos.gen.tensorflow.core.framework import types_pb2
 
 try:
@@ -157,10 +158,38 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def check_shape(shape: list[int] | tuple[int, ...], name: str) -> tuple[int, ...]:
+# numpy supports 32 (numpy 1) or 64 (numpy 2) dimensions; TensorFlow supports 254.
+MAX_RANK = 32
+# No array can hold more elements than this (its bytes must fit an intp, up to 16 B each).
+MAX_ADDRESSABLE_ELEMENTS = np.iinfo(np.intp).max // 16
+
+
+def check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    """The shape as a tuple; ``InvalidArgument`` for negative dimensions, more than
+    :data:`MAX_RANK` dimensions, or more elements than any array can hold."""
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(
+            f"tensor '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are supported"
+        )
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"tensor '{name}' has a negative dimension in shape {list(shape)}")
-    return tuple(int(d) for d in shape)
+    dims = tuple(int(d) for d in shape)
+    if element_count(dims) > MAX_ADDRESSABLE_ELEMENTS:
+        raise InvalidArgument(
+            f"tensor '{name}': shape {list(dims)} has {element_count(dims)} elements, "
+            "more than any tensor can hold"
+        )
+    return dims
+
+
+def check_element_limit(count: int, shape: tuple[int, ...], name: str, limit: int | None) -> None:
+    """``ResourceExhausted`` when a tensor would hold more than ``limit`` elements
+    (checked before anything of that size is allocated)."""
+    if limit is not None and count > limit:
+        raise ResourceExhausted(
+            f"tensor '{name}': shape {list(shape)} has {count} elements, more than the "
+            f"limit of {limit} elements per request tensor (--max_request_tensor_elements)"
+        )
 
 
 def as_bytes(value: object, name: str) -> bytes:

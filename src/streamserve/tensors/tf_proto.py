@@ -16,11 +16,14 @@ from streamserve.errors import InvalidArgument
 from streamserve.protos.gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from streamserve.tensors._dtypes import (
     BFLOAT16,
+    MAX_RANK,
     OBJECT,
     array_from_values,
     as_bytes,
     bfloat16_from_bits,
     bytes_array,
+    check_element_limit,
+    check_shape,
     dtype_to_tf,
     element_count,
     frombuffer,
@@ -62,12 +65,20 @@ _COMPLEX: dict[int, np.dtype] = {
 }
 
 
-def tensor_proto_to_numpy(proto: TensorProto, name: str = "tensor") -> np.ndarray:
-    """Decode a TensorProto; raises ``InvalidArgument`` naming ``name`` on bad data."""
+def tensor_proto_to_numpy(
+    proto: TensorProto, name: str = "tensor", max_elements: int | None = None
+) -> np.ndarray:
+    """Decode a TensorProto; raises ``InvalidArgument`` naming ``name`` on bad data.
+
+    ``max_elements`` bounds the decoded tensor (``ResourceExhausted`` above it, checked
+    before allocating): one value with a large shape means "fill", so a tiny request could
+    otherwise expand to any size. Servers pass their limit; ``None`` means no limit.
+    """
     if proto.dtype not in _VALUE_FIELD:
         raise InvalidArgument(f"tensor '{name}': unsupported dtype {tf_dtype_name(proto.dtype)}")
     dtype = tf_to_dtype(proto.dtype)
     shape = _shape_of(proto, name)
+    check_element_limit(element_count(shape), shape, name, max_elements)
     if proto.tensor_content:
         if dtype == OBJECT:
             raise InvalidArgument(f"tensor '{name}': DT_STRING data must be in string_val")
@@ -113,9 +124,9 @@ def _shape_of(proto: TensorProto, name: str) -> tuple[int, ...]:
     if proto.tensor_shape.unknown_rank:
         raise InvalidArgument(f"tensor '{name}': shape must be fully defined (unknown rank)")
     shape = tuple(d.size for d in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
+    if any(size < 0 for size in shape) and len(shape) <= MAX_RANK:
         raise InvalidArgument(f"tensor '{name}': shape {list(shape)} must be fully defined")
-    return shape
+    return check_shape(shape, name)
 
 
 def _check_count(got: int, count: int, name: str) -> None:
