@@ -40,6 +40,7 @@ import numpy as np
 
 from benchmarks import BENCHMARKS_DIR
 from benchmarks import stream_io as kio
+from benchmarks.common import parse_proc_stat_cpu
 from benchmarks.stream_modes import MODES, Workload
 from benchmarks.stream_run import (
     BenchContext,
@@ -61,6 +62,7 @@ READY_PREFIX = "peer ready:"
 FIRST_CALL = re.compile(r"^peer first call at (\d+)", re.MULTILINE)
 MODEL_CALLS = re.compile(r"^peer model calls: (\d+)", re.MULTILINE)
 SETUP_TIMEOUT_S = 900.0
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's names, cut to 15 chars
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,31 @@ class StreamPeerProcess(ChildProcess):
 
     def calls(self) -> tuple[dict[str, Any], float | None]:
         return peer_calls(self.log_text())
+
+    def cpu_breakdown(self) -> dict[str, float | None]:
+        """Part of the processor's CPU: a JVM's JIT compiler threads (a cold JVM compiles
+        while it processes; the processor figure includes them)."""
+        if self.command[0] != "java" or not self.running():
+            return {}
+        return {"processor_jit": thread_cpu_seconds(self.pid, JIT_THREADS)}
+
+
+def thread_cpu_seconds(pid: int, name_prefixes: Sequence[str]) -> float | None:
+    """CPU seconds of ``pid``'s threads whose name starts with one of ``name_prefixes``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.exists():
+        return None
+    total = 0.0
+    for task in tasks.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name.startswith(tuple(name_prefixes)):
+            total += parse_proc_stat_cpu(stat, ticks)
+    return total
 
 
 def peer_calls(log_text: str) -> tuple[dict[str, Any], float | None]:

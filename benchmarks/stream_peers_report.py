@@ -36,7 +36,7 @@ def system_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "throughput_rps": _median([d["throughput_rps"] for d in drains]),
         "cpu_us_per_record": {
             k: _median([d["cpu_us_per_record"].get(k) for d in drains])
-            for k in ("processor", "broker")
+            for k in ("processor", "processor_jit", "broker")
         },
         "rows_per_call": _median([d["model_call"].get("rows_per_call") for d in drains]),
         "model_calls": _median(calls),
@@ -118,7 +118,8 @@ def peers_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     lines = [
         "**tiny model: streamserve embedded vs peers (drain, one instance)**",
         "",
-        "| guarantee | system | records/s | processor CPU µs/record | broker CPU µs/record "
+        "| guarantee | system | records/s | processor CPU µs/record (of which JIT) "
+        "| broker CPU µs/record "
         "| rows per model call | streamserve ÷ this: records/s, CPU µs/record "
         "| outputs = inputs, values ≤ 1e-4 |",
         "|" + "---|" * 8,
@@ -127,9 +128,10 @@ def peers_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
         for entry in systems.values():
             cpu, vs = entry["cpu_us_per_record"], entry["streamserve_vs_this"]
             partial = "" if entry["complete"] else f" ({_fmt(entry['processed'])} done)"
+            jit = "" if cpu.get("processor_jit") is None else f" ({_fmt(cpu['processor_jit'])})"
             lines.append(
                 f"| {guarantee} | {entry['label']} | {_fmt(entry['throughput_rps'])}{partial} "
-                f"| {_fmt(cpu['processor'])} | {_fmt(cpu['broker'])} "
+                f"| {_fmt(cpu['processor'])}{jit} | {_fmt(cpu['broker'])} "
                 f"| {_fmt(entry['rows_per_call'], 1)} "
                 f"| {_fmt(vs['throughput'], 2)}, {_fmt(vs['cpu_us_per_record'], 2)} "
                 f"| {'yes' if entry['outputs_ok'] else 'NO'} |"
@@ -147,6 +149,6 @@ def peer_goals_text(goals: Sequence[Mapping[str, Any]]) -> str:
         elif goal["met"]:
             verdict = "MET"
         else:
-            verdict = f"MISSED by {100 * goal['missed_by_fraction']:.0f}%"
+            verdict = f"MISSED by {100 * goal['missed_by_fraction']:.1f}%"
         lines.append(f"- {goal['goal']}: {shown} (goal {goal['op']} {goal['target']}×) — {verdict}")
     return "\n".join(lines)

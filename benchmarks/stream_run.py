@@ -124,12 +124,16 @@ def start_worker(ctx: BenchContext, spec: WorkerSpec, name: str) -> WorkerProces
 def cpu_snapshot(
     ctx: BenchContext, processor: ChildProcess, server: ServerProcess | None
 ) -> dict[str, float | None]:
-    return {
+    snapshot = {
         "processor": cpu_seconds(processor.pid),
         "server": cpu_seconds(server.pid) if server is not None else None,
         "broker": cpu_seconds(ctx.broker_pid),
         "bench": time.process_time(),
     }
+    breakdown = getattr(processor, "cpu_breakdown", None)  # e.g. a JVM's JIT threads
+    if callable(breakdown):
+        snapshot.update(breakdown())
+    return snapshot
 
 
 def cpu_delta(
