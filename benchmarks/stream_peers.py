@@ -191,6 +191,9 @@ def kstreams_jar(cache: Path, log_path: Path) -> Path:
         shutil.copy2(built, partial)
         partial.replace(jar)
         shutil.rmtree(build, ignore_errors=True)
+        for stale in folder.glob("kstreams-peer-*.jar"):
+            if stale != jar:
+                stale.unlink(missing_ok=True)  # built from older sources (~150 MB each)
     return jar
 
 
