@@ -236,9 +236,10 @@ class StreamPeerProcess(ChildProcess):
     ready_prefix = READY_PREFIX
 
     def __init__(self, command: Sequence[str], log_path: Path, name: str) -> None:
-        # The Quix peer's interpreter must not see this checkout's PYTHONPATH.
+        # The Quix peer's interpreter must not see this checkout's PYTHONPATH; it runs in
+        # the log folder, where Quix puts its (unused) ``state`` folder.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        super().__init__(command, log_path, base_env=env, name=name)
+        super().__init__(command, log_path, base_env=env, cwd=log_path.parent, name=name)
 
     def calls(self) -> tuple[dict[str, Any], float | None]:
         return peer_calls(self.log_text())
@@ -324,7 +325,7 @@ def run_system(
         worker = start_worker(ctx, spec, name)
         processor, calls = worker, lambda: worker_calls(worker)
     else:
-        model = workload.base_path / "1" / "model.onnx"
+        model = (workload.base_path / "1" / "model.onnx").resolve()  # the peer runs elsewhere
         command = setup.command(system, topics, ctx.bootstrap, model, guarantee)
         peer = StreamPeerProcess(command, ctx.logs_dir / f"{name}.log", f"{system} peer")
         peer.start()
