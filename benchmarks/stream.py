@@ -107,6 +107,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="records drained per system in the peer comparison (default: --records)",
     )
+    peers.add_argument(
+        "--peer-warmup",
+        type=float,
+        default=0.5,
+        help="share of each peer-comparison drain treated as warm-up for the extra "
+        "'after warm-up' figures (default 0.5: the second half; 0 turns them off)",
+    )
     outage = parser.add_argument_group("outage (--server-down-at)")
     outage.add_argument(
         "--server-down-at",
@@ -154,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--peers compares the tiny model: use --model tiny or both")
         if not modes and not peers:
             raise ValueError("--modes none needs --peers")
+        if not 0 <= args.peer_warmup < 1:
+            raise ValueError("--peer-warmup is a share of the records: 0 <= it < 1")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -289,7 +298,7 @@ def _run_peers(
     from benchmarks.stream_peers import run_peers
 
     count = args.peer_records or args.records
-    return run_peers(ctx, workload, peers, guarantees, count, args.rounds)
+    return run_peers(ctx, workload, peers, guarantees, count, args.rounds, args.peer_warmup)
 
 
 def _run_outages(args: argparse.Namespace, ctx: Any, workload: Any) -> list[dict[str, Any]]:
@@ -368,6 +377,9 @@ def _report(
     if peers:
         print()
         print(peers_report.peers_table(peers["summary"]))
+        if peers_report.has_steady(peers["summary"]):
+            print()
+            print(peers_report.steady_table(peers["summary"]))
         print()
         print(peers_report.peer_goals_text(peers["goals"]))
     for outage in outages:

@@ -15,10 +15,13 @@ tensor-JSON records, one instance, the same commit interval) on the same broker:
 Each round runs, per guarantee (exactly-once, at-least-once), streamserve embedded and
 then each peer on fresh topics, one drain each (:func:`benchmarks.stream_run.measure_drain`:
 records/s from the first model call to the last output's log-append time, CPU seconds of
-the processor process — for Kafka Streams the JVM — from ``/proc``). Every system's
-output is checked the same way (:func:`benchmarks.stream_stats.check_values`): each input
-has exactly one read_committed output and its values equal the model's (computed here
-with ONNX Runtime) within 1e-4, so a broken peer cannot look fast.
+the processor process — for Kafka Streams the JVM, its JIT compiler threads also apart —
+from ``/proc``). The same drain also gives *steady* figures over the records after the
+first ``warmup`` share (default half): a cold JVM spends the start of a drain compiling.
+Every system's output is checked the same way
+(:func:`benchmarks.stream_stats.check_values`): each input has exactly one read_committed
+output and its values equal the model's (computed here with ONNX Runtime) within 1e-4,
+so a broken peer cannot look fast.
 """
 
 from __future__ import annotations
@@ -311,8 +314,10 @@ def run_system(
     records: Sequence[kio.BenchRecord],
     expected: Mapping[bytes, np.ndarray],
     round_index: int,
+    warmup: float = 0.5,
 ) -> dict[str, Any]:
-    """One drain of ``records`` by ``system`` (streamserve or a peer) under ``guarantee``."""
+    """One drain of ``records`` by ``system`` (streamserve or a peer) under ``guarantee``;
+    ``steady`` figures cover what follows the first ``warmup`` share of the records."""
     short = "eos" if guarantee == "exactly-once" else "alos"
     name = f"{workload.model}-peers-{system}-{short}-r{round_index}"
     topics = ctx.topics(name)
@@ -335,7 +340,10 @@ def run_system(
             peer.stop()
             raise
         processor, calls = peer, peer.calls
-    drain, outputs = measure_drain(ctx, records, topics, name, processor, calls, keep_values=True)
+    warm_after = int(len(records) * warmup) or None
+    drain, outputs = measure_drain(
+        ctx, records, topics, name, processor, calls, keep_values=True, warm_after=warm_after
+    )
     values = check_values([(o.key, o.value) for o in outputs], expected)
     return {
         "system": system,
@@ -354,6 +362,7 @@ def run_peers(
     guarantees: Sequence[str],
     count: int,
     rounds: int,
+    warmup: float = 0.5,
 ) -> list[dict[str, Any]]:
     """Alternating rounds: per round and guarantee, streamserve then each peer."""
     setup = PeerSetup.prepare(peers, cache_dir(), ctx.logs_dir)
@@ -364,7 +373,7 @@ def run_peers(
         for guarantee in guarantees:
             for system in (STREAMSERVE, *peers):
                 result = run_system(
-                    ctx, workload, setup, system, guarantee, records, expected, round_index
+                    ctx, workload, setup, system, guarantee, records, expected, round_index, warmup
                 )
                 results.append(result)
                 print(one_line(result), file=sys.stderr, flush=True)
@@ -375,8 +384,14 @@ def one_line(result: Mapping[str, Any]) -> str:
     drain, values = result["drain"], result["values"]
     cpu = drain["cpu_us_per_record"]["processor"]
     checked = "outputs OK" if drain["loss"]["ok"] and values["ok"] else "OUTPUT CHECK FAILED"
+    steady = drain.get("steady") or {}
+    warm = (
+        f"  after warm-up {steady['throughput_rps']:,.0f} records/s"
+        if steady.get("throughput_rps")
+        else ""
+    )
     return (
         f"[peers] {result['guarantee']:<13} {result['system']:<13} "
         f"{drain['throughput_rps']:>10,.0f} records/s ({drain['processed']}/{drain['records']})  "
-        f"processor {'-' if cpu is None else f'{cpu:,.0f}'} µs/record  {checked}"
+        f"processor {'-' if cpu is None else f'{cpu:,.0f}'} µs/record{warm}  {checked}"
     )

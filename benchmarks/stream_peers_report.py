@@ -42,9 +42,20 @@ def system_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "model_calls": _median(calls),
         "processed": _median([d["processed"] for d in drains]),
         "complete": all(d["complete"] for d in drains),
+        "steady": {
+            "throughput_rps": _median([_steady(d).get("throughput_rps") for d in drains]),
+            "cpu_us_per_record": {
+                k: _median([(_steady(d).get("cpu_us_per_record") or {}).get(k) for d in drains])
+                for k in ("processor", "processor_jit")
+            },
+        },
         "max_abs_diff": max((run["values"]["max_abs_diff"] for run in runs), default=None),
         "outputs_ok": all(run["drain"]["loss"]["ok"] and run["values"]["ok"] for run in runs),
     }
+
+
+def _steady(drain: Mapping[str, Any]) -> Mapping[str, Any]:
+    return drain.get("steady") or {}
 
 
 def peers_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -59,20 +70,22 @@ def peers_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict
     for systems in summary.values():
         ours = systems.get(STREAMSERVE)
         for entry in systems.values():
-            entry["streamserve_vs_this"] = {
-                "throughput": _round(
-                    ratio(ours["throughput_rps"], entry["throughput_rps"]) if ours else None
-                ),
-                "cpu_us_per_record": _round(
-                    ratio(
-                        ours["cpu_us_per_record"]["processor"],
-                        entry["cpu_us_per_record"]["processor"],
-                    )
-                    if ours
-                    else None
-                ),
-            }
+            entry["streamserve_vs_this"] = _ratios(ours, entry)
+            entry["steady"]["streamserve_vs_this"] = _ratios(
+                ours["steady"] if ours else None, entry["steady"]
+            )
     return summary
+
+
+def _ratios(ours: Mapping[str, Any] | None, theirs: Mapping[str, Any]) -> dict[str, Any]:
+    if ours is None:
+        return {"throughput": None, "cpu_us_per_record": None}
+    return {
+        "throughput": _round(ratio(ours["throughput_rps"], theirs["throughput_rps"])),
+        "cpu_us_per_record": _round(
+            ratio(ours["cpu_us_per_record"]["processor"], theirs["cpu_us_per_record"]["processor"])
+        ),
+    }
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -137,6 +150,34 @@ def peers_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
                 f"| {'yes' if entry['outputs_ok'] else 'NO'} |"
             )
     return "\n".join(lines)
+
+
+def steady_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """The same systems after warm-up (the drain's later records; see ``--peer-warmup``)."""
+    lines = [
+        "**after warm-up (records committed after the drain's first share; a cold JVM "
+        "compiles through the start)**",
+        "",
+        "| guarantee | system | records/s | processor CPU µs/record (of which JIT) "
+        "| streamserve ÷ this: records/s, CPU µs/record |",
+        "|" + "---|" * 5,
+    ]
+    for guarantee, systems in summary.items():
+        for entry in systems.values():
+            steady = entry["steady"]
+            cpu, vs = steady["cpu_us_per_record"], steady["streamserve_vs_this"]
+            jit = "" if cpu.get("processor_jit") is None else f" ({_fmt(cpu['processor_jit'])})"
+            lines.append(
+                f"| {guarantee} | {entry['label']} | {_fmt(steady['throughput_rps'])} "
+                f"| {_fmt(cpu.get('processor'))}{jit} "
+                f"| {_fmt(vs['throughput'], 2)}, {_fmt(vs['cpu_us_per_record'], 2)} |"
+            )
+    return "\n".join(lines)
+
+
+def has_steady(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> bool:
+    return any(e["steady"]["throughput_rps"] is not None for s in summary.values()
+               for e in s.values())  # fmt: skip
 
 
 def peer_goals_text(goals: Sequence[Mapping[str, Any]]) -> str:

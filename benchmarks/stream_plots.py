@@ -97,6 +97,21 @@ def peer_bars(
             series=series(lambda e: e["cpu_us_per_record"]["processor"]),
         ),
     ]
+    if any(e.get("steady", {}).get("throughput_rps") for s in summary.values() for e in s.values()):
+        panels += [
+            BarPanel(
+                title="after warm-up: records/s (the drain's later records)",
+                ylabel="records/s",
+                groups=guarantees,
+                series=series(lambda e: e["steady"]["throughput_rps"]),
+            ),
+            BarPanel(
+                title="after warm-up: processor CPU µs per record",
+                ylabel="CPU µs/record",
+                groups=guarantees,
+                series=series(lambda e: e["steady"]["cpu_us_per_record"]["processor"]),
+            ),
+        ]
     return plot_bar_panels(path, panels, title)
 
 

@@ -203,6 +203,7 @@ def measure_drain(
     calls: Callable[[], tuple[dict[str, Any], float | None]],
     server: ServerProcess | None = None,
     keep_values: bool = False,
+    warm_after: int | None = None,
 ) -> tuple[dict[str, Any], list[kio.ReadRecord]]:
     """Measure a started, ready ``processor`` draining ``records`` (already produced to
     ``topics[0]``) until its group has committed them all; stop it and check the output.
@@ -211,12 +212,18 @@ def measure_drain(
     first call's wall-clock ms (the start of the throughput span). Any processor works:
     streamserve's worker or a peer app, as long as it consumes with group ``topics[2]``.
     Returns the drain's figures and the read_committed outputs (with values if asked).
+    With ``warm_after``, also ``steady``: records/s and CPU per record after that many
+    records were committed (wall-clock span between the benchmark's commit polls).
     """
     watcher = kio.CommittedWatcher(ctx.bootstrap, topics[2], topics[0], ctx.partitions)
+    steady = SteadyWindow(warm_after, processor, ctx, server) if warm_after else None
     try:
         before, started = cpu_snapshot(ctx, processor, server), time.monotonic()
-        _wait_committed(ctx, watcher, len(records), name)
-        after, seconds = cpu_snapshot(ctx, processor, server), time.monotonic() - started
+        committed_at_end = _wait_committed(
+            ctx, watcher, len(records), name, steady.progress if steady else None
+        )
+        after, ended = cpu_snapshot(ctx, processor, server), time.monotonic()
+        seconds = ended - started
     finally:
         exit_code = processor.stop()
         committed = watcher.offsets()  # after the processor's last commit
@@ -244,10 +251,18 @@ def measure_drain(
         "loss": loss.as_dict(),
         "exit_code": exit_code,
     }
+    if steady is not None:
+        result["steady"] = steady.result(after, ended, committed_at_end)
     return result, outputs
 
 
-def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int, desc: str) -> int:
+def _wait_committed(
+    ctx: BenchContext,
+    watcher: kio.CommittedWatcher,
+    total: int,
+    desc: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     deadline = time.monotonic() + ctx.max_seconds
     done = 0
     with ctx.bar(total, desc) as bar:
@@ -256,7 +271,44 @@ def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int
             now = sum(watcher.offsets().values())
             bar.update(now - done)
             done = now
+            if progress is not None:
+                progress(done)
     return done
+
+
+@dataclass
+class SteadyWindow:
+    """The drain after its first ``warm_after`` committed records: the CPU snapshot, time
+    and committed count when it began (a cold JVM compiles through a drain's start)."""
+
+    warm_after: int
+    processor: ChildProcess
+    ctx: BenchContext
+    server: ServerProcess | None = None
+    start: tuple[dict[str, float | None], float, int] | None = None
+
+    def progress(self, committed: int) -> None:
+        if self.start is None and committed >= self.warm_after:
+            snapshot = cpu_snapshot(self.ctx, self.processor, self.server)
+            self.start = (snapshot, time.monotonic(), committed)
+
+    def result(self, after: dict[str, float | None], ended: float, done: int) -> dict[str, Any]:
+        if self.start is None or done <= self.start[2] or ended <= self.start[1]:
+            return {"warm_after": self.warm_after, "records": 0, "throughput_rps": None,
+                    "cpu_us_per_record": {}}  # fmt: skip
+        before, began, committed = self.start
+        count = done - committed
+        cpu = cpu_delta(before, after)
+        return {
+            "warm_after": self.warm_after,
+            "from_record": committed,
+            "records": count,
+            "seconds": round(ended - began, 3),
+            "throughput_rps": round(count / (ended - began), 1),
+            "cpu_us_per_record": {
+                k: (round(v * 1e6 / count, 1) if v is not None else None) for k, v in cpu.items()
+            },
+        }
 
 
 def latency_phase(

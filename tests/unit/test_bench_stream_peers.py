@@ -31,11 +31,14 @@ from benchmarks.stream_peers import (
     thread_cpu_seconds,
 )
 from benchmarks.stream_peers_report import (
+    has_steady,
     peer_goals,
     peer_goals_text,
     peers_summary,
     peers_table,
+    steady_table,
 )
+from benchmarks.stream_run import BenchContext, SteadyWindow
 from benchmarks.stream_stats import check_values
 
 # --------------------------------------------------------------------------- parsing
@@ -365,3 +368,48 @@ def test_peer_bars_are_written_next_to_the_results(tmp_path: Path) -> None:
 
     path = peer_bars(tmp_path / "peers.png", peers_summary(_runs()), "title")
     assert path.stat().st_size > 0
+
+
+def test_steady_figures_are_summarised_tabled_and_compared() -> None:
+    runs = _runs()
+    for run, (rps, cpu) in zip(runs, [(6000, 15), (2000, 90), (4000, 60)], strict=False):
+        run["drain"]["steady"] = {
+            "throughput_rps": float(rps),
+            "cpu_us_per_record": {"processor": float(cpu)},
+        }
+    runs[2]["drain"]["steady"]["cpu_us_per_record"]["processor_jit"] = 20.0
+    summary = peers_summary(runs)
+    eos = summary["exactly-once"]
+    assert eos["streamserve"]["steady"]["throughput_rps"] == 6000.0  # round 2 had none
+    assert eos["quix"]["steady"]["streamserve_vs_this"] == {
+        "throughput": 3.0,
+        "cpu_us_per_record": pytest.approx(0.167, abs=1e-3),
+    }
+    assert has_steady(summary)
+    text = steady_table(summary)
+    assert "| exactly-once | kafka-streams label | 4,000 | 60 (20) | 1.50, 0.25 |" in text
+    assert "| at-least-once | quix label | - | - | -, - |" in text
+    assert not has_steady(peers_summary(_runs()))
+
+
+class _Self:
+    """A stand-in processor: this test process."""
+
+    pid = os.getpid()
+
+
+def test_the_steady_window_starts_once_enough_records_are_committed() -> None:
+    ctx = BenchContext("b:9092", None, Path("."), "run", 1, 1, 1.0, 1.0, progress=False)
+    window = SteadyWindow(100, _Self(), ctx)  # type: ignore[arg-type]
+    window.progress(40)
+    assert window.start is None
+    window.progress(120)
+    assert window.start is not None and window.start[2] == 120
+    window.progress(150)
+    assert window.start[2] == 120  # the first crossing counts
+    snapshot, began, _ = window.start
+    after = {**snapshot, "processor": (snapshot["processor"] or 0) + 0.5}
+    result = window.result(after, began + 2.0, 520)
+    assert result["records"] == 400 and result["throughput_rps"] == 200.0
+    assert result["cpu_us_per_record"]["processor"] == pytest.approx(1250.0, abs=1.0)
+    assert SteadyWindow(100, _Self(), ctx).result(after, 1.0, 50)["throughput_rps"] is None  # type: ignore[arg-type]
