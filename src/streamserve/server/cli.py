@@ -40,8 +40,6 @@ MiB = 1024 * 1024
 # TF Serving flags accepted for compatibility that have no effect here.
 _IGNORED_FLAGS = (
     "tensorflow_session_parallelism",
-    "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism",
     "per_process_gpu_memory_fraction",
     "saved_model_tags",
     "rest_api_num_threads",
@@ -117,6 +115,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
           "above; 0 = largest message size / 4)")  # fmt: skip
     _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
     _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
+    _flag(parser, "onnx_execution_providers", default="",
+          help="ONNX Runtime providers in order, e.g. CUDAExecutionProvider,CPUExecutionProvider "
+          "(unavailable ones fall back to CPU with a warning; default CPU)")  # fmt: skip
+    _flag(parser, "tensorflow_intra_op_parallelism", type=int, default=0,
+          help="ONNX Runtime intra-op threads per session (0 = runtime default)")  # fmt: skip
+    _flag(parser, "tensorflow_inter_op_parallelism", type=int, default=0,
+          help="ONNX Runtime inter-op threads per session (0 = runtime default)")  # fmt: skip
     add_log_format_argument(parser)
     _flag(parser, "model_control_mode", choices=["none", "explicit"], default="none",
           help="none (default): refuse load/unload/reload; explicit: allow them")  # fmt: skip
@@ -156,6 +161,9 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         rest_api_max_header_bytes=args.rest_api_max_header_bytes,
         rest_api_max_headers=args.rest_api_max_headers,
         predict_threads=args.predict_threads,
+        onnx_execution_providers=tuple(p for p in args.onnx_execution_providers.split(",") if p),
+        intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+        inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
