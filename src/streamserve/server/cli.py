@@ -82,7 +82,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "model_name", default=os.environ.get("MODEL_NAME", "default"),
           help="name of the single model (env MODEL_NAME)")  # fmt: skip
     _flag(parser, "model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
-          help="<version>/ dirs of model.onnx or saved_model.pb (env MODEL_BASE_PATH)")  # fmt: skip
+          help="<version>/ dirs of model.py, model.onnx, saved_model.pb or model.joblib "
+          "(env MODEL_BASE_PATH)")  # fmt: skip
     _flag(parser, "model_platform", default="", help="platform of the single model")
     _flag(parser, "model_config_file", help="TF Serving model_config_list text proto")
     _flag(parser, "model_config_file_poll_wait_seconds", type=float, default=0.0,
