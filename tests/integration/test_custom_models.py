@@ -44,13 +44,13 @@ ROWS = 5
 CONFIG = """
 model_config_list {{
   config {{
-    name: "pyiris" base_path: "{pyiris}" model_platform: "python"
+    name: "pyiris" base_path: "{pyiris}"
     model_version_policy {{ all {{}} }}
     version_labels {{ key: "stable" value: 1 }}
     version_labels {{ key: "canary" value: 2 }}
   }}
   config {{
-    name: "skiris" base_path: "{skiris}" model_platform: "sklearn"
+    name: "skiris" base_path: "{skiris}"
     model_version_policy {{ all {{}} }}
     version_labels {{ key: "stable" value: 1 }}
     version_labels {{ key: "canary" value: 2 }}
@@ -158,6 +158,8 @@ def test_tritonclient(
         {"name": MODELS[model][0], "datatype": "FP32" if model == "pyiris" else "FP64",
          "shape": [-1, 4]}
     ]  # fmt: skip
+    platform = metadata["platform"] if transport == "http" else metadata.platform
+    assert platform == {"pyiris": "python", "skiris": "sklearn"}[model]  # from the runtime
 
 
 # -- tensorflow-serving-api (gRPC) -----------------------------------------------------------

@@ -84,6 +84,18 @@ def providers_of(servable: object) -> tuple[str, ...]:
     return ()
 
 
+def platform_of(servable: object) -> str:
+    """The platform name a servable's runtime declares (``""`` when none), looking
+    through wrappers that expose ``inner``."""
+    seen = 0
+    while servable is not None and seen < 8:
+        platform = getattr(servable, "platform", None)
+        if isinstance(platform, str) and platform:
+            return platform
+        servable, seen = getattr(servable, "inner", None), seen + 1
+    return ""
+
+
 @dataclass
 class LoadOptions:
     """Knobs every runtime understands; runtimes ignore what does not apply."""

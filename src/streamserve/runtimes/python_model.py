@@ -184,6 +184,8 @@ def _shape(shape: object, name: str) -> tuple[int | None, ...] | None:
 class PythonServable:
     """One loaded ``model.py``; checks requests and outputs against its signatures."""
 
+    platform = "python"  # V2 model metadata
+
     def __init__(self, model: Any, signatures: Mapping[str, Signature], path: Path) -> None:
         self._model: Any = model
         self._signatures = signatures

@@ -179,6 +179,8 @@ def _label_dtype(estimator: Any, output: str) -> np.dtype:
 class SklearnServable:
     """One loaded estimator. ``predict`` is thread-safe (scikit-learn inference is)."""
 
+    platform = "sklearn"  # V2 model metadata
+
     def __init__(self, estimator: Any, methods: dict[str, _Method], path: Path) -> None:
         self._estimator = estimator
         self._methods = methods
