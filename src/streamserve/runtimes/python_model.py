@@ -67,10 +67,15 @@ class PythonModelRuntime:
 
     def load(self, version_dir: Path) -> PythonServable:
         path = version_dir / MODEL_FILE
-        model = _instantiate(_import_module(path), path)
-        _call_model(path, "load", model.load, version_dir)
-        spec = _call_model(path, "signature", model.signature)
-        return PythonServable(model, signatures_from_spec(spec, path), path)
+        module = _import_module(path)
+        try:
+            model = _instantiate(module, path)
+            _call_model(path, "load", model.load, version_dir)
+            spec = _call_model(path, "signature", model.signature)
+            return PythonServable(model, signatures_from_spec(spec, path), path, module.__name__)
+        except Exception:
+            sys.modules.pop(module.__name__, None)
+            raise
 
 
 def _import_module(path: Path) -> ModuleType:
@@ -186,8 +191,11 @@ class PythonServable:
 
     platform = "python"  # V2 model metadata
 
-    def __init__(self, model: Any, signatures: Mapping[str, Signature], path: Path) -> None:
+    def __init__(
+        self, model: Any, signatures: Mapping[str, Signature], path: Path, module_name: str = ""
+    ) -> None:
         self._model: Any = model
+        self._module_name = module_name
         self._signatures = signatures
         self._path = path
         self._pass_name = len(signatures) > 1 or DEFAULT_SIGNATURE not in signatures
@@ -238,6 +246,7 @@ class PythonServable:
 
     def close(self) -> None:
         model, self._model = self._model, None
+        sys.modules.pop(self._module_name, None)
         unload = getattr(model, "unload", None)
         if callable(unload):
             unload()
