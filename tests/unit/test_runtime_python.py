@@ -145,3 +145,21 @@ def test_model_py_wins_over_other_model_files(tmp_path: Path) -> None:
     build_tiny(version_dir, width=2)
     write_model(version_dir, DOUBLER, **{"factor.txt": "1"})
     assert isinstance(load_servable(version_dir), PythonServable)
+
+
+def test_close_calls_unload_and_forgets_the_module(tmp_path: Path) -> None:
+    import hashlib
+    import sys
+
+    source = TWO_SIGNATURES.replace(
+        "def load(self, version_dir): pass",
+        "def load(self, version_dir): self.marker = version_dir / 'gone'",
+    )
+    version_dir = write_model(tmp_path / "1", source)
+    digest = hashlib.sha256(str((version_dir / "model.py").resolve()).encode()).hexdigest()
+    module_name = f"streamserve_model_{digest[:16]}"
+    servable = load_servable(version_dir)
+    assert module_name in sys.modules
+    servable.close()
+    assert (version_dir / "gone").exists()
+    assert module_name not in sys.modules
