@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 
 from streamserve.errors import DataLoss, InvalidArgument, StreamserveError
 from streamserve.protos.gen.tensorflow_serving.apis import prediction_log_pb2
-from streamserve.repository.tfrecord import read_records, write_records
+from streamserve.repository.tfrecord import parse_records, write_records
 from streamserve.runtimes.base import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -40,8 +40,12 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 def read_warmup_logs(path: Path) -> list[Any]:
     """Parse every ``PredictionLog`` in ``path``; raises before anything runs."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataLoss(f"cannot read warm-up file {path}: {exc}") from exc
     logs = []
-    for index, record in enumerate(read_records(path)):
+    for index, record in enumerate(parse_records(data, f"warm-up file {path}")):
         if index >= MAX_WARMUP_RECORDS:
             raise InvalidArgument(
                 f"warm-up file {path} holds more than the maximum of {MAX_WARMUP_RECORDS} records"
