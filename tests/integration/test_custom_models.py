@@ -284,3 +284,30 @@ def test_curl_bad_input_names_the_signature(server: ServerProcess) -> None:
     )
     assert status == 400
     assert "input 'x': expected float32[?,4]" in answer["error"]
+
+
+def test_concurrent_requests_go_through_the_dynamic_batcher(
+    server: ServerProcess, bases: dict[str, Path]
+) -> None:
+    """16 concurrent single-row requests to one version: all correct, every row counted
+    by the batcher's histogram (how they were merged depends on timing)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamserve.processes import metric_value
+
+    def scrape() -> float:
+        with urllib.request.urlopen(f"{server.rest_url}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        return metric_value(text, "streamserve_batch_size_sum", {"model": "pyiris", "version": "1"})
+
+    before = scrape()
+    x = rows("pyiris")[:1]
+    url = f"{server.rest_url}/v1/models/pyiris/versions/1:predict"
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: curl_json(url, {"inputs": {"x": x.tolist()}}), range(16)))
+    for status, answer in answers:
+        assert status == 200, answer
+        got = {k: np.array(v) for k, v in answer["outputs"].items()}
+        assert_outputs(bases, "pyiris", 1, x, got)
+    assert scrape() - before == 16
