@@ -53,6 +53,7 @@ from benchmarks.stream_run import (
     worker_spec,
 )
 from benchmarks.stream_stats import check_values, summarize
+from streamserve.errors import FailedPrecondition
 from streamserve.processes import ChildProcess
 
 PEERS_DIR = BENCHMARKS_DIR / "peers"
@@ -84,8 +85,9 @@ PEERS: dict[str, Peer] = {
 LABELS = {STREAMSERVE: "streamserve (embedded)", **{p.name: p.label for p in PEERS.values()}}
 
 
-class PeerSetupError(RuntimeError):
-    """A peer could not be prepared (virtual environment, Maven build, missing tool)."""
+class PeerSetupError(FailedPrecondition):
+    """A peer could not be prepared (virtual environment, Maven build, missing tool);
+    ``python -m benchmarks`` prints it as ``error: ...`` and exits with 2."""
 
 
 def parse_peers(text: str) -> list[str]:
