@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported in its stubs
     AdminClient,
+    ClusterMetadata,
     NewTopic,
 )
 
 from streamserve.errors import NotFound, Unavailable
+from streamserve.waiting import WaitTimeout, wait_until
 
 _TIMEOUT_S = 30.0
 
@@ -29,15 +31,42 @@ def ensure_topics(
         raise NotFound(f"topics {missing} do not exist on {bootstrap_servers}")
     if missing:
         _create(admin, missing, counts[input_topic])
-        counts = _partition_counts(admin)
+        counts = _wait_for_topics(admin, missing)
     return counts
 
 
-def _partition_counts(admin: AdminClient) -> dict[str, int]:
+def _wait_for_topics(admin: AdminClient, names: list[str]) -> dict[str, int]:
+    """Metadata lags topic creation: wait until every topic in ``names`` is listed with its
+    partitions, each with a leader (reading it at once raced: ``KeyError`` on the name)."""
+
+    def ready() -> dict[str, int] | None:
+        cluster = _metadata(admin)
+        for name in names:
+            topic = cluster.topics.get(name)
+            if topic is None or topic.error is not None or not topic.partitions:
+                return None
+            if any(p.leader < 0 for p in topic.partitions.values()):
+                return None
+        return _counts(cluster)
+
     try:
-        cluster = admin.list_topics(timeout=_TIMEOUT_S)
+        return wait_until(ready, _TIMEOUT_S, f"topics {names} in the metadata", interval=0.1)
+    except WaitTimeout as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+def _partition_counts(admin: AdminClient) -> dict[str, int]:
+    return _counts(_metadata(admin))
+
+
+def _metadata(admin: AdminClient) -> ClusterMetadata:
+    try:
+        return admin.list_topics(timeout=_TIMEOUT_S)
     except KafkaException as exc:
         raise Unavailable(f"Kafka did not answer: {exc}") from exc
+
+
+def _counts(cluster: ClusterMetadata) -> dict[str, int]:
     return {
         name: len(topic.partitions)
         for name, topic in cluster.topics.items()
