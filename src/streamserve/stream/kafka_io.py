@@ -13,15 +13,24 @@ A sink owns the producer and the delivery guarantee:
 
 ``commit`` raises :class:`CheckpointAborted` when the cycle's work must be redone
 (the caller rewinds to the committed offsets) and :class:`FatalStreamError` when the
-producer is unusable (fenced by a newer instance, fatal idempotence error).
+clients are unusable (a fatal librdkafka error such as a fenced producer or static
+consumer, or a transaction that could not be committed nor aborted within its bound):
+the processor then rebuilds both clients and resumes from the committed offsets.
+
+Every blocking client call is bounded: transactional calls take ``timeout_s``
+(:data:`KAFKA_TIMEOUT_S` by default), :meth:`ConsumerThread.call` takes a deadline (a
+call that overruns it is abandoned on its thread), and closing runs under
+:data:`CLOSE_TIMEOUT_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -34,6 +43,12 @@ log = logging.getLogger("streamserve.stream.kafka")
 T = TypeVar("T")
 Offsets = dict[tuple[str, int], int]
 Headers = list[tuple[str, bytes]]
+
+KAFKA_TIMEOUT_S = 10.0  # each transactional call (init, send offsets, commit, abort)
+CLOSE_TIMEOUT_S = 5.0  # closing a consumer+producer pair, in all
+# A consumer-thread call may run this long before it counts as stuck (a checkpoint makes up
+# to five bounded calls: send offsets, three commit attempts, an abort).
+CALL_DEADLINE_S = 6 * KAFKA_TIMEOUT_S
 
 
 class CheckpointAborted(StreamserveError):
@@ -95,20 +110,67 @@ def kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+def is_fatal(error: KafkaError) -> bool:
+    """A client that reported this error is unusable and must be rebuilt.
+
+    librdkafka reports a fatal error either as the error itself (``fatal()``) or as an
+    event with code ``_FATAL`` ("Fatal error: ...") whose ``fatal()`` is false.
+    """
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
+
+
 def topic_partitions(offsets: Offsets) -> list[TopicPartition]:
     return [TopicPartition(topic, part, offset) for (topic, part), offset in offsets.items()]
 
 
+class ConsumerThreadStuck(FatalStreamError):
+    """A call on the consumer thread overran its deadline; the thread is abandoned."""
+
+
 class ConsumerThread:
-    """Runs every call on the consumer on one thread, awaited from the event loop."""
+    """Runs every call on the consumer on one thread, awaited from the event loop.
+
+    The thread is a daemon: a call stuck inside librdkafka never keeps the interpreter
+    from exiting, and a caller stops waiting for it after its deadline.
+    """
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        self.closed = False
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._serve, name="kafka-consumer", daemon=True)
+        self._thread.start()
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    async def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        deadline_s: float = CALL_DEADLINE_S,
+        **kwargs: Any,
+    ) -> T:
+        """``fn(*args, **kwargs)`` on the consumer thread; :class:`ConsumerThreadStuck`
+        when it does not return within ``deadline_s``."""
+        future: Future[T] = Future()
+        self._calls.put((lambda: fn(*args, **kwargs), future))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), deadline_s)
+        except TimeoutError:
+            name = getattr(fn, "__name__", repr(fn))
+            raise ConsumerThreadStuck(
+                f"consumer thread stuck in {name} for more than {deadline_s:g} s"
+            ) from None
 
     async def consume(self, max_records: int, timeout_s: float) -> list[Message]:
         """What is ready now, up to ``max_records``; else wait up to ``timeout_s`` for one.
@@ -122,11 +184,14 @@ class ConsumerThread:
         messages = self.consumer.consume(max_records, 0)
         return messages or self.consumer.consume(1, timeout_s)
 
-    async def close(self) -> None:
+    async def close(self, deadline_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the consumer (``Consumer.close`` has no timeout: bounded here by
+        ``deadline_s``, then abandoned) and end the thread."""
+        self.closed = True
         try:
-            await self.call(self.consumer.close)
+            await self.call(self.consumer.close, deadline_s=deadline_s)
         finally:
-            self._executor.shutdown(wait=False)
+            self._calls.put(None)
 
 
 class _Sink:
@@ -139,7 +204,9 @@ class _Sink:
     ``produce`` overlap a ``commit``.
     """
 
-    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, producer: Producer, consumer: Consumer, timeout_s: float = KAFKA_TIMEOUT_S
+    ) -> None:
         self.producer = producer
         self.consumer = consumer
         self.timeout_s = timeout_s
@@ -172,14 +239,25 @@ class _Sink:
         if error is not None:
             self.failed_deliveries.append(error)
 
-    def close(self) -> None:
-        self.producer.flush(5.0)
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        self.producer.flush(timeout_s)
+
+    def discard(self) -> None:
+        """Drop what is queued (the clients are being rebuilt; it will be redone)."""
+        self.producer.purge()
+        self.producer.flush(0)
 
 
 class TransactionalSink(_Sink):
-    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, producer: Producer, consumer: Consumer, timeout_s: float = KAFKA_TIMEOUT_S
+    ) -> None:
         super().__init__(producer, consumer, timeout_s)
         self.in_transaction = False
+        # Set when producing into the open transaction failed for good (fatal error, or the
+        # transaction is in an abortable state): the rest of the cycle is dropped and the
+        # next commit aborts instead.
+        self.broken: KafkaError | None = None
 
     def start(self) -> None:
         """Fence older instances with our transactional.id and abort what they left open."""
@@ -196,9 +274,19 @@ class TransactionalSink(_Sink):
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        if not self.in_transaction:
-            self._begin()
-        super().produce(topic, value, key, headers, partition)
+        if self.broken is not None:
+            return  # this transaction will be aborted and its records redone
+        try:
+            if not self.in_transaction:
+                self._begin()
+            super().produce(topic, value, key, headers, partition)
+        except FatalStreamError as exc:
+            self.broken = KafkaError(KafkaError._FATAL, str(exc), fatal=True)
+        except KafkaException as exc:
+            error = kafka_error(exc)
+            if error is None or not (is_fatal(error) or error.code() == KafkaError._STATE):
+                raise  # about this record (e.g. too large): the caller dead-letters it
+            self.broken = error
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit this cycle's outputs together with ``offsets`` (one transaction).
@@ -206,6 +294,8 @@ class TransactionalSink(_Sink):
         KIP-447: the offsets carry the consumer's group metadata (generation, member), so
         the broker refuses them from an instance that no longer owns the partitions.
         """
+        if self.broken is not None:
+            self._abort_broken()
         if not self.in_transaction:
             if not offsets:
                 return False
@@ -234,26 +324,43 @@ class TransactionalSink(_Sink):
                 if error is None or not error.retriable() or attempt == attempts - 1:
                     raise
 
+    def _abort_broken(self) -> None:
+        error, self.broken = self.broken, None
+        assert error is not None
+        if is_fatal(error):
+            raise FatalStreamError(f"producer failed: {error.str()}")
+        log_event(log, "transaction aborted", logging.WARNING, error=error.str())
+        self.abort()
+        raise CheckpointAborted(f"transaction aborted: {error.str()}")
+
     def _after_failed_commit(self, exc: KafkaException) -> None:
+        """A fatal error ends the clients; any other failure aborts the transaction (and if
+        even the abort fails, e.g. the broker is gone, the clients are rebuilt)."""
         error = kafka_error(exc)
-        if error is not None and error.txn_requires_abort():
-            log_event(log, "transaction aborted", logging.WARNING, error=error.str())
-            self.abort()
-            raise CheckpointAborted(f"transaction aborted: {error.str()}") from exc
-        raise FatalStreamError(f"transaction failed: {exc}") from exc
+        if error is None or is_fatal(error):
+            raise FatalStreamError(f"transaction failed: {exc}") from exc
+        log_event(log, "transaction aborted", logging.WARNING, error=error.str())
+        self.abort()
+        raise CheckpointAborted(f"transaction aborted: {error.str()}") from exc
 
     def abort(self) -> None:
-        """Abort the open transaction (its outputs and offsets disappear)."""
+        """Abort the open transaction (its outputs and offsets disappear).
+
+        Only a completed abort lets the caller rewind and redo the work: when the abort
+        fails (even with a state error: a commit may be under way), the outcome of the
+        transaction is unknown and :class:`FatalStreamError` makes the processor rebuild
+        its clients, whose ``init_transactions`` settles it before anything is read again.
+        """
+        was_open = self.in_transaction or self.broken is not None
         self.in_transaction = False
+        self.broken = None
+        self.failed_deliveries.clear()
+        if not was_open:
+            return  # no transaction was open
         try:
             self.producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
-            error = kafka_error(exc)
-            if error is not None and error.code() == KafkaError._STATE:
-                return  # no transaction was open
             raise FatalStreamError(f"cannot abort transaction: {exc}") from exc
-        finally:
-            self.failed_deliveries.clear()
 
     def _begin(self) -> None:
         try:
@@ -262,9 +369,10 @@ class TransactionalSink(_Sink):
             raise FatalStreamError(f"cannot begin a transaction: {exc}") from exc
         self.in_transaction = True
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         if self.in_transaction:
-            self.abort()
+            self.in_transaction = False
+            self.producer.abort_transaction(timeout_s)
 
 
 class AtLeastOnceSink(_Sink):

@@ -50,9 +50,11 @@ def _wait_for_topics(admin: AdminClient, names: list[str]) -> dict[str, int]:
         return _counts(cluster)
 
     try:
-        return wait_until(ready, _TIMEOUT_S, f"topics {names} in the metadata", interval=0.1)
+        counts = wait_until(ready, _TIMEOUT_S, f"topics {names} in the metadata", interval=0.1)
     except WaitTimeout as exc:
         raise Unavailable(str(exc)) from exc
+    assert counts is not None
+    return counts
 
 
 def _partition_counts(admin: AdminClient) -> dict[str, int]:
