@@ -83,7 +83,8 @@ def create_topics(
         raise InvalidArgument(f"partitions must be at least 1, got {partitions}")
     client = admin_client(bootstrap_servers)
     new_topics = [
-        NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config or {}))
+        # -1: the broker's default.replication.factor (1 on one node, 3 in a cluster)
+        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=dict(config or {}))
         for name in names
     ]
     futures = client.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
