@@ -77,20 +77,21 @@ def terminate(pid: int, *, timeout: float, is_alive: Callable[[], bool] | None =
     Returns True when the process stopped on SIGTERM, False when it had to be killed.
     """
     alive = is_alive or (lambda: pid_alive(pid))
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
             return True
         time.sleep(0.1)
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     return False
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (to ``pid`` alone if not allowed)."""
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:

@@ -45,7 +45,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -421,15 +421,16 @@ class StreamProcessor:
         sink = getattr(self, "_sink", None)
         if kafka is None or kafka.closed:
             return
-        try:
-            async with asyncio.timeout(kafka_io.CLOSE_TIMEOUT_S):
-                try:
-                    if sink is not None:
-                        await kafka.call(sink.discard if discard else sink.close)
-                finally:
-                    await kafka.close()
-        except Exception as exc:  # closing after a failure must not hide the failure
-            log_event(log, "close failed", logging.WARNING, error=str(exc), graceful=graceful)
+        deadline = time.monotonic() + kafka_io.CLOSE_TIMEOUT_S
+        steps: list[Callable[[float], Awaitable[None]]] = [kafka.close]
+        if sink is not None:
+            step = sink.discard if discard else sink.close
+            steps.insert(0, lambda left: kafka.call(step, deadline_s=left))
+        for close in steps:  # each within what is left (a stuck thread makes both time out)
+            try:
+                await close(max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # closing after a failure must not hide the failure
+                log_event(log, "close failed", logging.WARNING, error=str(exc), graceful=graceful)
 
     # ------------------------------------------------------------------ consuming
 
