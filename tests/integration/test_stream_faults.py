@@ -8,7 +8,11 @@ that was started.
 (a) the single broker is SIGKILLed mid-stream and restarted on the same data dir and ports;
 (b)-(d) a 3-node cluster (replication factor 3, min ISR 2) loses the leader of an input
 partition, the group coordinator, or the processor's transaction coordinator;
-(e) SIGTERM while the broker is down (killed, not restarted) ends the processor within the
+(e) a fatal client error on a healthy broker, injected by fencing: a producer with the
+processor's ``transactional.id`` (PRODUCER_FENCED), or a consumer with its
+``group.instance.id`` ("Static consumer fenced by other consumer with same
+group.instance.id"): the processor rebuilds its clients and goes on;
+(f) SIGTERM while the broker is down (killed, not restarted) ends the processor within the
 documented bound (``--shutdown-timeout-s`` + ``STOP_GRACE_S``).
 
 Records: ``BEFORE`` produced before the processor starts (the fault hits while it works
@@ -192,6 +196,52 @@ def test_cluster_node_killed(
         stream.stop()
         if killed is not None:
             cluster.restart(killed)
+
+
+@pytest.mark.parametrize("intruder", ["producer", "consumer"])
+def test_fenced_clients_are_rebuilt(
+    intruder: str, single_broker: LocalKafka, tiny_model: Path, tmp_path: Path
+) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    bootstrap = single_broker.bootstrap_servers
+    source, sink = _topics(bootstrap, single_broker.create_topic, f"fenced-{intruder}")
+    produce(bootstrap, source, _records(range(BEFORE)))
+    stream = _stream(bootstrap, source, sink, tiny_model, tmp_path / "stream.log")
+    try:
+        stream.wait_ready()
+        at_fault = _wait_mid_stream(stream)
+        if intruder == "producer":
+            zombie = Producer(
+                {"bootstrap.servers": bootstrap, "transactional.id": _transactional_id(source)}
+            )
+            zombie.init_transactions(30)  # bumps the epoch: the processor's producer is fenced
+        else:
+            thief = Consumer(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "group.id": f"g-{source}",
+                    "group.instance.id": INSTANCE,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    "enable.auto.commit": False,
+                }
+            )
+            thief.subscribe([source])
+            thief.consume(1, 5.0)  # joins as the same static member: the processor's is fenced
+            thief.close()
+        produce(bootstrap, source, _records(range(BEFORE, TOTAL)))  # (a fenced producer
+        # only learns it is fenced from its next transactional request)
+        wait_until(
+            lambda: stream.metric("streamserve_stream_kafka_client_rebuilds_total") >= 1,
+            120,
+            "the processor rebuilding its clients",
+            0.2,
+            describe=stream.log_tail,
+        )
+        outputs = read_topic(bootstrap, sink, TOTAL, timeout=240, quiet_s=3.0)
+        _check(outputs, stream, f"fenced by a {intruder}", at_fault)
+    finally:
+        stream.stop()
 
 
 def test_sigterm_during_broker_outage_ends_within_bound(
