@@ -26,6 +26,7 @@ call that overruns it is abandoned on its thread), and closing runs under
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -244,8 +245,9 @@ class _Sink:
 
     def discard(self) -> None:
         """Drop what is queued (the clients are being rebuilt; it will be redone)."""
-        self.producer.purge()
-        self.producer.flush(0)
+        with contextlib.suppress(KafkaException):  # a fatal producer refuses even this
+            self.producer.purge()
+            self.producer.flush(0)
 
 
 class TransactionalSink(_Sink):
