@@ -10,10 +10,12 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from streamserve.stream.kafka_io import (
+    AtLeastOnceSink,
     CheckpointAborted,
     ConsumerThread,
     ConsumerThreadStuck,
     FatalStreamError,
+    Sink,
     TransactionalSink,
     is_fatal,
 )
@@ -39,6 +41,14 @@ class _Producer:
 
     def produce(self, *args: Any, **kwargs: Any) -> None:
         self._call("produce")
+
+    def poll(self, timeout: float) -> int:
+        self._call("poll")
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self._call("flush")
+        return 0
 
     def send_offsets_to_transaction(self, *args: Any) -> None:
         self._call("send_offsets_to_transaction")
@@ -114,6 +124,17 @@ def test_a_transaction_broken_while_producing_is_aborted_at_the_commit() -> None
 def test_a_fatal_produce_error_rebuilds_the_clients() -> None:
     sink, _producer = _sink(produce=KafkaError(KafkaError._FATAL, "Fatal error"))
     sink.produce("out", b"1", None)
+    with pytest.raises(FatalStreamError):
+        sink.commit(OFFSETS)
+
+
+@pytest.mark.parametrize("sink_type", [TransactionalSink, AtLeastOnceSink])
+def test_a_fatal_error_raised_by_poll_rebuilds_the_clients(sink_type: type[Sink]) -> None:
+    producer = _Producer(poll=KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+    sink = sink_type(cast(Any, producer), cast(Any, _Consumer()), 1.0)
+    sink.poll()  # the sink loop must not die of it
+    sink.produce("out", b"1", None)  # dropped: the clients are rebuilt anyway
+    assert "produce" not in producer.calls
     with pytest.raises(FatalStreamError):
         sink.commit(OFFSETS)
 

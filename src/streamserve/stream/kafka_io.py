@@ -212,6 +212,18 @@ class _Sink:
         self.consumer = consumer
         self.timeout_s = timeout_s
         self.failed_deliveries: list[KafkaError] = []
+        # Set when the producer failed for good (a fatal error, raised by produce or poll,
+        # or, in a transaction, an abortable state): what follows is dropped, and the next
+        # commit aborts (or raises FatalStreamError) instead.
+        self.broken: KafkaError | None = None
+
+    def _broke(self, exc: KafkaException) -> bool:
+        """Remember a producer failure that ends this cycle; False if it is about a record."""
+        error = kafka_error(exc)
+        if error is None or not is_fatal(error):
+            return False
+        self.broken = error
+        return True
 
     def produce(
         self,
@@ -226,15 +238,22 @@ class _Sink:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
-        while True:
+        while self.broken is None:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
-                self.producer.poll(0.05)  # queue full: serve deliveries, then retry
+                self.poll(0.05)  # queue full: serve deliveries, then retry
+            except KafkaException as exc:
+                if not self._broke(exc):
+                    raise  # about this record (e.g. too large): the caller dead-letters it
 
-    def poll(self) -> None:
-        self.producer.poll(0)
+    def poll(self, timeout_s: float = 0) -> None:
+        try:
+            self.producer.poll(timeout_s)
+        except KafkaException as exc:  # a fatal error surfaces here too (e.g. fenced)
+            if not self._broke(exc):
+                raise
 
     def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
@@ -256,10 +275,13 @@ class TransactionalSink(_Sink):
     ) -> None:
         super().__init__(producer, consumer, timeout_s)
         self.in_transaction = False
-        # Set when producing into the open transaction failed for good (fatal error, or the
-        # transaction is in an abortable state): the rest of the cycle is dropped and the
-        # next commit aborts instead.
-        self.broken: KafkaError | None = None
+
+    def _broke(self, exc: KafkaException) -> bool:
+        error = kafka_error(exc)
+        if error is not None and error.code() == KafkaError._STATE:
+            self.broken = error  # the transaction is in an abortable state
+            return True
+        return super()._broke(exc)
 
     def start(self) -> None:
         """Fence older instances with our transactional.id and abort what they left open."""
@@ -282,13 +304,8 @@ class TransactionalSink(_Sink):
             if not self.in_transaction:
                 self._begin()
             super().produce(topic, value, key, headers, partition)
-        except FatalStreamError as exc:
+        except FatalStreamError as exc:  # begin_transaction refused
             self.broken = KafkaError(KafkaError._FATAL, str(exc), fatal=True)
-        except KafkaException as exc:
-            error = kafka_error(exc)
-            if error is None or not (is_fatal(error) or error.code() == KafkaError._STATE):
-                raise  # about this record (e.g. too large): the caller dead-letters it
-            self.broken = error
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit this cycle's outputs together with ``offsets`` (one transaction).
@@ -387,7 +404,12 @@ class AtLeastOnceSink(_Sink):
         Returns False when the offset commit failed: outputs are delivered and the next
         commit (absolute offsets) covers these records too, so nothing is redone.
         """
-        remaining = self.producer.flush(self.timeout_s)
+        if self.broken is not None:
+            raise FatalStreamError(f"producer failed: {self.broken.str()}")
+        try:
+            remaining = self.producer.flush(self.timeout_s)
+        except KafkaException as exc:
+            raise FatalStreamError(f"producer failed: {exc}") from exc
         if self.failed_deliveries or remaining:
             errors = [e.str() for e in self.failed_deliveries[:3]]
             self.failed_deliveries.clear()
