@@ -462,9 +462,13 @@ class StreamProcessor:
                 await self._rebuild_clients(exc.message)
             except KafkaException as exc:
                 error = kafka_io.kafka_error(exc)
-                if error is None or not kafka_io.is_fatal(error):
-                    raise
-                await self._rebuild_clients(f"consumer failed: {error.str()}")
+                if error is not None and kafka_io.is_fatal(error):
+                    await self._rebuild_clients(f"consumer failed: {error.str()}")
+                    continue
+                # e.g. pause() or a lag lookup refused while a broker is away: the step is
+                # retried next round (nothing changed state), the processor does not die.
+                log_event(log, "consumer call failed", logging.WARNING, error=str(exc))
+                await asyncio.sleep(0.1)
 
     def _intake(self, message: Message) -> None:
         error = message.error()
