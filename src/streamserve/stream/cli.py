@@ -109,8 +109,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flow.add_argument(
         "--kafka-timeout-s",
         type=float,
-        default=10.0,
-        help="bound of each transactional call (init, send offsets, commit, abort)",
+        default=5.0,
+        help="bound of each transactional call (init, send offsets, commit, abort); a "
+        "consumer-thread call stuck for 4x this + 5 s makes the processor rebuild its clients",
     )
     flow.add_argument("--breaker-failures", type=int, default=5)
     flow.add_argument("--breaker-cooldown-s", type=float, default=1.0)

@@ -45,11 +45,19 @@ T = TypeVar("T")
 Offsets = dict[tuple[str, int], int]
 Headers = list[tuple[str, bytes]]
 
-KAFKA_TIMEOUT_S = 10.0  # each transactional call (init, send offsets, commit, abort)
+KAFKA_TIMEOUT_S = 5.0  # each transactional call (init, send offsets, commit, abort)
 CLOSE_TIMEOUT_S = 5.0  # closing a consumer+producer pair, in all
-# A consumer-thread call may run this long before it counts as stuck (a checkpoint makes up
-# to five bounded calls: send offsets, three commit attempts, an abort).
-CALL_DEADLINE_S = 6 * KAFKA_TIMEOUT_S
+COMMIT_ATTEMPTS = 2  # commit_transaction tries on a retriable error (e.g. a leader moving)
+
+
+def call_deadline(kafka_timeout_s: float) -> float:
+    """How long a consumer-thread call may run before it counts as stuck: a checkpoint
+    makes at most four bounded calls (send offsets, two commit attempts, an abort), plus
+    slack. librdkafka does not always honour a timeout while a coordinator is gone."""
+    return (2 + COMMIT_ATTEMPTS) * kafka_timeout_s + 5.0
+
+
+CALL_DEADLINE_S = call_deadline(KAFKA_TIMEOUT_S)
 
 
 class CheckpointAborted(StreamserveError):
@@ -135,8 +143,9 @@ class ConsumerThread:
     from exiting, and a caller stops waiting for it after its deadline.
     """
 
-    def __init__(self, consumer: Consumer) -> None:
+    def __init__(self, consumer: Consumer, deadline_s: float = CALL_DEADLINE_S) -> None:
         self.consumer = consumer
+        self.deadline_s = deadline_s
         self.closed = False
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
@@ -158,11 +167,12 @@ class ConsumerThread:
         self,
         fn: Callable[..., T],
         *args: Any,
-        deadline_s: float = CALL_DEADLINE_S,
+        deadline_s: float | None = None,
         **kwargs: Any,
     ) -> T:
         """``fn(*args, **kwargs)`` on the consumer thread; :class:`ConsumerThreadStuck`
-        when it does not return within ``deadline_s``."""
+        when it does not return within ``deadline_s`` (default: the thread's)."""
+        deadline_s = self.deadline_s if deadline_s is None else deadline_s
         future: Future[T] = Future()
         self._calls.put((lambda: fn(*args, **kwargs), future))
         try:
@@ -216,6 +226,7 @@ class _Sink:
         # or, in a transaction, an abortable state): what follows is dropped, and the next
         # commit aborts (or raises FatalStreamError) instead.
         self.broken: KafkaError | None = None
+        self.step = ""  # the blocking producer call under way (names a stuck one)
 
     def _broke(self, exc: KafkaException) -> bool:
         """Remember a producer failure that ends this cycle; False if it is about a record."""
@@ -286,6 +297,7 @@ class TransactionalSink(_Sink):
     def start(self) -> None:
         """Fence older instances with our transactional.id and abort what they left open."""
         try:
+            self.step = "init_transactions"
             self.producer.init_transactions(self.timeout_s)
         except KafkaException as exc:
             raise FatalStreamError(f"cannot initialise transactions: {exc}") from exc
@@ -321,6 +333,7 @@ class TransactionalSink(_Sink):
             self._begin()
         try:
             if offsets:
+                self.step = "send_offsets_to_transaction"
                 self.producer.send_offsets_to_transaction(
                     topic_partitions(offsets),
                     self.consumer.consumer_group_metadata(),
@@ -333,9 +346,10 @@ class TransactionalSink(_Sink):
             self.in_transaction = False
         return True
 
-    def _commit_with_retries(self, attempts: int = 3) -> None:
+    def _commit_with_retries(self, attempts: int = COMMIT_ATTEMPTS) -> None:
         for attempt in range(attempts):
             try:
+                self.step = f"commit_transaction (attempt {attempt + 1})"
                 self.producer.commit_transaction(self.timeout_s)
                 return
             except KafkaException as exc:
@@ -377,6 +391,7 @@ class TransactionalSink(_Sink):
         if not was_open:
             return  # no transaction was open
         try:
+            self.step = "abort_transaction"
             self.producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
             raise FatalStreamError(f"cannot abort transaction: {exc}") from exc

@@ -269,7 +269,9 @@ class StreamProcessor:
                 cfg.producer_overrides,
             )
         )
-        self._kafka: kafka_io.ConsumerThread = kafka_io.ConsumerThread(consumer)
+        self._kafka: kafka_io.ConsumerThread = kafka_io.ConsumerThread(
+            consumer, kafka_io.call_deadline(cfg.kafka_timeout_s)
+        )
         self._sink: kafka_io.Sink = (
             kafka_io.TransactionalSink(producer, consumer, cfg.kafka_timeout_s)
             if exactly_once
@@ -315,6 +317,7 @@ class StreamProcessor:
             "kafka clients failed; rebuilding them",
             logging.ERROR,
             reason=reason,
+            last_call=getattr(self._sink, "step", "") or "-",
             owned=len(self.book),
             buffered=self.book.buffered,
         )
