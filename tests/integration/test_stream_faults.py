@@ -198,6 +198,18 @@ def test_cluster_node_killed(
             cluster.restart(killed)
 
 
+def test_ensure_topics_sees_every_fresh_output_topic(single_broker: LocalKafka) -> None:
+    """The start-up race (KeyError on a just-created output topic), many times over."""
+    from streamserve.stream.topics import ensure_topics
+
+    bootstrap = single_broker.bootstrap_servers
+    source = single_broker.create_topic(f"race-in-{time.monotonic_ns()}", PARTITIONS)
+    for attempt in range(40):
+        outputs = [f"race-out-{attempt}-{time.monotonic_ns()}", f"{source}.dlq-{attempt}"]
+        counts = ensure_topics(bootstrap, source, outputs, create=True)
+        assert all(counts[name] == PARTITIONS for name in outputs), counts
+
+
 @pytest.mark.parametrize("intruder", ["producer", "consumer"])
 def test_fenced_clients_are_rebuilt(
     intruder: str, single_broker: LocalKafka, tiny_model: Path, tmp_path: Path
