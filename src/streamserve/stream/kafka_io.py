@@ -358,12 +358,12 @@ class TransactionalSink(_Sink):
                     raise
 
     def _abort_broken(self) -> None:
-        error, self.broken = self.broken, None
+        error = self.broken
         assert error is not None
         if is_fatal(error):
             raise FatalStreamError(f"producer failed: {error.str()}")
         log_event(log, "transaction aborted", logging.WARNING, error=error.str())
-        self.abort()
+        self.abort()  # clears ``broken``
         raise CheckpointAborted(f"transaction aborted: {error.str()}")
 
     def _after_failed_commit(self, exc: KafkaException) -> None:
