@@ -30,6 +30,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -249,11 +250,15 @@ class _Sink:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
+        deadline = time.monotonic() + self.timeout_s
         while self.broken is None:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
+                if time.monotonic() > deadline:  # nothing delivers: redo this cycle
+                    self.broken = KafkaError(KafkaError._QUEUE_FULL, "producer queue full")
+                    return
                 self.poll(0.05)  # queue full: serve deliveries, then retry
             except KafkaException as exc:
                 if not self._broke(exc):
