@@ -15,14 +15,17 @@ group.instance.id"): the processor rebuilds its clients and goes on;
 (f) SIGTERM while the broker is down (killed, not restarted) ends the processor within the
 documented bound (``--shutdown-timeout-s`` + ``STOP_GRACE_S``).
 
-Records: ``BEFORE`` produced before the processor starts (the fault hits while it works
-through them), ``AFTER`` produced after the fault (the processor must make progress).
+Records: with one broker, ``BEFORE`` are produced before the processor starts (the fault
+hits while it works through them) and ``AFTER`` once the broker is back (the processor
+must make progress); on the cluster, all ``TOTAL`` are produced in paced chunks while the
+processor runs, and the node is killed while that producer is still going.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -80,6 +83,34 @@ def _records(ids: range) -> Iterator[tuple[int, bytes, bytes]]:
     for i in ids:
         value = json.dumps({"id": i, "inputs": {"x": [[(i % 97) / 97.0] * 16]}}).encode()
         yield (i % PARTITIONS, str(i).encode(), value)
+
+
+class PacedProducer(threading.Thread):
+    """Produces ``TOTAL`` records in chunks, one chunk per ``interval_s``, in the background
+    (the cluster stays available, so producing goes on through the fault)."""
+
+    def __init__(self, bootstrap: str, topic: str, chunks: int = 16, interval_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.chunks, self.interval_s = (
+            bootstrap,
+            topic,
+            chunks,
+            interval_s,
+        )
+        self.produced = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            per_chunk = TOTAL // self.chunks
+            for chunk in range(self.chunks):
+                end = TOTAL if chunk == self.chunks - 1 else (chunk + 1) * per_chunk
+                self.produced += produce(
+                    self.bootstrap, self.topic, _records(range(chunk * per_chunk, end))
+                )
+                time.sleep(self.interval_s)
+        except BaseException as exc:
+            self.error = exc
 
 
 def _topics(bootstrap: str, create: Callable[..., object], name: str) -> tuple[str, str]:
@@ -176,11 +207,12 @@ def test_cluster_node_killed(
 ) -> None:
     bootstrap = cluster.bootstrap_servers
     source, sink = _topics(bootstrap, cluster.create_topic, victim)
-    produce(bootstrap, source, _records(range(BEFORE)))
     stream = _stream(bootstrap, source, sink, tiny_model, tmp_path / "stream.log")
     killed: int | None = None
     try:
         stream.wait_ready()
+        producer = PacedProducer(bootstrap, source)
+        producer.start()
         at_fault = _wait_mid_stream(stream)
         if victim == "partition-leader":
             killed = cluster.partition_leader(source, 0)
@@ -188,9 +220,13 @@ def test_cluster_node_killed(
             killed = cluster.group_coordinator(f"g-{source}")
         else:
             killed = cluster.transaction_coordinator(_transactional_id(source))
+        produced_at_fault = producer.produced
         cluster.kill(killed)
-        produce(bootstrap, source, _records(range(BEFORE, TOTAL)))
+        assert producer.is_alive(), "the records were all produced before the fault"
+        producer.join(240)
+        assert producer.error is None and producer.produced == TOTAL, producer.error
         outputs = read_topic(bootstrap, sink, TOTAL, timeout=240, quiet_s=3.0)
+        print(f"records produced when node {killed} was killed: {produced_at_fault}")
         _check(outputs, stream, f"3 nodes, {victim} (node {killed}) killed", at_fault)
     finally:
         stream.stop()
