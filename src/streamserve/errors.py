@@ -72,6 +72,16 @@ class InvalidArgument(StreamserveError):
     code = Code.INVALID_ARGUMENT
 
 
+class InputRejected(InvalidArgument):
+    """A remote model's signature rejects the input, found before sending it: ``reason``
+    is in the runtimes' words (the same as embedded mode's), ``target`` names the server."""
+
+    def __init__(self, reason: str, target: str) -> None:
+        super().__init__(f"{target}: INVALID_ARGUMENT: {reason}")
+        self.reason = reason
+        self.target = target
+
+
 class NotFound(StreamserveError):
     code = Code.NOT_FOUND
 

@@ -4,6 +4,10 @@ The :class:`~streamserve.repository.ModelManager` is the very one ``streamserve 
 uses, so embedded mode gets the same version policies, labels, A/B split and hot reload
 (new version directories appear, old ones unload when no call holds them).
 
+Inputs are conformed to the signature first (numbers cast to the declared dtypes, names
+and shapes checked), exactly as the remote predictors do, so a record gets the same
+answer or the same rejection in every mode.
+
 ``servable.predict`` is CPU-bound and releases the GIL (ONNX Runtime), so calls run in a
 bounded thread pool, each holding a servable handle for exactly the call's duration: a
 version being unloaded stays loaded until its last call returns.
@@ -20,7 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from streamserve.predictors.base import Prediction
+from streamserve.predictors.signatures import conform_inputs
 from streamserve.runtimes.base import DEFAULT_SIGNATURE
+from streamserve.runtimes.validation import get_signature
 
 if TYPE_CHECKING:
     from streamserve.repository import ModelManager
@@ -65,7 +71,9 @@ class EmbeddedPredictor:
 
     def _predict_now(self, inputs: Mapping[str, np.ndarray], signature_name: str) -> Prediction:
         with self.manager.handle(self.model_name, version=self.version, label=self.label) as handle:
-            outputs = handle.servable.predict(inputs, signature_name)
+            servable = handle.servable
+            signature = get_signature(servable.signatures, signature_name)
+            outputs = servable.predict(conform_inputs(signature, inputs), signature_name)
             return Prediction(dict(outputs), handle.name, handle.version)
 
     async def close(self) -> None:

@@ -10,11 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from google.protobuf import json_format
 
 from streamserve import tensors
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.grpc_channel import GrpcTarget
+from streamserve.predictors.signatures import (
+    ModelSignatures,
+    SignatureCache,
+    signatures_from_tf_json,
+)
 from streamserve.protos.gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
     model_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -47,10 +54,12 @@ class TfServingGrpcPredictor:
         self.model_label = model_label
         self.timeout_s = timeout_s
         self._grpc: GrpcTarget[Stub] = GrpcTarget(address, Stub, per_call_channel)
+        self._signatures = SignatureCache(self.target, self._fetch_signatures)
 
     async def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> Prediction:
+        inputs = await self._signatures.conform(inputs, signature_name)
         request = self._request(inputs, signature_name)
 
         async def invoke(stub: Stub) -> predict_pb2.PredictResponse:
@@ -61,22 +70,44 @@ class TfServingGrpcPredictor:
 
         response = await self._grpc.call(invoke)
         outputs = {name: tensors.tensor_proto_to_numpy(t) for name, t in response.outputs.items()}
-        return Prediction(outputs, self.model_name, self._version_of(response.model_spec))
+        version = self._version_of(response.model_spec)
+        self._signatures.observe_version(version)
+        return Prediction(outputs, self.model_name, version)
 
     async def close(self) -> None:
         await self._grpc.close()
+
+    async def _fetch_signatures(self) -> ModelSignatures:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._fill_spec(request.model_spec)
+
+        async def invoke(stub: Stub) -> get_model_metadata_pb2.GetModelMetadataResponse:
+            response: get_model_metadata_pb2.GetModelMetadataResponse = await stub.GetModelMetadata(
+                request, timeout=self.timeout_s
+            )
+            return response
+
+        response = await self._grpc.call(invoke)
+        signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_def_map)
+        as_json = json_format.MessageToDict(signature_def_map, preserving_proto_field_name=True)
+        return ModelSignatures(
+            signatures_from_tf_json(as_json), self._version_of(response.model_spec)
+        )
+
+    def _fill_spec(self, spec: model_pb2.ModelSpec) -> None:
+        spec.name = self.model_name
+        if self.model_version is not None:
+            spec.version.value = self.model_version
+        elif self.model_label is not None:
+            spec.version_label = self.model_label
 
     def _request(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None
     ) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
-        spec = request.model_spec
-        spec.name = self.model_name
-        spec.signature_name = signature_name or DEFAULT_SIGNATURE
-        if self.model_version is not None:
-            spec.version.value = self.model_version
-        elif self.model_label is not None:
-            spec.version_label = self.model_label
+        self._fill_spec(request.model_spec)
+        request.model_spec.signature_name = signature_name or DEFAULT_SIGNATURE
         for name, array in inputs.items():
             request.inputs[name].CopyFrom(tensors.numpy_to_tensor_proto(np.asarray(array)))
         return request

@@ -25,7 +25,11 @@ from streamserve.predictors.http_target import (
     is_orjson_native,
     parse_json_object,
 )
-from streamserve.protos.gen.tensorflow.core.framework import types_pb2
+from streamserve.predictors.signatures import (
+    ModelSignatures,
+    SignatureCache,
+    signatures_from_tf_json,
+)
 from streamserve.runtimes.base import DEFAULT_SIGNATURE, TensorSpec
 
 VERSION_HEADER = "X-Model-Version"
@@ -54,7 +58,7 @@ class TfServingRestPredictor:
         self.model_label = model_label
         self._http = HttpTarget(self.target, timeout_s, per_call_channel)
         self._model_path = _model_path(model_name, model_version, model_label)
-        self._outputs: dict[str, Mapping[str, TensorSpec]] = {}
+        self._signatures = SignatureCache(self.target, self._fetch_signatures)
         self._metadata_version = 0
 
     async def predict(
@@ -62,35 +66,32 @@ class TfServingRestPredictor:
     ) -> Prediction:
         signature = signature_name or DEFAULT_SIGNATURE
         output_specs = await self._output_specs(signature)
+        inputs = await self._signatures.conform(inputs, signature)
         arrays = {name: np.asarray(array) for name, array in inputs.items()}
         allow_nan = has_non_finite(arrays.values())
         request = {"signature_name": signature, "inputs": _encode_inputs(arrays, allow_nan)}
         body = dump_json(request, allow_nan=allow_nan)
         reply = await self._http.request("POST", self._model_path + ":predict", body, _JSON_HEADERS)
         outputs = _decode_outputs(parse_json_object(reply.body, "predict"), output_specs)
-        return Prediction(
-            outputs, self.model_name, self._version(reply.headers.get(VERSION_HEADER))
-        )
+        version = self._version(reply.headers.get(VERSION_HEADER))
+        self._signatures.observe_version(version)
+        return Prediction(outputs, self.model_name, version)
 
     async def close(self) -> None:
         await self._http.close()
 
-    async def _output_specs(self, signature: str) -> Mapping[str, TensorSpec]:
-        specs = self._outputs.get(signature)
-        if specs is None:
-            reply = await self._http.request("GET", self._model_path + "/metadata")
-            metadata = parse_json_object(reply.body, "metadata")
-            self._metadata_version = int(metadata.get("model_spec", {}).get("version") or 0)
-            for name, signature_def in _signature_defs(metadata).items():
-                self._outputs[name] = _tensor_specs(signature_def.get("outputs", {}))
-            specs = self._outputs.get(signature)
-            if specs is None:
-                known = ", ".join(sorted(self._outputs)) or "none"
-                raise InvalidArgument(
-                    f"{self.target}: model {self.model_name} has no signature '{signature}' "
-                    f"(known: {known})"
-                )
-        return specs
+    async def _output_specs(self, signature_name: str) -> Mapping[str, TensorSpec]:
+        signature = await self._signatures.signature(signature_name)
+        if signature is None:
+            raise InvalidArgument(f"{self.target}: model {self.model_name} has no signatures")
+        return signature.outputs
+
+    async def _fetch_signatures(self) -> ModelSignatures:
+        reply = await self._http.request("GET", self._model_path + "/metadata")
+        metadata = parse_json_object(reply.body, "metadata")
+        self._metadata_version = int(metadata.get("model_spec", {}).get("version") or 0)
+        signature_def_map = metadata.get("metadata", {}).get("signature_def", {})
+        return ModelSignatures(signatures_from_tf_json(signature_def_map), self._metadata_version)
 
     def _version(self, header: str | None) -> int:
         if header and header.isdigit():
@@ -128,22 +129,3 @@ def _decode_outputs(
     if "outputs" not in reply:
         raise InvalidArgument(f"predict reply has no 'outputs': {sorted(reply)}")
     return tensors.rest_inputs_to_numpy(reply["outputs"], specs)
-
-
-def _signature_defs(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``metadata.signature_def`` holds a SignatureDefMap: ``{"signature_def": {...}}``."""
-    holder = metadata.get("metadata", {}).get("signature_def", {})
-    return holder.get("signature_def", holder)  # type: ignore[no-any-return]
-
-
-def _tensor_specs(infos: dict[str, Any]) -> dict[str, TensorSpec]:
-    specs = {}
-    for alias, info in infos.items():
-        dtype = tensors.tf_to_dtype(types_pb2.DataType.Value(info.get("dtype", "DT_INVALID")))
-        shape_info = info.get("tensor_shape", {})
-        shape = None
-        if not shape_info.get("unknown_rank"):
-            sizes = [int(dim.get("size", -1)) for dim in shape_info.get("dim", [])]
-            shape = tuple(None if size < 0 else size for size in sizes)
-        specs[alias] = TensorSpec(alias, dtype, shape)
-    return specs

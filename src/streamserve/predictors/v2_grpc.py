@@ -14,7 +14,14 @@ from streamserve import tensors
 from streamserve.errors import InvalidArgument
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.grpc_channel import GrpcTarget
+from streamserve.predictors.signatures import (
+    ModelSignatures,
+    SignatureCache,
+    conform_default,
+    signature_from_v2,
+)
 from streamserve.protos.gen.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from streamserve.runtimes.base import DEFAULT_SIGNATURE
 
 Stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub
 
@@ -42,10 +49,12 @@ class V2GrpcPredictor:
         self.model_version = model_version
         self.timeout_s = timeout_s
         self._grpc: GrpcTarget[Stub] = GrpcTarget(address, Stub, per_call_channel)
+        self._signatures = SignatureCache(self.target, self._fetch_signatures)
 
     async def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> Prediction:
+        inputs = await conform_default(self._signatures, inputs, signature_name)
         request = self._request(inputs, signature_name)
 
         async def invoke(stub: Stub) -> grpc_service_pb2.ModelInferResponse:
@@ -55,14 +64,29 @@ class V2GrpcPredictor:
             return response
 
         response = await self._grpc.call(invoke)
+        version = _version(response.model_version, self.model_version)
+        self._signatures.observe_version(version)
         return Prediction(
-            _decode_outputs(response),
-            response.model_name or self.model_name,
-            _version(response.model_version, self.model_version),
+            _decode_outputs(response), response.model_name or self.model_name, version
         )
 
     async def close(self) -> None:
         await self._grpc.close()
+
+    async def _fetch_signatures(self) -> ModelSignatures:
+        request = grpc_service_pb2.ModelMetadataRequest(name=self.model_name)
+        if self.model_version is not None:
+            request.version = str(self.model_version)
+
+        async def invoke(stub: Stub) -> grpc_service_pb2.ModelMetadataResponse:
+            response: grpc_service_pb2.ModelMetadataResponse = await stub.ModelMetadata(
+                request, timeout=self.timeout_s
+            )
+            return response
+
+        response = await self._grpc.call(invoke)
+        signature = signature_from_v2(list(response.inputs), list(response.outputs))
+        return ModelSignatures({DEFAULT_SIGNATURE: signature}, self.model_version or 0)
 
     def _request(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None

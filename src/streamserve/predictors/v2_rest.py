@@ -23,7 +23,14 @@ from streamserve.predictors.http_target import (
     has_non_finite,
     parse_json_object,
 )
+from streamserve.predictors.signatures import (
+    ModelSignatures,
+    SignatureCache,
+    conform_default,
+    signature_from_v2,
+)
 from streamserve.predictors.v2_grpc import SIGNATURE_PARAMETER
+from streamserve.runtimes.base import DEFAULT_SIGNATURE
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -50,11 +57,14 @@ class V2RestPredictor:
         path = f"/v2/models/{quote(model_name, safe='')}"
         if model_version is not None:
             path += f"/versions/{model_version}"
+        self._metadata_path = path
         self._infer_path = path + "/infer"
+        self._signatures = SignatureCache(self.target, self._fetch_signatures)
 
     async def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> Prediction:
+        inputs = await conform_default(self._signatures, inputs, signature_name)
         body, headers = self._request(inputs, signature_name)
         reply = await self._http.request("POST", self._infer_path, body, headers)
         document, tail = _split_reply(reply.body, reply.headers.get(HEADER_LENGTH))
@@ -66,15 +76,20 @@ class V2RestPredictor:
             out["name"]: tensors.v2_json_to_numpy(out, chunk)
             for out, chunk in zip(outputs, chunks, strict=True)
         }
-        version = str(document.get("model_version") or "")
-        return Prediction(
-            decoded,
-            str(document.get("model_name") or self.model_name),
-            int(version) if version.isdigit() else self.model_version or 0,
-        )
+        reported = str(document.get("model_version") or "")
+        version = int(reported) if reported.isdigit() else self.model_version or 0
+        self._signatures.observe_version(version)
+        return Prediction(decoded, str(document.get("model_name") or self.model_name), version)
 
     async def close(self) -> None:
         await self._http.close()
+
+    async def _fetch_signatures(self) -> ModelSignatures:
+        reply = await self._http.request("GET", self._metadata_path)
+        metadata = parse_json_object(reply.body, "metadata")
+        inputs, outputs = metadata.get("inputs", []), metadata.get("outputs", [])
+        signature = signature_from_v2(list(inputs), list(outputs))
+        return ModelSignatures({DEFAULT_SIGNATURE: signature}, self.model_version or 0)
 
     def _request(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None

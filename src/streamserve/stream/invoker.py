@@ -26,7 +26,7 @@ from typing import cast
 
 import numpy as np
 
-from streamserve.errors import Code, StreamserveError, Unavailable
+from streamserve.errors import Code, InputRejected, InvalidArgument, StreamserveError, Unavailable
 from streamserve.predictors.base import Prediction, Predictor
 from streamserve.stream.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from streamserve.stream.errors import RecordError
@@ -243,6 +243,8 @@ class ModelInvoker:
 def _rejection(exc: Exception) -> RecordError:
     if isinstance(exc, RecordError):
         return exc
+    if isinstance(exc, InputRejected):  # the same reason as embedded mode's; no target
+        return RecordError(PREDICT, exc.reason, InvalidArgument.__name__)
     message = exc.message if isinstance(exc, StreamserveError) else str(exc)
     return RecordError(PREDICT, message or type(exc).__name__, type(exc).__name__)
 

@@ -147,24 +147,49 @@ def _json_to_array(name: str, value: object, dtype: np.dtype | None) -> np.ndarr
             f"input {name!r} is not a rectangular array of one type: {exc}",
             type(exc).__name__,
         ) from exc
+    if array.dtype.kind in "OU":
+        return _bytes_elements(name, array)
     if dtype is not None:
         return array
     if array.dtype.kind == "f":
         return array.astype(np.float32)
-    if array.dtype.kind == "U":
-        encoded = np.empty(array.shape, dtype=object)
-        encoded.flat[:] = [text.encode("utf-8") for text in array.flat]
-        return encoded
     if array.dtype.kind not in "biu":
         raise RecordError(DECODE, f"input {name!r} must hold numbers, booleans or strings")
     return array
+
+
+def _bytes_elements(name: str, array: np.ndarray) -> np.ndarray:
+    """Strings (UTF-8) and TF Serving's ``{"b64": "..."}`` objects → an object array of bytes."""
+    encoded = np.empty(array.shape, dtype=object)
+    encoded.flat[:] = [_element_bytes(name, item) for item in array.flat]
+    return encoded
+
+
+def _element_bytes(name: str, item: object) -> bytes:
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RecordError(
+                DECODE, f"input {name!r}: 'b64' is not valid base64: {exc}", type(exc).__name__
+            ) from exc
+    raise RecordError(
+        DECODE, f"input {name!r}: a {type(item).__name__} among strings (or not rectangular)"
+    )
 
 
 class TensorJsonCodec:
     """TF Serving columnar JSON in, JSON out. See the module docstring for the shapes.
 
     ``dtypes`` fixes the numpy dtype per input name (e.g. from the model's signature);
-    otherwise JSON floats become ``float32``, integers ``int64`` and strings ``bytes``.
+    otherwise JSON floats become ``float32``, integers ``int64`` and strings ``bytes``
+    (``{"b64": "..."}`` elements, as in TF Serving's REST API, become their bytes). The
+    predictor then casts numbers to the model's declared dtypes (the same cast in every
+    mode; see :mod:`streamserve.predictors.signatures`).
     """
 
     def __init__(
