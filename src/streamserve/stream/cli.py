@@ -71,6 +71,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "order visible); key: Kafka's default partitioner on the key",
     )
     kafka.add_argument(
+        "--header-allowlist",
+        metavar="NAME,...",
+        help="carry only these input headers to outputs (default: all); "
+        "traceparent and tracestate are always carried",
+    )
+    kafka.add_argument(
+        "--header-denylist",
+        metavar="NAME,...",
+        default="",
+        help="input headers never carried to outputs",
+    )
+    kafka.add_argument(
         "--no-create-topics",
         action="store_true",
         help="fail instead of creating missing output/DLQ topics",
@@ -244,6 +256,8 @@ def _processor_config(args: argparse.Namespace) -> Any:
         shutdown_timeout_s=args.shutdown_timeout_s,
         kafka_timeout_s=args.kafka_timeout_s,
         output_partitioning=args.output_partitioning,
+        header_allowlist=None if args.header_allowlist is None else _names(args.header_allowlist),
+        header_denylist=_names(args.header_denylist),
         create_missing_topics=not args.no_create_topics,
         metrics_port=args.metrics_port,
         breaker=BreakerPolicy(
@@ -301,6 +315,10 @@ def _codec_spec(args: argparse.Namespace) -> Any:
         ),
         max_pixels=args.max_pixels,
     )
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:

@@ -1,5 +1,12 @@
 """Writing handled records: the output record, or a dead-letter record saying why not.
 
+An output keeps the input's key and carries the input's headers (all of them, or those a
+:class:`HeaderPolicy` allows; ``traceparent`` and ``tracestate`` always), then
+``streamserve.model.name`` / ``.version`` / ``.mode``, then any headers the codec adds.
+A codec may return an :class:`~streamserve.stream.records.OutputRecord` to set the key,
+headers or topic; a topic it did not declare in ``output_topics`` sends the record to
+the DLQ (stage ``route``).
+
 A DLQ record carries the input's key, value and headers unchanged, plus headers naming
 the failure (``streamserve.error.stage`` / ``.reason`` / ``.exception``) and where the
 record came from (``streamserve.source.topic`` / ``.partition`` / ``.offset``).
@@ -8,6 +15,8 @@ record came from (``streamserve.source.topic`` / ``.partition`` / ``.offset``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from confluent_kafka import KafkaException
@@ -15,14 +24,51 @@ from confluent_kafka import KafkaException
 from streamserve.stream.errors import RecordError
 from streamserve.stream.kafka_io import Headers, Sink
 from streamserve.stream.pipeline import Work
-from streamserve.stream.records import InputRecord
+from streamserve.stream.records import InputRecord, OutputRecord, SameKey
 from streamserve.stream.telemetry import StreamMetrics, log_event
 
 log = logging.getLogger("streamserve.stream")
 
 ERROR_HEADER_PREFIX = "streamserve.error."
 SOURCE_HEADER_PREFIX = "streamserve.source."
+MODEL_HEADER_PREFIX = "streamserve.model."
+ALWAYS_CARRIED = frozenset({"traceparent", "tracestate"})  # W3C trace context
 MAX_REASON_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class HeaderPolicy:
+    """Which input headers an output carries: ``allow`` (None: every one) minus ``deny``;
+    the trace context always, an upstream streamserve's ``streamserve.model.*`` never."""
+
+    allow: frozenset[str] | None = None
+    deny: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, allow: Iterable[str] | None, deny: Iterable[str] = ()) -> HeaderPolicy:
+        return cls(None if allow is None else frozenset(allow), frozenset(deny))
+
+    def carries(self, name: str) -> bool:
+        if name in ALWAYS_CARRIED:
+            return True
+        if name in self.deny or name.startswith(MODEL_HEADER_PREFIX):
+            return False
+        return self.allow is None or name in self.allow
+
+    def carried(self, headers: Iterable[tuple[str, bytes | None]]) -> Headers:
+        return [
+            (name, value) for name, value in headers if value is not None and self.carries(name)
+        ]
+
+
+def model_headers(work: Work) -> Headers:
+    if not work.model_name:
+        return []
+    return [
+        (f"{MODEL_HEADER_PREFIX}name", work.model_name.encode()),
+        (f"{MODEL_HEADER_PREFIX}version", str(work.model_version).encode()),
+        (f"{MODEL_HEADER_PREFIX}mode", work.mode.encode()),
+    ]
 
 
 def exception_name(error: RecordError) -> str:
@@ -58,13 +104,21 @@ class OutputWriter:
         output_partitions: int,
         partitioning: Literal["input", "key"],
         metrics: StreamMetrics,
+        headers: HeaderPolicy | None = None,
+        routed_partitions: Mapping[str, int] | None = None,
     ) -> None:
+        """``headers``: which input headers outputs carry (default: the trace context
+        only; the processor passes its configured policy, which carries all by default).
+        ``routed_partitions``: partition count of each topic a codec may route to."""
         self.sink = sink
         self.output_topic = output_topic
         self.dlq_topic = dlq_topic
         self.output_partitions = max(1, output_partitions)
         self.partitioning = partitioning
         self.metrics = metrics
+        self.headers = headers or HeaderPolicy(allow=frozenset())
+        self.partitions = {topic: max(1, n) for topic, n in (routed_partitions or {}).items()}
+        self.partitions[output_topic] = self.output_partitions
 
     def write(self, work: Work, now_ms: float) -> None:
         record = work.record
@@ -77,9 +131,15 @@ class OutputWriter:
 
     def _output(self, work: Work) -> None:
         record = work.record
+        value, key, topic, extra = self._unpack(work)
+        if topic not in self.partitions:
+            reason = f"the codec routed the output to {topic!r}, not in its output_topics"
+            self.dead_letter(record, RecordError("route", reason))
+            return
+        headers = [*self.headers.carried(record.headers), *model_headers(work), *extra]
         try:
             self.sink.produce(
-                self.output_topic, work.output, record.key, partition=self._partition(record)
+                topic, value, key, headers or None, partition=self._partition(record, topic)
             )
         except KafkaException as exc:  # e.g. the output is larger than message.max.bytes
             error = exc.args[0] if exc.args else exc
@@ -91,10 +151,20 @@ class OutputWriter:
         if work.mode == "fallback":
             self.metrics.fallback_records.inc()
 
-    def _partition(self, record: InputRecord) -> int | None:
+    def _unpack(
+        self, work: Work
+    ) -> tuple[bytes | None, bytes | None, str, list[tuple[str, bytes]]]:
+        """(value, key, topic, codec headers) of the codec's output."""
+        output = work.output
+        if not isinstance(output, OutputRecord):
+            return output, work.record.key, self.output_topic, []
+        key = work.record.key if output.key is SameKey.INPUT else output.key
+        return output.value, key, output.topic or self.output_topic, list(output.headers)
+
+    def _partition(self, record: InputRecord, topic: str) -> int | None:
         if self.partitioning == "key":
             return None  # Kafka's default partitioner on the key
-        return record.partition % self.output_partitions
+        return record.partition % self.partitions[topic]
 
     def dead_letter(self, record: InputRecord, error: RecordError) -> None:
         headers = dlq_headers(record, error)

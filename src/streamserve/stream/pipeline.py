@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from streamserve.stream.errors import RecordError
-from streamserve.stream.records import DecodedRecord, InputRecord
+from streamserve.stream.records import DecodedRecord, Encoded, InputRecord
 
 TopicPartitionKey = tuple[str, int]
 
@@ -36,17 +36,22 @@ class Work:
     epoch: int
     received: float = field(default_factory=time.perf_counter)
     decoded: DecodedRecord | None = None
-    output: bytes | None = None
+    output: Encoded | None = None
     error: RecordError | None = None
     mode: str = ""
+    model_name: str = ""  # "" when not known: the output gets no streamserve.model.* headers
+    model_version: int = 0
     finished: bool = False
 
     @property
     def stale(self) -> bool:
         return self.epoch != self.state.epoch or self.state.removed
 
-    def succeed(self, output: bytes, mode: str) -> None:
+    def succeed(
+        self, output: Encoded, mode: str, model_name: str = "", model_version: int = 0
+    ) -> None:
         self.output, self.mode, self.finished = output, mode, True
+        self.model_name, self.model_version = model_name, model_version
 
     def fail(self, error: RecordError) -> None:
         self.error, self.finished = error, True

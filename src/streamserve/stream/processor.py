@@ -66,9 +66,9 @@ from streamserve.stream.breaker import BreakerPolicy
 from streamserve.stream.errors import RecordError
 from streamserve.stream.invoker import ModelInvoker, Outcome, RetryPolicy, build_invoker
 from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
-from streamserve.stream.output import OutputWriter
+from streamserve.stream.output import HeaderPolicy, OutputWriter
 from streamserve.stream.pipeline import PartitionBook, Work
-from streamserve.stream.records import InputRecord, RecordCodec
+from streamserve.stream.records import InputRecord, RecordCodec, declared_output_topics
 from streamserve.stream.telemetry import StreamMetrics, log_event
 from streamserve.stream.topics import ensure_topics
 
@@ -107,6 +107,10 @@ class ProcessorConfig:
     max_client_rebuilds: int = 5  # within client_rebuild_window_s, then run() fails
     client_rebuild_window_s: float = 300.0
     output_partitioning: Literal["input", "key"] = "input"
+    # Input headers carried to outputs: these only (None: all), minus the denied ones;
+    # traceparent/tracestate always.
+    header_allowlist: Sequence[str] | None = None
+    header_denylist: Sequence[str] = ()
     create_missing_topics: bool = True
     metrics_port: int | None = None
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -222,11 +226,12 @@ class StreamProcessor:
 
     async def _open(self) -> None:
         cfg = self.config
+        routed = declared_output_topics(self.codec)
         partitions = await asyncio.to_thread(
             ensure_topics,
             cfg.bootstrap_servers,
             cfg.input_topic,
-            [cfg.output_topic, cfg.resolved_dlq_topic],
+            [cfg.output_topic, *routed, cfg.resolved_dlq_topic],
             cfg.create_missing_topics,
         )
         await self._connect()
@@ -237,6 +242,8 @@ class StreamProcessor:
             partitions[cfg.output_topic],
             cfg.output_partitioning,
             self.metrics,
+            HeaderPolicy.of(cfg.header_allowlist, cfg.header_denylist),
+            {topic: partitions[topic] for topic in routed},
         )
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port)
@@ -690,7 +697,7 @@ class StreamProcessor:
             work.fail(RecordError("encode", str(exc) or name, name))
             return
         work.decoded = None  # free the inputs (images) early
-        work.succeed(value, outcome.mode)
+        work.succeed(value, outcome.mode, outcome.model_name, outcome.model_version)
 
     def _finish_failed(self, work: Work, error: RecordError) -> None:
         work.fail(error)

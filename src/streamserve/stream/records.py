@@ -24,7 +24,8 @@ import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from enum import Enum
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -71,9 +72,40 @@ class DecodedRecord:
         return 1 if first is None or first.ndim == 0 else int(first.shape[0])
 
 
+class SameKey(Enum):
+    """The output keeps the input record's key (:attr:`OutputRecord.key`'s default)."""
+
+    INPUT = "input"
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """What ``encode`` may return instead of plain bytes: the value plus, optionally, the
+    output's key (default: the input's), extra headers (added after the carried input
+    headers and the ``streamserve.model.*`` ones) and topic (default: the output topic).
+    A topic other than the output topic must be declared in the codec's
+    ``output_topics``, so the processor can make sure it exists before it starts."""
+
+    value: bytes | None
+    key: bytes | Literal[SameKey.INPUT] | None = SameKey.INPUT
+    headers: Sequence[tuple[str, bytes]] = ()
+    topic: str | None = None
+
+
+Encoded = bytes | OutputRecord
+
+
+def declared_output_topics(codec: object) -> tuple[str, ...]:
+    """The topics a codec may route outputs to besides the output topic (its optional
+    ``output_topics`` attribute)."""
+    return tuple(getattr(codec, "output_topics", ()) or ())
+
+
 @runtime_checkable
 class RecordCodec(Protocol):
-    """Decode one record into tensors; encode one record's output rows into bytes."""
+    """Decode one record into tensors; encode one record's output rows into bytes (or an
+    :class:`OutputRecord` to set the output's key, headers or topic). A codec that routes
+    to other topics names them all in an ``output_topics`` attribute."""
 
     signature_name: str | None
 
@@ -87,7 +119,7 @@ class RecordCodec(Protocol):
         version: int,
         latency_ms: float,
         mode: str,
-    ) -> bytes: ...
+    ) -> Encoded: ...
 
 
 def parse_json_object(value: bytes | None) -> dict[str, Any]:
@@ -387,18 +419,26 @@ def classic_format(predictions: Sequence[Mapping[str, object]]) -> str:
 # --------------------------------------------------------------------------- functions
 
 DecodeFn = Callable[[InputRecord], Awaitable[DecodedRecord]]
-EncodeFn = Callable[[DecodedRecord, Mapping[str, np.ndarray], str, int, float, str], bytes]
+EncodeFn = Callable[[DecodedRecord, Mapping[str, np.ndarray], str, int, float, str], Encoded]
 
 
 class CallableCodec:
-    """A codec from two functions, for users who bring their own record formats."""
+    """A codec from two functions, for users who bring their own record formats.
+
+    ``encode`` returns bytes or an :class:`OutputRecord`; ``output_topics`` names every
+    topic it may route to besides the output topic."""
 
     def __init__(
-        self, decode: DecodeFn, encode: EncodeFn, signature_name: str | None = None
+        self,
+        decode: DecodeFn,
+        encode: EncodeFn,
+        signature_name: str | None = None,
+        output_topics: Sequence[str] = (),
     ) -> None:
         self._decode = decode
         self._encode = encode
         self.signature_name = signature_name
+        self.output_topics = tuple(output_topics)
 
     async def decode(self, record: InputRecord) -> DecodedRecord:
         return await self._decode(record)
@@ -411,5 +451,5 @@ class CallableCodec:
         version: int,
         latency_ms: float,
         mode: str,
-    ) -> bytes:
+    ) -> Encoded:
         return self._encode(decoded, rows, model_name, version, latency_ms, mode)
