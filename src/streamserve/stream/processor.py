@@ -460,8 +460,7 @@ class StreamProcessor:
                     messages = []
                 else:
                     messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
-                for message in messages:
-                    self._intake(message)
+                self._intake_batch(messages)
                 if time.monotonic() >= next_checkpoint:
                     await self._checkpoint()
                     next_checkpoint = time.monotonic() + interval
@@ -480,18 +479,43 @@ class StreamProcessor:
                 log_event(log, "consumer call failed", logging.WARNING, error=str(exc))
                 await asyncio.sleep(0.1)
 
-    def _intake(self, message: Message) -> None:
+    def _intake_batch(self, messages: list[Message]) -> None:
+        """Queue a consumed batch; a codec with ``decode_batch`` decodes it right here in
+        one call (no decode task or queue hop per record), others via the decode workers."""
+        works: list[Work] = []
+        try:
+            for message in messages:
+                work = self._intake(message)
+                if work is not None:
+                    works.append(work)
+        finally:  # a fatal consumer error mid-batch: what came before it is still queued
+            self._dispatch(works)
+
+    def _dispatch(self, works: list[Work]) -> None:
+        if not works:
+            return
+        self._records_in.inc(len(works))
+        decode_batch = getattr(self.codec, "decode_batch", None)
+        if decode_batch is None:
+            for work in works:
+                self._decode_queue.put_nowait(work)
+            return
+        for work, decoded in zip(works, decode_batch([w.record for w in works]), strict=True):
+            if isinstance(decoded, RecordError):
+                self._finish_failed(work, decoded)
+            else:
+                work.decoded = decoded
+                self._batch_queue.put_nowait(work)
+
+    def _intake(self, message: Message) -> Work | None:
         error = message.error()
         if error is not None:
             if kafka_io.is_fatal(error):  # never only a warning: the consumer is dead
                 raise FatalStreamError(f"consumer failed: {error.str()}")
             if error.code() != KafkaError._PARTITION_EOF:
                 log_event(log, "consumer error", logging.WARNING, error=error.str())
-            return
-        work = self.book.intake(input_record(message))
-        if work is not None:
-            self._records_in.inc()
-            self._decode_queue.put_nowait(work)
+            return None
+        return self.book.intake(input_record(message))
 
     async def _apply_seeks(self) -> None:
         for state in self.book.seeks_due():
