@@ -15,6 +15,7 @@ record came from (``streamserve.source.topic`` / ``.partition`` / ``.offset``).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -121,21 +122,37 @@ class OutputWriter:
         self.partitions[output_topic] = self.output_partitions
 
     def write(self, work: Work, now_ms: float) -> None:
-        record = work.record
-        if work.error is not None:
-            self.dead_letter(record, work.error)
-        else:
-            self._output(work)
-        if record.timestamp_ms is not None:
-            self.metrics.e2e_latency.observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
+        self.write_all([work], now_ms)
 
-    def _output(self, work: Work) -> None:
+    def write_all(self, works: Iterable[Work], now_ms: float) -> None:
+        """Produce handled works in the order given; counters are updated once per call."""
+        produced: Counter[str] = Counter()
+        try:
+            for work in works:
+                record = work.record
+                if work.error is not None:
+                    self.dead_letter(record, work.error)
+                elif self._output(work):
+                    produced[work.mode] += 1
+                if record.timestamp_ms is not None:
+                    self.metrics.e2e_latency.observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
+        finally:
+            self._count(produced)
+
+    def _count(self, produced: Counter[str]) -> None:
+        for mode, count in produced.items():
+            self.metrics.records_out.labels(mode).inc(count)
+        if produced["fallback"]:
+            self.metrics.fallback_records.inc(produced["fallback"])
+
+    def _output(self, work: Work) -> bool:
+        """Produce the output (True), or dead-letter it when it cannot be (False)."""
         record = work.record
         value, key, topic, extra = self._unpack(work)
         if topic not in self.partitions:
             reason = f"the codec routed the output to {topic!r}, not in its output_topics"
             self.dead_letter(record, RecordError("route", reason))
-            return
+            return False
         headers = [*self.headers.carried(record.headers), *model_headers(work), *extra]
         try:
             self.sink.produce(
@@ -146,10 +163,8 @@ class OutputWriter:
             self.dead_letter(
                 record, RecordError("produce", f"output refused: {error}", "KafkaException")
             )
-            return
-        self.metrics.records_out.labels(work.mode).inc()
-        if work.mode == "fallback":
-            self.metrics.fallback_records.inc()
+            return False
+        return True
 
     def _unpack(
         self, work: Work

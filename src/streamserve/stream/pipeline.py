@@ -27,7 +27,7 @@ from streamserve.stream.records import DecodedRecord, Encoded, InputRecord
 TopicPartitionKey = tuple[str, int]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Work:
     """One record on its way through the pipeline."""
 

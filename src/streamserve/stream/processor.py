@@ -740,8 +740,7 @@ class StreamProcessor:
 
     def _emit_ready(self) -> None:
         now_ms = time.time() * 1000
-        for work in self.book.pop_ready():
-            self._writer.write(work, now_ms)
+        self._writer.write_all(self.book.pop_ready(), now_ms)
         self._sink.poll()
 
     async def _checkpoint(self) -> None:
@@ -815,7 +814,9 @@ HeaderValue = str | bytes | None
 def normalise_headers(
     headers: list[tuple[str, HeaderValue]] | dict[str, HeaderValue] | None,
 ) -> list[tuple[str, bytes | None]]:
-    items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    if not headers:
+        return []
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers)
     return [(name, v.encode() if isinstance(v, str) else v) for name, v in items]
 
 
