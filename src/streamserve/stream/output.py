@@ -14,6 +14,7 @@ record came from (``streamserve.source.topic`` / ``.partition`` / ``.offset``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -65,11 +66,16 @@ class HeaderPolicy:
 def model_headers(work: Work) -> Headers:
     if not work.model_name:
         return []
-    return [
-        (f"{MODEL_HEADER_PREFIX}name", work.model_name.encode()),
-        (f"{MODEL_HEADER_PREFIX}version", str(work.model_version).encode()),
-        (f"{MODEL_HEADER_PREFIX}mode", work.mode.encode()),
-    ]
+    return list(_model_headers(work.model_name, work.model_version, work.mode))
+
+
+@functools.lru_cache(maxsize=64)
+def _model_headers(name: str, version: int, mode: str) -> tuple[tuple[str, bytes], ...]:
+    return (
+        (f"{MODEL_HEADER_PREFIX}name", name.encode()),
+        (f"{MODEL_HEADER_PREFIX}version", str(version).encode()),
+        (f"{MODEL_HEADER_PREFIX}mode", mode.encode()),
+    )
 
 
 def exception_name(error: RecordError) -> str:
