@@ -143,7 +143,7 @@ def _jaas_credentials(jaas: str, source: str) -> dict[str, str]:
         )
     options = dict(_JAAS_OPTION.findall(match.group("options")))
     if "username" not in options or "password" not in options:
-        raise InvalidArgument(f"{source}: sasl.jaas.config needs username=\"...\" password=\"...\"")
+        raise InvalidArgument(f'{source}: sasl.jaas.config needs username="..." password="..."')
     return {"sasl.username": options["username"], "sasl.password": options["password"]}
 
 

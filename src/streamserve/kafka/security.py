@@ -33,7 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SECURITY_MODES = ("plaintext", "ssl", "mtls", "sasl_plaintext", "sasl_ssl")
+__all__ = ["SECURITY_MODES", "BrokerSecurity", "create_scram_user"]
+
+from streamserve.kafka.config import SECURITY_MODES
+
 PROTOCOLS = {
     "plaintext": "PLAINTEXT",
     "ssl": "SSL",
@@ -132,7 +135,9 @@ class BrokerSecurity:
             "sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
             "sasl.mechanism.inter.broker.protocol": "PLAIN",
             f"listener.name.{listener}.plain.sasl.jaas.config": plain_users,
-            f"listener.name.{listener}.scram-sha-512.sasl.jaas.config": f"{_SCRAM_MODULE} required;",
+            f"listener.name.{listener}.scram-sha-512.sasl.jaas.config": (
+                f"{_SCRAM_MODULE} required;"
+            ),
         }
 
     # -- the clients' side ------------------------------------------------------------------
@@ -245,7 +250,9 @@ def _builder(
     return builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
 
 
-def _sign(builder: x509.CertificateBuilder, issuer_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def _sign(
+    builder: x509.CertificateBuilder, issuer_key: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
     return builder.sign(issuer_key, hashes.SHA256())
 
 
