@@ -18,7 +18,6 @@ interrupted. With ``--log-format json`` the ``error:`` line is a JSON object too
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from types import ModuleType
 
@@ -103,8 +102,14 @@ def _exit_status(exc: StreamserveError) -> int:
 def _print_error(message: str, log_format: str) -> None:
     """One line on stderr: ``error: ...``, or a JSON object with ``--log-format json``."""
     if log_format == "json":
-        document = {"level": "ERROR", "logger": "streamserve", "message": f"error: {message}"}
-        line = json.dumps(document)
+        import logging
+
+        from streamserve.stream.telemetry import JsonLogFormatter
+
+        record = logging.LogRecord(
+            "streamserve", logging.ERROR, __file__, 0, "error: %s", (message,), None
+        )
+        line = JsonLogFormatter().format(record)
     else:
         line = f"error: {message}"
     print(line, file=sys.stderr, flush=True)

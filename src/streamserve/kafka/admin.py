@@ -7,6 +7,7 @@ configuration (a mapping of librdkafka settings, e.g. from
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -79,6 +80,7 @@ def connected_admin(kafka: Kafka, timeout: float = 30.0) -> AdminClient:
     client = admin_client(kafka, error_cb=errors.append)
     secrets = secret_values(client_settings(kafka))
     where = bootstrap_of(kafka)
+    last_failure = ["no answer"]
 
     def reached() -> bool:
         client.poll(0)
@@ -88,22 +90,29 @@ def connected_admin(kafka: Kafka, timeout: float = 30.0) -> AdminClient:
         try:
             client.list_topics(timeout=min(1.0, timeout))
         except KafkaException as exc:
-            errors.append(exc.args[0])
+            last_failure[0] = _error_text(exc)
             return False
         return True
 
     try:
         wait_until(reached, timeout, "Kafka", interval=_POLL_S)
     except WaitTimeout:
-        last = clean_message(errors[-1].str()) if errors else "no answer"
-        raise KafkaConnectError(
-            scrub(f"cannot connect to Kafka at {where} within {timeout:g} s: {last}", secrets)
-        ) from None
+        causes = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+        last = tidy_error(causes[-1].str()) if causes else last_failure[0]
+        message = f"cannot connect to Kafka at {where} within {timeout:g} s: {last}"
+        raise KafkaConnectError(scrub(message, secrets)) from None
     return client
 
 
+def tidy_error(text: str) -> str:
+    """librdkafka's error text without its thread, broker and timing decorations."""
+    text = clean_message(text)
+    text = re.sub(r"^(\w+://)?[^\s/]+/(bootstrap|\d+): ", "", text)
+    return re.sub(r"\s*\(after \d+ms in state .*\)$", "", text)
+
+
 def _connect_failure(error: KafkaError, where: str) -> str:
-    text = clean_message(error.str())
+    text = tidy_error(error.str())
     if error.code() == KafkaError._AUTHENTICATION:
         return (
             f"Kafka at {where} refused the credentials (check sasl.username, sasl.password "

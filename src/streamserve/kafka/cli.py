@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from streamserve.errors import SetupError
 from streamserve.kafka import client_config
 from streamserve.kafka.config import SECURITY_MODES
+from streamserve.logs import add_log_format_argument
 
 if TYPE_CHECKING:
     from streamserve.kafka.state import BrokerState
@@ -97,6 +98,7 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         bootstrap_help="bootstrap servers (default: from --kafka-config or the environment, "
         "else the broker `kafka start` launched, with its client properties)",
     )
+    add_log_format_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

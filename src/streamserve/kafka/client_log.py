@@ -7,7 +7,7 @@ which bypass ``--log-format json`` and repeat for every reconnect attempt.
 
 Levels: librdkafka's errors (syslog 0-3) become WARNING — the client retries them itself,
 and a command that gives up says so in one ``error:`` line; warnings stay WARNING, notices
-and info INFO, debug DEBUG. A message (numbers ignored, so "after 3ms" equals "after 5ms")
+and info INFO, debug DEBUG. A message (numbers and the "(after Nms in state X)" note ignored)
 is logged once per :data:`DEDUP_WINDOW_S`; its next appearance after the window says how
 many repeats were suppressed.
 """
@@ -27,7 +27,7 @@ LOGGER_NAME = "streamserve.kafka.client"
 DEDUP_WINDOW_S = 60.0
 _THREAD_PREFIX = re.compile(r"^\[thrd:[^\]]*\]:\s*")
 _NUMBERS = re.compile(r"\d+")
-_PARENTHESES = re.compile(r"\s*\([^)]*\)")
+_TIMING = re.compile(r"\s*\(after \d+ms in state .*\)$")
 
 
 def mapped_level(level: int) -> int:
@@ -70,7 +70,7 @@ class LibrdkafkaLogBridge:
         level = mapped_level(level)
         if not self.logger.isEnabledFor(level):
             return
-        repeats = self._should_log(f"{facility}|{_NUMBERS.sub('#', _PARENTHESES.sub('', text))}")
+        repeats = self._should_log(f"{facility}|{_NUMBERS.sub('#', _TIMING.sub('', text))}")
         if repeats is None:
             return
         with self._lock:

@@ -83,7 +83,7 @@ def resolve(
     """Defaults < ``args.config`` TOML file < environment < the flags in ``args``."""
     actions = option_actions(parser)
     values = {key: defaults.get(key) for key in actions}
-    values.setdefault("log_level", "INFO")
+    values["log_level"] = values.get("log_level") or "INFO"  # a global flag's default
     kafka_layer = KafkaClientConfig()
     config_file = getattr(args, "config", None)
     if config_file:
