@@ -158,8 +158,10 @@ def test_bad_settings_are_one_error_line(
         (["--bootstrap-servers", "b:1"], "missing --input-topic, --output-topic, --group-id"),
         (["--input-topic", "i", "--output-topic", "o", "--group-id", "g"], "bootstrap servers"),
         (
-            ["--bootstrap-servers", "b:1", "--input-topic", "i"]
-            + ["--output-topic", "o", "--group-id", "g"],  # noqa: RUF005
+            [
+                *("--bootstrap-servers", "b:1", "--input-topic", "i"),
+                *("--output-topic", "o", "--group-id", "g"),
+            ],
             "exactly one of --model-base-path and --model-server",
         ),
     ],
