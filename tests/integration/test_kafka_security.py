@@ -251,3 +251,30 @@ def _streamserve(args: list[str], env: dict[str, str]) -> subprocess.CompletedPr
         env={**os.environ, **env},
         check=False,
     )
+
+
+def test_cli_start_secured_prints_its_client_file_and_stop_removes_the_secrets(
+    tmp_path: Path,
+) -> None:
+    env = {"STREAMSERVE_RUN_DIR": str(tmp_path / "run")}
+    data_dir = tmp_path / "data"
+    started = _streamserve(
+        ["kafka", "start", "--security", "mtls", "--data-dir", str(data_dir)], env
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        lines = started.stdout.strip().splitlines()
+        bootstrap = lines[-1]
+        properties = Path(next(line for line in lines if "client properties:" in line).split()[-1])
+        settings = properties.read_text()
+        assert f"bootstrap.servers={bootstrap}" in settings
+        assert "security.protocol=SSL" in settings and "ssl.key.location=" in settings
+        assert oct(properties.stat().st_mode & 0o777) == "0o600"
+        status = _streamserve(["kafka", "status"], env)  # uses the generated client file
+        assert status.returncode == 0 and "answering" in status.stdout
+    finally:
+        stopped = _streamserve(["kafka", "stop"], env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert (data_dir / "kafka.log").is_file()  # the kept data dir stays ...
+    assert not properties.parent.exists()  # ... without its certificates, keys and passwords
+    assert not (data_dir / "server.properties").exists()
