@@ -71,7 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     stop.set_defaults(kafka_run=_stop)
 
-    status = actions.add_parser("status", help="is the broker running? (exit 3 when not)")
+    status = actions.add_parser(
+        "status",
+        help="is the started broker running? (exit 3 when not); with bootstrap servers "
+        "(flags, --kafka-config or the environment): does that cluster answer? (exit 5 if not)",
+    )
+    _add_client_arguments(status)
     status.set_defaults(kafka_run=_status)
 
     logs = actions.add_parser("logs", help="show the broker's log")
@@ -218,6 +223,13 @@ def _stop(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from streamserve.kafka import admin, state
 
+    given = client_config.from_args(args)
+    if given.bootstrap_servers:
+        client = admin.connected_admin(given.for_role("admin"), args.kafka_connect_timeout_s)
+        brokers = client.list_topics(timeout=10).brokers
+        print(f"answering: {len(brokers)} broker(s)")
+        print(given.bootstrap_servers)
+        return 0
     current = state.load()
     if current is None:
         print("not running")
