@@ -19,9 +19,11 @@ environment: comma-separated), the rest take the flag's type and choices.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +58,18 @@ def defer_defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
         action.default = argparse.SUPPRESS
         action.required = False
         if action.help is not argparse.SUPPRESS and default not in (None, [], False):
-            action.help = f"{action.help or ''} (default: {_shown(default)})".strip()
+            action.help = f"{action.help or ''} (default: {default})".strip()
     for group in parser._mutually_exclusive_groups:
         group.required = False
     return defaults
 
 
-def _shown(value: Any) -> str:
-    return str(value)
-
-
+@dataclass(frozen=True)
 class Settings:
-    """The effective values (``values``) and the Kafka client layer from the file."""
+    """The effective value of every key, and the file's ``[kafka]`` tables."""
 
-    def __init__(self, values: dict[str, Any], kafka_file_layer: KafkaClientConfig) -> None:
-        self.values = values
-        self.kafka_file_layer = kafka_file_layer
+    values: dict[str, Any]
+    kafka_file_layer: KafkaClientConfig
 
 
 def resolve(
@@ -222,8 +220,6 @@ def _toml_key(key: str) -> str:
 
 
 def _toml_value(value: Any) -> str:
-    import json
-
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
