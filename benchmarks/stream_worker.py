@@ -54,6 +54,7 @@ class WorkerSpec:
     # file or the STREAMSERVE_KAFKA_* environment (inherited), never in this spec file
     kafka_config: str | None = None
     kafka_role_flags: dict[str, list[str]] = field(default_factory=dict)
+    guarantee: str = "exactly-once"  # or "at-least-once"
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -142,6 +143,7 @@ def _processor_config(spec: WorkerSpec) -> Any:
         group_id=spec.group_id,
         instance_id=spec.group_id,
         metrics_port=0,
+        guarantee=spec.guarantee,
         **overrides,
     )
 

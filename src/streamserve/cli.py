@@ -11,8 +11,9 @@ demo); 2 a usage, configuration or set-up error, explained on one ``error:`` lin
 3 ``kafka status``: the broker is not running; 4 an optional extra is missing (the
 ``error:`` line says which ``pip install 'streamserve[...]'``); 5 cannot connect or
 authenticate to Kafka (no broker answered within ``--kafka-connect-timeout-s``, the
-credentials were refused, or the TLS handshake failed), on one ``error:`` line; 130
-interrupted. With ``--log-format json`` the ``error:`` line is a JSON object too.
+credentials were refused, or the TLS handshake failed), on one ``error:`` line; ``stream``
+also 70 (a stop was forced) and 75 (Kafka clients unrecoverable in-process, restart it);
+130 interrupted. With ``--log-format json`` the ``error:`` line is a JSON object too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from types import ModuleType
 from streamserve import __version__, demo
 from streamserve.errors import KafkaConnectError, MissingExtra, StreamserveError
 from streamserve.kafka import cli as kafka_cli
-from streamserve.logs import LOG_LEVELS, configure_logging
+from streamserve.logs import LOG_LEVELS, configure_logging, print_error_line
 from streamserve.models import cli as models_cli
 from streamserve.server import cli as server_cli
 from streamserve.stream import cli as stream_cli
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except StreamserveError as exc:
         # a subcommand may have changed the format (stream's --config file)
-        _print_error(exc.message, getattr(args, "log_format", log_format))
+        print_error_line(exc.message, getattr(args, "log_format", log_format))
         return _exit_status(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -97,22 +98,6 @@ def _exit_status(exc: StreamserveError) -> int:
     if isinstance(exc, KafkaConnectError):
         return EXIT_KAFKA_CONNECT
     return EXIT_ERROR
-
-
-def _print_error(message: str, log_format: str) -> None:
-    """One line on stderr: ``error: ...``, or a JSON object with ``--log-format json``."""
-    if log_format == "json":
-        import logging
-
-        from streamserve.stream.telemetry import JsonLogFormatter
-
-        record = logging.LogRecord(
-            "streamserve", logging.ERROR, __file__, 0, "error: %s", (message,), None
-        )
-        line = JsonLogFormatter().format(record)
-    else:
-        line = f"error: {message}"
-    print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def client_settings(kafka: Kafka) -> dict[str, Any]:
 
 
 def bootstrap_of(kafka: Kafka | AdminClient) -> str:
-    if isinstance(kafka, AdminClient):
+    if not isinstance(kafka, str | Mapping):
         return "Kafka"
     return str(client_settings(kafka).get("bootstrap.servers", "Kafka"))
 
@@ -181,6 +181,7 @@ def create_topics(
         raise InvalidArgument(f"partitions must be at least 1, got {partitions}")
     client = _as_client(kafka)
     new_topics = [
+        # -1: the broker's default.replication.factor (1 on one node, 3 in a cluster)
         NewTopic(name, num_partitions=partitions, replication_factor=-1, config=dict(config or {}))
         for name in names
     ]
@@ -201,7 +202,7 @@ def create_topics(
 
 
 def _as_client(kafka: Kafka | AdminClient) -> AdminClient:
-    return kafka if isinstance(kafka, AdminClient) else admin_client(kafka)
+    return admin_client(kafka) if isinstance(kafka, str | Mapping) else kafka
 
 
 def create_topic(
