@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from streamserve.stream.testing import ReadRecord, StreamProcess, produce, read_topic
 
 from streamserve.kafka import LocalKafka
 from streamserve.kafka.cluster import LocalKafkaCluster
 from streamserve.processes import restartable_port
 from streamserve.stream.cli import STOP_GRACE_S
+from streamserve.testing import ReadRecord, StreamProcess, produce, read_topic
 from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
