@@ -45,6 +45,7 @@ HELP = "run model inference on a Kafka topic (embedded or remote model), exactly
 EXIT_KAFKA_FATAL = 75  # EX_TEMPFAIL: Kafka clients unrecoverable in-process; restart
 EXIT_STOP_FORCED = 70  # EX_SOFTWARE: the stop overran its bound and was forced
 STOP_GRACE_S = 10.0  # after --shutdown-timeout-s: last commit (3 s) + closing clients (5 s)
+ALL_HEADERS = "*"  # --header-allowlist: carry every input header
 ALARM_MARGIN_S = 2  # SIGALRM's default action ends the process even if Python cannot run
 
 DEFAULT_FETCH_MAX_BYTES = 20_000_000
@@ -96,7 +97,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     kafka.add_argument(
         "--header-allowlist",
         metavar="NAME,...",
-        help="carry only these input headers to outputs (default: all); "
+        default=ALL_HEADERS,
+        help=f"carry only these input headers to outputs ('{ALL_HEADERS}': all); "
         "traceparent and tracestate are always carried",
     )
     kafka.add_argument(
@@ -322,7 +324,7 @@ def _processor_config(args: argparse.Namespace, kafka: client_config.KafkaClient
         shutdown_timeout_s=args.shutdown_timeout_s,
         kafka_timeout_s=args.kafka_timeout_s,
         output_partitioning=args.output_partitioning,
-        header_allowlist=None if args.header_allowlist is None else _names(args.header_allowlist),
+        header_allowlist=_allowlist(args.header_allowlist),
         header_denylist=_names(args.header_denylist),
         create_missing_topics=not args.no_create_topics,
         metrics_port=args.metrics_port,
@@ -387,3 +389,7 @@ def _codec_spec(args: argparse.Namespace) -> Any:
 
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _allowlist(text: str) -> list[str] | None:
+    return None if text.strip() == ALL_HEADERS else _names(text)
