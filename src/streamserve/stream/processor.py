@@ -69,7 +69,12 @@ from streamserve.stream.invoker import ModelInvoker, Outcome, RetryPolicy, build
 from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
 from streamserve.stream.output import HeaderPolicy, OutputWriter
 from streamserve.stream.pipeline import PartitionBook, Work
-from streamserve.stream.records import InputRecord, RecordCodec, declared_output_topics
+from streamserve.stream.records import (
+    InputRecord,
+    RecordCodec,
+    batch_decoder,
+    declared_output_topics,
+)
 from streamserve.stream.telemetry import StreamMetrics, log_event
 from streamserve.stream.topics import ensure_topics
 
@@ -167,6 +172,7 @@ class StreamProcessor:
     ) -> None:
         self.config = config
         self.codec = codec
+        self._decode_batch = batch_decoder(codec)
         self.metrics = metrics or StreamMetrics()
         predictors = [predictor] if not isinstance(predictor, Sequence) else list(predictor)
         self.invoker: ModelInvoker = build_invoker(
@@ -502,7 +508,7 @@ class StreamProcessor:
         if not works:
             return
         self._records_in.inc(len(works))
-        decode_batch = getattr(self.codec, "decode_batch", None)
+        decode_batch = self._decode_batch
         if decode_batch is None:
             for work in works:
                 self._decode_queue.put_nowait(work)

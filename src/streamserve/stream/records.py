@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 import orjson
@@ -99,6 +100,18 @@ def declared_output_topics(codec: object) -> tuple[str, ...]:
     """The topics a codec may route outputs to besides the output topic (its optional
     ``output_topics`` attribute)."""
     return tuple(getattr(codec, "output_topics", ()) or ())
+
+
+BatchDecoder = Callable[[Sequence[InputRecord]], "list[DecodedRecord | RecordError]"]
+
+
+def batch_decoder(codec: object) -> BatchDecoder | None:
+    """The codec's synchronous ``decode_batch`` (one call per consumed batch, the fast
+    path), or None: the processor then awaits ``decode`` per record, concurrently."""
+    decode_batch = getattr(codec, "decode_batch", None)
+    if decode_batch is None or inspect.iscoroutinefunction(decode_batch):
+        return None
+    return cast(BatchDecoder, decode_batch)
 
 
 @runtime_checkable
