@@ -268,7 +268,7 @@ class Server:
     async def _start_rest(self, stack: contextlib.AsyncExitStack, app: App) -> None:
         import uvicorn
 
-        sock = _listen(self.options.host, self.options.rest_port or 0)
+        sock = _listen(self.options.host, self.options.rest_port or 0, self.options.reuse_port)
         stack.callback(sock.close)
         options = self.options
         limits = HttpLimits(
@@ -373,7 +373,7 @@ def _grpc_server_options(options: ServerOptions) -> list[tuple[str, int | str]]:
     args: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(options.reuse_port)),
     ]
     for item in filter(None, options.grpc_channel_arguments.split(",")):
         key, sep, value = item.partition("=")
@@ -387,10 +387,12 @@ def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # workers share the port; the kernel spreads connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -81,6 +81,8 @@ class ServerOptions:
     # names of installed adapters (streamserve.server.app.INSTALLED_ADAPTERS), in order
     adapters: tuple[str, ...] = DEFAULT_ADAPTERS
     grace_seconds: float = 5.0
+    # share both ports with other processes (SO_REUSEPORT): set for ``serve --workers N``
+    reuse_port: bool = False
     extra: dict[str, object] = field(default_factory=dict)  # flags for adapters
 
     @property
