@@ -15,6 +15,9 @@ Once both servers listen, one line is printed to stdout::
     streamserve: serving gRPC on 0.0.0.0:8500, REST on 0.0.0.0:8501
 
 SIGTERM or SIGINT stops the server gracefully (requests in flight finish).
+
+``--workers N`` runs N server processes sharing both ports under one supervisor (see
+:mod:`streamserve.server.workers`); the line above is printed once all of them serve.
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: 
     _flag(parser, name, type=parse_bool, nargs="?", const=True, default=default, help=help)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
     _flag(parser, "rest_api_port", type=int, default=8501, help="HTTP/REST port (0 = no REST)")
@@ -117,6 +127,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
           "above; 0 = largest message size / 4)")  # fmt: skip
     _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
     _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
+    _flag(parser, "workers", type=_positive_int, default=1,
+          help="server processes sharing both ports (SO_REUSEPORT), for all cores")  # fmt: skip
     add_log_format_argument(parser)
     _flag(parser, "model_control_mode", choices=["none", "explicit"], default="none",
           help="none (default): refuse load/unload/reload; explicit: allow them")  # fmt: skip
@@ -166,19 +178,46 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from streamserve.server.app import Server
+def ready_line(host: str, grpc_port: int, rest_port: int | None) -> str:
+    rest = f"REST on {host}:{rest_port}" if rest_port else "REST off"
+    return f"{SERVER_READY_PREFIX}{host}:{grpc_port}, {rest}"
 
-    server = Server(options_from_args(args))
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _run_workers(args)
+    from streamserve.server.app import Server
+
+    server = Server(options_from_args(args))
+    stop = _stop_on_signals()
     server.start()
     try:
-        rest = f"REST on {args.host}:{server.rest_port}" if server.rest_port else "REST off"
-        print(f"{SERVER_READY_PREFIX}{args.host}:{server.grpc_port}, {rest}", flush=True)
+        print(ready_line(args.host, server.grpc_port, server.rest_port), flush=True)
         stop.wait()
         print("streamserve: shutting down", file=sys.stderr, flush=True)
     finally:
         server.stop()
+    return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    from streamserve.server.workers import serve_workers
+
+    options = options_from_args(args)
+    options.model_configs()  # a configuration error stops here, once, not in every worker
+    stop = _stop_on_signals()
+
+    def announce(grpc_port: int, rest_port: int | None) -> None:
+        print(ready_line(args.host, grpc_port, rest_port), flush=True)
+
+    serve_workers(options, args.workers, stop, announce,
+                  log_level=args.log_level, log_format=args.log_format)  # fmt: skip
+    print("streamserve: stopped", file=sys.stderr, flush=True)
     return 0
