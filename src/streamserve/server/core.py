@@ -34,6 +34,7 @@ import numpy as np
 
 from streamserve.errors import InvalidArgument
 from streamserve.repository import Handle, ModelConfig, ModelManager, VersionStatus
+from streamserve.repository.routing import RoutingKey
 from streamserve.runtimes.base import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -59,7 +60,7 @@ class ModelRef:
     name: str
     version: int | None = None
     label: str | None = None
-    routing_key: str | bytes | None = None
+    routing_key: RoutingKey = None  # or a function giving it, called only for A/B splits
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ INLINE_MAX_INPUT_BYTES = 64 * 1024
 # How fast a call "is": the fastest recent call, drifting up by this factor per slower call,
 # so a few calls stretched by preemption on a busy host do not send a tiny model to threads.
 FLOOR_DRIFT = 1.05
+_NO_TIMES: dict[str, float] = {}
 
 
 class InlineRunner(Protocol):
@@ -133,9 +135,8 @@ class ThreadPoolRunner:
     def __init__(self, threads: int = 0) -> None:
         workers = threads or max(2, os.cpu_count() or 2)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
-        self._typical_seconds: weakref.WeakKeyDictionary[object, dict[str, float]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # id(servable) → signature → typical seconds; an entry goes with its servable
+        self._typical_seconds: dict[int, dict[str, float]] = {}
 
     async def run(
         self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
@@ -156,13 +157,13 @@ class ThreadPoolRunner:
         return self._timed_predict(servable, inputs, signature_name, list(output_filter) or None)
 
     def _runs_fast(self, servable: object, signature_name: str, inputs: Tensors) -> bool:
-        try:
-            typical = self._typical_seconds.get(servable, {}).get(signature_name)
-        except TypeError:  # a servable that cannot be weakly referenced
-            return False
+        typical = self._typical_seconds.get(id(servable), _NO_TIMES).get(signature_name)
         if typical is None or typical > INLINE_MAX_SECONDS:
             return False
-        return sum(array.nbytes for array in inputs.values()) <= INLINE_MAX_INPUT_BYTES
+        size = 0
+        for array in inputs.values():
+            size += array.nbytes
+        return size <= INLINE_MAX_INPUT_BYTES
 
     def _timed_predict(
         self, servable: Any, inputs: Tensors, signature_name: str, output_filter: list[str] | None
@@ -173,10 +174,13 @@ class ThreadPoolRunner:
         return outputs
 
     def _record(self, servable: object, signature_name: str, seconds: float) -> None:
-        try:
-            typical = self._typical_seconds.setdefault(servable, {})
-        except TypeError:
-            return
+        typical = self._typical_seconds.get(id(servable))
+        if typical is None:
+            try:
+                weakref.finalize(servable, self._typical_seconds.pop, id(servable), None)
+            except TypeError:  # a servable that cannot be weakly referenced: never inline
+                return
+            typical = self._typical_seconds[id(servable)] = {}
         previous = typical.get(signature_name)
         drifted = seconds if previous is None else previous * FLOOR_DRIFT
         typical[signature_name] = min(seconds, drifted)

@@ -114,13 +114,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("infer")
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._infer(request, _routing_key(context))
+        return await self._infer(request, lambda: _routing_key(context))
 
-    async def _infer(self, request: Any, metadata_key: str | None) -> Any:
+    async def _infer(self, request: Any, metadata_key: Callable[[], str | None]) -> Any:
+        """``metadata_key`` gives the ``x-routing-key`` metadata (read for A/B splits only)."""
         inputs = decode_inputs(request)
         parameters = request.parameters or _NO_PARAMETERS
-        routing_key = metadata_key or _string_param(parameters, "routing_key")
-        ref = self.plane.ref(request.model_name, request.model_version, routing_key)
+        parameter_key = _string_param(parameters, "routing_key")
+        ref = self.plane.ref(
+            request.model_name, request.model_version, lambda: metadata_key() or parameter_key
+        )
         result = await self.core.predict(
             ref,
             inputs,
@@ -139,14 +142,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Pipelined: up to STREAM_WINDOW requests run at once, answers keep request order."""
-        metadata_key = _routing_key(context)
+        stream_key = _routing_key(context)
         pending: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read_requests() -> None:
             try:
                 async for request in request_iterator:
                     await pending.put(
-                        asyncio.ensure_future(self._stream_one(request, metadata_key))
+                        asyncio.ensure_future(self._stream_one(request, lambda: stream_key))
                     )
             finally:
                 await pending.put(None)
@@ -165,7 +168,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _stream_one(self, request: Any, metadata_key: str | None) -> Any:
+    async def _stream_one(self, request: Any, metadata_key: Callable[[], str | None]) -> Any:
         started = time.perf_counter()
         status, version = "OK", ""
         try:
