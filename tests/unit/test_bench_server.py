@@ -288,3 +288,16 @@ def test_the_workers_target_runs_v2_at_batch_one_only() -> None:
     assert plan.targets_for("v2-grpc", 1) == ["streamserve", report.WORKERS_TARGET, "minimal"]
     assert plan.targets_for("v2-grpc", 32) == ["streamserve", "minimal"]
     assert plan.targets_for("tf-grpc", 1) == ["streamserve"]
+
+
+def test_profile_summary_counts_own_and_inclusive_time() -> None:
+    from benchmarks.profile import format_profile
+
+    raw = (
+        "main (app.py:1);infer (v2_grpc.py:10);decode (v2.py:5) 3\n"
+        "main (app.py:1);infer (v2_grpc.py:12) 1\n"
+    )
+    text = format_profile(raw)
+    assert text.startswith("4 samples holding the GIL")
+    assert " 75.0%  decode (v2.py)" in text and " 25.0%  infer (v2_grpc.py)" in text
+    assert "100.0%  infer (v2_grpc.py)" in text  # lines of one function merged
