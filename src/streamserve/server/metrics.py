@@ -12,6 +12,9 @@ Series (all prefixed ``streamserve_``):
 - ``model_version_state`` (gauge, ``model, version``) — TF Serving's state number
   (START 10, LOADING 20, AVAILABLE 30, UNLOADING 40, END 50), fed by the model
   manager's listener; ``model_load_seconds`` (histogram, ``model``).
+- ``model_execution_provider_info`` (gauge, ``model, version, provider``) — 1 per
+  ONNX Runtime execution provider an AVAILABLE version's session uses, in preference
+  order, read at scrape time from the model manager.
 - ``process_*`` — CPU seconds and memory of the server process.
 
 With ``serve --workers N`` every worker process writes its series to files in
@@ -20,7 +23,8 @@ supervisor) and a scrape of any worker returns the sum over all of them: counter
 histograms add up; ``model_version_state`` is the lowest state among live workers (a
 version reads AVAILABLE once every worker serves it); ``batch_queue_rows`` is the sum
 over live workers, sampled every :data:`QUEUE_SAMPLE_SECONDS`; ``process_*`` series are
-left out (they describe one process).
+left out (they describe one process); ``model_execution_provider_info`` is the scraped
+worker's (all workers load the same versions the same way).
 
 Served on the REST port at TF Serving's ``/monitoring/prometheus/metrics`` (or the
 path of ``--monitoring_config_file``) and at ``/metrics``.
@@ -131,6 +135,25 @@ class _QueueDepthCollector(Collector):
         yield family
 
 
+class _ProviderCollector(Collector):
+    """Reads the execution providers of loaded versions from the managers when scraped."""
+
+    def __init__(self, managers: list[ModelManager]) -> None:
+        self._managers = managers
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "streamserve_model_execution_provider_info",
+            "Execution providers a loaded model version runs on (1 = in use)",
+            labels=["model", "version", "provider"],
+        )
+        for manager in list(self._managers):
+            for model, version, providers in manager.execution_providers():
+                for provider in providers:
+                    family.add_metric([model, str(version), provider], 1.0)
+        yield family
+
+
 _QUEUE_HELP = "Rows waiting in the dynamic batcher"
 
 
@@ -216,6 +239,8 @@ class ServerMetrics:
             ProcessCollector(namespace="streamserve", registry=reg)
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._followed: list[ModelManager] = []
+        self._providers = _ProviderCollector(self._followed)
+        reg.register(self._providers)
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -275,6 +300,7 @@ class ServerMetrics:
             self._queue_sampler.sample()
         workers = CollectorRegistry()
         MultiProcessCollector(workers, self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        workers.register(self._providers)  # this worker's: every worker loads the same
         return generate_latest(workers)
 
     def close(self) -> None:
