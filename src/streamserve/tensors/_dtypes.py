@@ -106,6 +106,9 @@ def tf_to_dtype(tf_type: types_pb2.DataType) -> np.dtype:
 
 def dtype_to_tf(dtype: np.dtype | type) -> types_pb2.DataType:
     """TF ``DataType`` value for a numpy dtype (bytes/str/object → DT_STRING)."""
+    known = _NUMPY_TO_TF.get(dtype) if isinstance(dtype, np.dtype) else None
+    if known is not None:  # the common case: a native-order numeric dtype
+        return known
     try:
         return _NUMPY_TO_TF[_canonical(dtype)]
     except KeyError:
