@@ -226,7 +226,8 @@ def _run_workers(args: argparse.Namespace) -> int:
     def announce(grpc_port: int, rest_port: int | None) -> None:
         print(ready_line(args.host, grpc_port, rest_port), flush=True)
 
+    log_level = getattr(args, "log_level", None) or "INFO"  # as streamserve.cli.main
     serve_workers(options, args.workers, stop, announce,
-                  log_level=args.log_level, log_format=args.log_format)  # fmt: skip
+                  log_level=log_level, log_format=args.log_format)  # fmt: skip
     print("streamserve: stopped", file=sys.stderr, flush=True)
     return 0
