@@ -9,7 +9,9 @@ import heavy libraries inside ``run`` so that ``--help`` stays fast.
 Exit status: 0 success; 1 the command ran but did not succeed (e.g. an incomplete
 demo); 2 a usage, configuration or set-up error, explained on one ``error:`` line;
 3 ``kafka status``: the broker is not running; 4 an optional extra is missing (the
-``error:`` line says which ``pip install 'streamserve[...]'``); 130 interrupted.
+``error:`` line says which ``pip install 'streamserve[...]'``); 5 a model the command
+was started with cannot load (``serve``'s initial models, embedded ``stream``'s model;
+the ``error:`` line quotes the load error); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from types import ModuleType
 
 from streamserve import __version__, demo
-from streamserve.errors import MissingExtra, StreamserveError
+from streamserve.errors import MissingExtra, ModelLoadFailed, StreamserveError
 from streamserve.kafka import cli as kafka_cli
 from streamserve.logs import LOG_LEVELS, configure_logging
 from streamserve.models import cli as models_cli
@@ -28,6 +30,7 @@ from streamserve.stream import cli as stream_cli
 
 EXIT_ERROR = 2
 EXIT_MISSING_EXTRA = 4
+EXIT_MODEL_LOAD_FAILED = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtra as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_MISSING_EXTRA
+    except ModelLoadFailed as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_MODEL_LOAD_FAILED
     except StreamserveError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_ERROR

@@ -38,11 +38,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
-from streamserve.errors import InvalidArgument, SetupError, StreamserveError
+from streamserve.errors import InvalidArgument, ModelLoadFailed, SetupError, StreamserveError
 from streamserve.repository import ConfigFilePoller, ModelManager, VersionState
 from streamserve.server import (
+    access_log,
     legacy_inception,
     tfserving_grpc,
     tfserving_rest,
@@ -57,6 +58,7 @@ from streamserve.server.batching import (
     per_model_parameters,
 )
 from streamserve.server.context import (
+    ACCESS_LOG_ADAPTER,
     DEFAULT_ADAPTERS,
     METRICS_ADAPTER,
     Adapter,
@@ -65,12 +67,14 @@ from streamserve.server.context import (
     ServerOptions,
 )
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
+from streamserve.server.health import HealthReporter, enable_reflection, model_available
 from streamserve.server.http import App
 from streamserve.server.http_limits import (
     HttpLimits,
     guarded_protocol,
 )
 from streamserve.server.metrics import ServerMetrics
+from streamserve.server.tls import TlsConfig, load_ssl_config_file
 
 if TYPE_CHECKING:
     import uvicorn
@@ -84,6 +88,7 @@ INSTALLED_ADAPTERS: Mapping[str, Adapter] = {
     "v2_rest": v2_rest,
     "legacy_inception": legacy_inception,
     METRICS_ADAPTER: metrics_adapter,
+    ACCESS_LOG_ADAPTER: access_log,
 }
 _START_TIMEOUT_SECONDS = 60.0
 
@@ -197,8 +202,11 @@ class Server:
     async def _start_parts(self, stack: contextlib.AsyncExitStack) -> None:
         options = self.options
         adapters = _configured_adapters(options.adapters)
+        tls = load_ssl_config_file(options.ssl_config_file) if options.ssl_config_file else None
         metrics = ServerMetrics() if options.metrics_enabled else None
         manager = await self._start_manager(stack, metrics)
+        if not options.allow_partial_start:
+            check_initial_models(manager)
         core = InferenceCore(manager, self._build_runner(manager, metrics))
         stack.callback(core.close)
         stack.push_async_callback(core.drain, options.grace_seconds)  # after both servers stop
@@ -215,11 +223,12 @@ class Server:
         self.context = context
         stack.push_async_callback(_run_cleanups, context.on_stop)
         _install_adapters(adapters, context)
-        await self._start_grpc(stack, context)
+        enable_reflection(context)
+        await HealthReporter(health_servicer, manager).start()
+        await self._start_grpc(stack, context, tls)
         if rest_app is not None:
-            await self._start_rest(stack, rest_app)
+            await self._start_rest(stack, rest_app, tls)
         self._start_config_poller(stack, manager)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
 
     async def _start_manager(
@@ -253,10 +262,16 @@ class Server:
             return ThreadPoolRunner(options.predict_threads)
         return _batching_runner(options, manager, metrics)
 
-    async def _start_grpc(self, stack: contextlib.AsyncExitStack, context: ServerContext) -> None:
+    async def _start_grpc(
+        self, stack: contextlib.AsyncExitStack, context: ServerContext, tls: TlsConfig | None
+    ) -> None:
         address = f"{_grpc_host(self.options.host)}:{self.options.grpc_port}"
+        server = context.grpc_server
         try:
-            port = context.grpc_server.add_insecure_port(address)
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, tls.grpc_credentials())
         except RuntimeError as exc:
             raise SetupError(f"cannot listen for gRPC on {address}: {exc}") from exc
         if port == 0:
@@ -265,7 +280,9 @@ class Server:
         self.grpc_port = port
         stack.push_async_callback(context.grpc_server.stop, self.options.grace_seconds)
 
-    async def _start_rest(self, stack: contextlib.AsyncExitStack, app: App) -> None:
+    async def _start_rest(
+        self, stack: contextlib.AsyncExitStack, app: App, tls: TlsConfig | None
+    ) -> None:
         import uvicorn
 
         sock = _listen(self.options.host, self.options.rest_port or 0)
@@ -286,6 +303,9 @@ class Server:
             timeout_keep_alive=75,
             timeout_graceful_shutdown=int(self.options.grace_seconds) or None,
         )
+        if tls is not None:
+            config.load()
+            config.ssl = tls.ssl_context()  # HTTPS with the gRPC port's certificate
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="rest-server")
         await _wait_started(server, task)
@@ -308,6 +328,31 @@ class Server:
             options.traffic_split_file,
         ).start()
         stack.push_async_callback(asyncio.to_thread, poller.stop)
+
+
+def check_initial_models(manager: ModelManager) -> None:
+    """Fail fast, as TF Serving does: every configured model must have a version
+    AVAILABLE once the initial loads are done; else :class:`ModelLoadFailed` with each
+    model's load error (and the manager is left for the caller's stack to stop)."""
+    problems = [
+        f"model {name!r}: {_load_error(manager, name)}"
+        for name in manager.model_names()
+        if not model_available(manager, name)
+    ]
+    if problems:
+        raise ModelLoadFailed(
+            "initial model load failed (--allow_partial_start serves anyway): "
+            + "; ".join(problems)
+        )
+
+
+def _load_error(manager: ModelManager, name: str) -> str:
+    try:
+        statuses = manager.status(name)
+    except StreamserveError as exc:
+        return exc.message
+    errors = [f"version {s.version}: {s.error_message}" for s in statuses if s.error_message]
+    return "; ".join(errors) or "no version became available"
 
 
 def _configured_adapters(names: tuple[str, ...]) -> list[tuple[str, Adapter]]:
