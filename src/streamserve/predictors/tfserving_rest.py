@@ -25,6 +25,7 @@ from streamserve.predictors.http_target import (
     is_orjson_native,
     parse_json_object,
 )
+from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.protos.gen.tensorflow.core.framework import types_pb2
 from streamserve.runtimes.base import DEFAULT_SIGNATURE, TensorSpec
 
@@ -33,7 +34,7 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class TfServingRestPredictor:
-    """Predict via TF Serving REST on ``target`` (``"http://host:port"``)."""
+    """Predict via TF Serving REST on ``target`` (``"http://host:port"`` or ``"https://host:port"``)."""
 
     mode = "remote"
 
@@ -45,6 +46,7 @@ class TfServingRestPredictor:
         model_label: str | None = None,
         timeout_s: float = 10.0,
         per_call_channel: bool = False,
+        security: ClientSecurity = PLAINTEXT,
     ) -> None:
         if model_version is not None and model_label is not None:
             raise ValueError("give a model version or a label, not both")
@@ -52,7 +54,7 @@ class TfServingRestPredictor:
         self.model_name = model_name
         self.model_version = model_version
         self.model_label = model_label
-        self._http = HttpTarget(self.target, timeout_s, per_call_channel)
+        self._http = HttpTarget(self.target, timeout_s, per_call_channel, security=security)
         self._model_path = _model_path(model_name, model_version, model_label)
         self._outputs: dict[str, Mapping[str, TensorSpec]] = {}
         self._metadata_version = 0

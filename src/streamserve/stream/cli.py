@@ -65,7 +65,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model (embedded: --model-base-path; remote: --model-server)")
     where = model.add_mutually_exclusive_group(required=True)
     where.add_argument("--model-base-path", type=Path, help="model directory with version dirs")
-    where.add_argument("--model-server", help="grpc://h:8500 or http://h:8501, comma-separated")
+    where.add_argument(
+        "--model-server",
+        help="grpc://h:8500 or http://h:8501 (TLS: grpcs://, https://), comma-separated",
+    )
     model.add_argument("--model-name", help="default: the base path's directory name")
     pick = model.add_mutually_exclusive_group()
     pick.add_argument("--model-version", type=int)
@@ -79,6 +82,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="embedded model used while every remote breaker is open",
     )
     model.add_argument("--fallback-model-name", help="default: --model-name")
+    model.add_argument(
+        "--model-server-ca", type=Path, help="PEM CA to verify a grpcs:// or https:// server"
+    )
+    model.add_argument("--model-server-cert", type=Path, help="PEM client certificate (mTLS)")
+    model.add_argument("--model-server-key", type=Path, help="PEM client key (mTLS)")
+    model.add_argument(
+        "--model-server-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="header / gRPC metadata sent with every call (repeatable); keep secrets off "
+        "the command line with {env:VAR} or {file:PATH} in VALUE, e.g. "
+        "'authorization=Bearer {env:MODEL_TOKEN}'",
+    )
 
     flow = parser.add_argument_group("throughput and resilience")
     flow.add_argument("--max-batch-size", type=int, default=32)
@@ -187,6 +204,7 @@ def _processor_config(args: argparse.Namespace) -> Any:
 def _pipeline_spec(args: argparse.Namespace) -> Any:
     from streamserve.errors import InvalidArgument
     from streamserve.predictors.factory import PredictorSpec
+    from streamserve.predictors.security import PLAINTEXT
     from streamserve.stream.assembly import PipelineSpec
 
     if args.model_base_path is None and not args.model_name:
@@ -200,6 +218,7 @@ def _pipeline_spec(args: argparse.Namespace) -> Any:
         protocol=args.protocol,
         model_base_path=args.model_base_path,
         timeout_s=args.request_timeout_s,
+        security=_client_security(args) if remote else PLAINTEXT,
     )
     return PipelineSpec(
         processor=_processor_config(args),
@@ -208,6 +227,15 @@ def _pipeline_spec(args: argparse.Namespace) -> Any:
         fallback_base_path=args.fallback_model_base_path,
         fallback_model_name=args.fallback_model_name,
     )
+
+
+def _client_security(args: argparse.Namespace) -> Any:
+    from streamserve.predictors.security import ClientSecurity
+
+    return ClientSecurity.from_files(
+        args.model_server_ca, args.model_server_cert, args.model_server_key,
+        args.model_server_header,
+    )  # fmt: skip
 
 
 def _codec_spec(args: argparse.Namespace) -> Any:
