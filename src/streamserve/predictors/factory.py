@@ -24,6 +24,7 @@ from streamserve.predictors.tfserving_rest import TfServingRestPredictor
 from streamserve.predictors.v2_grpc import V2GrpcPredictor
 from streamserve.predictors.v2_rest import V2RestPredictor
 from streamserve.repository import ModelConfig, ModelManager, VersionPolicy
+from streamserve.repository.availability import require_available
 
 PROTOCOLS = ("tfserving", "v2")
 
@@ -104,6 +105,8 @@ def create_embedded_predictor(
 
     ``model_name`` defaults to the base path's directory name. A pinned ``model_version``
     loads just that version; otherwise the latest version is served and hot reloaded.
+    Fails fast: :class:`~streamserve.errors.ModelLoadFailed`, with the load error, when no
+    version is AVAILABLE after the first load attempt.
     """
     base_path = Path(model_base_path).resolve()
     if not base_path.is_dir():
@@ -116,6 +119,7 @@ def create_embedded_predictor(
     manager = ModelManager([config], file_system_poll_wait_seconds=file_system_poll_wait_s)
     manager.start()
     try:
+        require_available(manager)
         return EmbeddedPredictor(manager, name, model_version, mode=mode, owns_manager=True)
     except BaseException:
         manager.stop()

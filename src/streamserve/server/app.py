@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from streamserve.errors import InvalidArgument, ModelLoadFailed, SetupError, StreamserveError
+from streamserve.errors import InvalidArgument, SetupError, StreamserveError
 from streamserve.repository import ConfigFilePoller, ModelManager, VersionState
+from streamserve.repository.availability import require_available
 from streamserve.server import (
     access_log,
     legacy_inception,
@@ -67,7 +68,7 @@ from streamserve.server.context import (
     ServerOptions,
 )
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
-from streamserve.server.health import HealthReporter, enable_reflection, model_available
+from streamserve.server.health import HealthReporter, enable_reflection
 from streamserve.server.http import App
 from streamserve.server.http_limits import (
     HttpLimits,
@@ -206,7 +207,7 @@ class Server:
         metrics = ServerMetrics() if options.metrics_enabled else None
         manager = await self._start_manager(stack, metrics)
         if not options.allow_partial_start:
-            check_initial_models(manager)
+            require_available(manager, "--allow_partial_start serves anyway")
         core = InferenceCore(manager, self._build_runner(manager, metrics))
         stack.callback(core.close)
         stack.push_async_callback(core.drain, options.grace_seconds)  # after both servers stop
@@ -328,31 +329,6 @@ class Server:
             options.traffic_split_file,
         ).start()
         stack.push_async_callback(asyncio.to_thread, poller.stop)
-
-
-def check_initial_models(manager: ModelManager) -> None:
-    """Fail fast, as TF Serving does: every configured model must have a version
-    AVAILABLE once the initial loads are done; else :class:`ModelLoadFailed` with each
-    model's load error (and the manager is left for the caller's stack to stop)."""
-    problems = [
-        f"model {name!r}: {_load_error(manager, name)}"
-        for name in manager.model_names()
-        if not model_available(manager, name)
-    ]
-    if problems:
-        raise ModelLoadFailed(
-            "initial model load failed (--allow_partial_start serves anyway): "
-            + "; ".join(problems)
-        )
-
-
-def _load_error(manager: ModelManager, name: str) -> str:
-    try:
-        statuses = manager.status(name)
-    except StreamserveError as exc:
-        return exc.message
-    errors = [f"version {s.version}: {s.error_message}" for s in statuses if s.error_message]
-    return "; ".join(errors) or "no version became available"
 
 
 def _configured_adapters(names: tuple[str, ...]) -> list[tuple[str, Adapter]]:

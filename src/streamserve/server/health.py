@@ -27,7 +27,8 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from streamserve.protos._pool import POOL
-from streamserve.repository import ModelManager, VersionState
+from streamserve.repository import ModelManager
+from streamserve.repository.availability import model_available
 from streamserve.server.context import ServerContext
 
 SERVER_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService")
@@ -35,15 +36,6 @@ SERVER_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCIn
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def model_available(manager: ModelManager, name: str) -> bool:
-    """Whether ``name`` has a version AVAILABLE."""
-    try:
-        statuses = manager.status(name)
-    except Exception:  # unknown model, or no version found yet
-        return False
-    return any(status.state == VersionState.AVAILABLE for status in statuses)
 
 
 def health_statuses(manager: ModelManager) -> dict[str, int]:
