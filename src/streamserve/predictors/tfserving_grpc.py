@@ -16,6 +16,7 @@ from streamserve.predictors.base import Prediction
 from streamserve.predictors.grpc_channel import GrpcTarget, split_grpc_target
 from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.protos.gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
     model_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -66,6 +67,17 @@ class TfServingGrpcPredictor:
         response = await self._grpc.call(invoke)
         outputs = {name: tensors.tensor_proto_to_numpy(t) for name, t in response.outputs.items()}
         return Prediction(outputs, self.model_name, self._version_of(response.model_spec))
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: the server answers the model's
+        metadata (TF Serving's ``GetModelMetadata``; an unloaded model is an error)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.CopyFrom(self._request({}, None).model_spec)
+
+        async def invoke(stub: Stub) -> object:
+            return await stub.GetModelMetadata(request, timeout=self.timeout_s)
+
+        await self._grpc.call(invoke)
 
     async def close(self) -> None:
         await self._grpc.close()

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import numpy as np
 
 from streamserve import tensors
-from streamserve.errors import InvalidArgument
+from streamserve.errors import InvalidArgument, Unavailable
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.http_target import (
     HttpTarget,
@@ -73,6 +73,13 @@ class TfServingRestPredictor:
         return Prediction(
             outputs, self.model_name, self._version(reply.headers.get(VERSION_HEADER))
         )
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: the model's status lists a
+        version AVAILABLE (TF Serving REST ``GET /v1/models/<name>``)."""
+        reply = await self._http.request("GET", self._model_path)
+        if b'"AVAILABLE"' not in reply.body:
+            raise Unavailable(f"{self.target}: model {self.model_name} has no AVAILABLE version")
 
     async def close(self) -> None:
         await self._http.close()

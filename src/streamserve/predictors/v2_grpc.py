@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from streamserve import tensors
-from streamserve.errors import InvalidArgument
+from streamserve.errors import InvalidArgument, Unavailable
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.grpc_channel import GrpcTarget, split_grpc_target
 from streamserve.predictors.security import PLAINTEXT, ClientSecurity
@@ -64,6 +64,20 @@ class V2GrpcPredictor:
             response.model_name or self.model_name,
             _version(response.model_version, self.model_version),
         )
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: V2 ``ModelReady`` says ready."""
+        version = "" if self.model_version is None else str(self.model_version)
+        request = grpc_service_pb2.ModelReadyRequest(name=self.model_name, version=version)
+
+        async def invoke(stub: Stub) -> grpc_service_pb2.ModelReadyResponse:
+            reply: grpc_service_pb2.ModelReadyResponse = await stub.ModelReady(
+                request, timeout=self.timeout_s
+            )
+            return reply
+
+        if not (await self._grpc.call(invoke)).ready:
+            raise Unavailable(f"{self.target}: model {self.model_name} is not ready")
 
     async def close(self) -> None:
         await self._grpc.close()

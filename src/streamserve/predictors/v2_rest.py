@@ -75,6 +75,10 @@ class V2RestPredictor:
             int(version) if version.isdigit() else self.model_version or 0,
         )
 
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: V2 ``GET .../ready`` is 200."""
+        await self._http.request("GET", self._infer_path.removesuffix("/infer") + "/ready")
+
     async def close(self) -> None:
         await self._http.close()
 

@@ -25,6 +25,7 @@ HELP = "run model inference on a Kafka topic (embedded or remote model), exactly
 
 DEFAULT_FETCH_MAX_BYTES = 20_000_000
 DEFAULT_MAX_PIXELS = 40_000_000  # = streamserve.stream.assembly.DEFAULT_MAX_PIXELS
+DEFAULT_STALL_TIMEOUT_S = 30.0  # = streamserve.stream.health.DEFAULT_STALL_TIMEOUT_S
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +141,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     records.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
 
     ops = parser.add_argument_group("operations")
-    ops.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: any port)")
+    ops.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics, /healthz (liveness) and /readyz (readiness) (0: any port)",
+    )
+    ops.add_argument(
+        "--health-stall-timeout-s",
+        type=float,
+        default=DEFAULT_STALL_TIMEOUT_S,
+        help="/healthz fails once the event loop or the consume loop has made no progress "
+        "for this long",
+    )
     add_log_format_argument(ops)
 
 
@@ -170,6 +182,7 @@ def _print_ready(info: dict[str, Any]) -> None:
 
 def _processor_config(args: argparse.Namespace) -> Any:
     from streamserve.stream.breaker import BreakerPolicy
+    from streamserve.stream.health import HealthPolicy
     from streamserve.stream.processor import ProcessorConfig
 
     return ProcessorConfig(
@@ -191,6 +204,7 @@ def _processor_config(args: argparse.Namespace) -> Any:
         output_partitioning=args.output_partitioning,
         create_missing_topics=not args.no_create_topics,
         metrics_port=args.metrics_port,
+        health=HealthPolicy(stall_timeout_s=args.health_stall_timeout_s),
         breaker=BreakerPolicy(
             args.breaker_failures,
             args.breaker_cooldown_s,

@@ -21,7 +21,10 @@ How a record's journey stays correct:
 4. **Failures.** A bad record → DLQ with headers naming stage, reason and exception; a
    transient model error → retried (never DLQ); all breakers open → fallback model, or
    consumption pauses until a half-open probe succeeds (:mod:`~streamserve.stream.invoker`).
-5. **Stop.** ``stop()`` stops consuming, lets in-flight work finish (bounded by
+5. **Health.** ``/healthz`` and ``/readyz`` beside ``/metrics`` on ``metrics_port``
+   (:mod:`~streamserve.stream.health`): live while the event loop and the consume loop make
+   progress; ready while the model answers, the group is joined and a breaker is closed.
+6. **Stop.** ``stop()`` stops consuming, lets in-flight work finish (bounded by
    ``shutdown_timeout_s``), commits it and closes the clients.
 """
 
@@ -44,6 +47,7 @@ from streamserve.stream import kafka_io
 from streamserve.stream.batcher import MicroBatcher
 from streamserve.stream.breaker import BreakerPolicy
 from streamserve.stream.errors import RecordError
+from streamserve.stream.health import HealthPolicy, OperationsServer, StreamHealth
 from streamserve.stream.invoker import ModelInvoker, Outcome, RetryPolicy, build_invoker
 from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
 from streamserve.stream.output import OutputWriter
@@ -83,7 +87,8 @@ class ProcessorConfig:
     shutdown_timeout_s: float = 7.0
     output_partitioning: Literal["input", "key"] = "input"
     create_missing_topics: bool = True
-    metrics_port: int | None = None
+    metrics_port: int | None = None  # also serves /healthz and /readyz
+    health: HealthPolicy = field(default_factory=HealthPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +145,9 @@ class StreamProcessor:
             predictors, fallback, config.breaker, config.retry, self.metrics
         )
         self.on_ready = on_ready
+        self.health = StreamHealth(config.health, self.invoker.degraded)
+        self._predictors = predictors
+        self._operations: OperationsServer | None = None
         self.book = PartitionBook()
         self.metrics_port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -237,7 +245,10 @@ class StreamProcessor:
             on_lost=self._on_lost,
         )
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port)
+            self._operations = OperationsServer(
+                self.metrics.registry, self.health, cfg.metrics_port
+            )
+            self.metrics_port = self._operations.port
         info = {
             "group": cfg.group_id,
             "instance": cfg.resolved_instance_id,
@@ -259,7 +270,10 @@ class StreamProcessor:
             cfg.max_batch_size,
             cfg.max_batch_delay_ms / 1000,
         )
-        tasks = [asyncio.create_task(batcher.run(), name="batcher")]
+        tasks = [
+            asyncio.create_task(batcher.run(), name="batcher"),
+            asyncio.create_task(self.health.watch(self._predictors), name="health"),
+        ]
         tasks += [
             asyncio.create_task(self._decode_loop(), name=f"decode-{i}")
             for i in range(cfg.decode_concurrency)
@@ -297,6 +311,8 @@ class StreamProcessor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._close_clients(graceful)
+        if self._operations is not None:
+            await asyncio.to_thread(self._operations.close)
         log_event(log, "stream stopped", graceful=graceful)
 
     async def _close_clients(self, graceful: bool) -> None:
@@ -320,6 +336,7 @@ class StreamProcessor:
         next_checkpoint = time.monotonic() + interval
         next_lag_update = 0.0
         while self._consuming:
+            self.health.consume_round()
             await self._apply_seeks()
             await self._apply_flow_control()
             if self.book.buffered >= self.config.max_buffered_records:
@@ -337,6 +354,7 @@ class StreamProcessor:
             if time.monotonic() >= next_lag_update:
                 await self._kafka.call(self._update_lag)
                 next_lag_update = time.monotonic() + 1.0
+        self.health.consume_stopped()
 
     def _intake(self, message: Message) -> None:
         error = message.error()
@@ -424,6 +442,7 @@ class StreamProcessor:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self.health.joined = True  # called on joining, even with no partitions
         self._on_loop(self._assigned(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
