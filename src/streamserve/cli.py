@@ -9,7 +9,7 @@ import heavy libraries inside ``run`` so that ``--help`` stays fast.
 Exit status: 0 success; 1 the command ran but did not succeed (e.g. an incomplete
 demo); 2 a usage, configuration or set-up error, explained on one ``error:`` line;
 3 ``kafka status``: the broker is not running; 4 an optional extra is missing (the
-``error:`` line says which ``pip install 'streamserve[...]'``); 5 a model the command
+``error:`` line says which ``pip install 'streamserve[...]'``); 6 a model the command
 was started with cannot load (``serve``'s initial models, embedded ``stream``'s model;
 the ``error:`` line quotes the load error); 130 interrupted.
 """
@@ -30,7 +30,7 @@ from streamserve.stream import cli as stream_cli
 
 EXIT_ERROR = 2
 EXIT_MISSING_EXTRA = 4
-EXIT_MODEL_LOAD_FAILED = 5
+EXIT_MODEL_LOAD_FAILED = 6
 EXIT_INTERRUPTED = 130
 
 

@@ -1,6 +1,6 @@
 """Health that tells the truth, and fail-fast start-up, like TF Serving.
 
-1. A server whose only model is corrupt exits with status 5 and the model's load error.
+1. A server whose only model is corrupt exits with status 6 and the model's load error.
 2. With ``--allow_partial_start`` it runs, and every health service (``""``,
    ``tensorflow.serving.PredictionService``, ``inference.GRPCInferenceService``, the
    model's name) says NOT_SERVING, as does ``/v2/health/ready``.

@@ -1,6 +1,6 @@
 """Stream processor health: fail-fast embedded start-up, ``/readyz`` and ``/healthz``.
 
-1. Embedded with a corrupt model: ``stream`` exits with status 5 and the load error.
+1. Embedded with a corrupt model: ``stream`` exits with status 6 and the load error.
 2. Remote with the model server down: ``/readyz`` 503 with the reason, ``/healthz`` 200;
    once the server is up, ``/readyz`` 200. Other paths are 404.
 3. A consumer thread stuck in a call (a blocked callback) turns ``/healthz`` 503 with the

@@ -15,7 +15,7 @@ Once both servers listen, one line is printed to stdout::
     streamserve: serving gRPC on 0.0.0.0:8500, REST on 0.0.0.0:8501
 
 Start-up fails fast, as TF Serving's does: when a model given at start-up has no version
-AVAILABLE after its first load attempt, ``serve`` exits with status 5 and the load error
+AVAILABLE after its first load attempt, ``serve`` exits with status 6 and the load error
 on its ``error:`` line (``--allow_partial_start`` serves anyway; ``grpc.health.v1`` and
 ``/v2/health/ready`` then say not serving until every model is AVAILABLE).
 
