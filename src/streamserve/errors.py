@@ -100,6 +100,12 @@ class Internal(StreamserveError):
     code = Code.INTERNAL
 
 
+class DataLoss(StreamserveError):
+    """Unreadable or corrupted data (a model file, a warm-up file)."""
+
+    code = Code.DATA_LOSS
+
+
 class SetupError(StreamserveError):
     """An environment problem (Java, Maven, ports, directories) a user must fix."""
 

@@ -252,7 +252,8 @@ def test_registry_errors_name_the_directory(
     monkeypatch.setattr(registry, "tensorflow_installed", lambda: False)
     with pytest.raises(FailedPrecondition, match=r"install streamserve\[tensorflow\]"):
         load_servable(tmp_path / "tf")
-    assert [r.name for r in registry.available_runtimes()] == ["onnxruntime"]
+    names = [r.name for r in registry.available_runtimes()]
+    assert names == ["python", "onnxruntime", "sklearn"]  # no tensorflow; scikit-learn is here
 
 
 def test_runtime_can_load(tiny_dir: Path, tmp_path: Path) -> None:

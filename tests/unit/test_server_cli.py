@@ -103,8 +103,8 @@ def test_model_env_vars_like_tfserving_image(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_ignored_tfserving_flags_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
-    options_from_args(parse("--model_base_path=/m", "--tensorflow_intra_op_parallelism=4"))
-    assert "--tensorflow_intra_op_parallelism has no effect" in capsys.readouterr().err
+    options_from_args(parse("--model_base_path=/m", "--tensorflow_session_parallelism=4"))
+    assert "--tensorflow_session_parallelism has no effect" in capsys.readouterr().err
 
 
 def test_single_model_config_uses_absolute_base_path(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ The story of one version, as in TF Serving's AspiredVersionsManager:
 1. The poller scans each base path (:mod:`.source`); the version policy names the
    aspired versions.
 2. A new aspired version goes START → LOADING on a loader thread, is loaded by the
-   runtime layer, warmed with one synthetic request, then becomes AVAILABLE.
+   runtime layer, warmed (the version's TF Serving warm-up file replayed, else one
+   synthetic request; a failing warm-up file fails the load), then becomes AVAILABLE.
    A failed load ends in END with its error recorded; other versions keep serving.
 3. Only once some aspired version is AVAILABLE are versions that are no longer aspired
    moved to UNLOADING (availability-preserving). No new request can reach them; the
@@ -45,19 +46,19 @@ from streamserve.repository.routing import (
 )
 from streamserve.repository.source import ScanResult, VersionSource
 from streamserve.repository.states import VersionState, VersionStatus
-from streamserve.repository.warmup import warm_up
-from streamserve.runtimes.base import Servable
+from streamserve.repository.warmup import warm_up_version
+from streamserve.runtimes.base import LoadOptions, Servable, providers_of
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Path], Servable]
 
 
-def default_loader(version_dir: Path) -> Servable:
+def default_loader(version_dir: Path, options: LoadOptions | None = None) -> Servable:
     """The runtime registry's loader, imported late to keep this module light."""
     from streamserve.runtimes.registry import load_servable
 
-    return load_servable(version_dir)
+    return load_servable(version_dir, options)
 
 
 class ModelManager:
@@ -72,13 +73,14 @@ class ModelManager:
         *,
         load_threads: int = 2,
         warmup: bool = True,
+        load_options: LoadOptions | None = None,
     ) -> None:
         configs = list(configs)
         validate_model_configs(configs)
         self._models = {config.name: ModelRecord(config) for config in configs}
         self._poll_wait = file_system_poll_wait_seconds
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
-        self._loader = loader or default_loader
+        self._loader = loader or partial(default_loader, options=load_options)
         self._warmup = warmup
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -225,6 +227,19 @@ class ModelManager:
                 raise NotFound(f"Could not find any versions of model {name}{detail}")
             return [records[v].status() for v in sorted(records, reverse=True)]
 
+    def execution_providers(self) -> list[tuple[str, int, tuple[str, ...]]]:
+        """``(model, version, providers)`` of every AVAILABLE version whose runtime names
+        its execution providers (ONNX Runtime), for metrics and diagnostics."""
+        with self._lock:
+            available = [
+                (model.name, record.version, record.servable)
+                for model in self._models.values()
+                for record in model.versions.values()
+                if record.state == VersionState.AVAILABLE
+            ]
+        found = [(name, version, providers_of(s)) for name, version, s in available]
+        return [(name, version, providers) for name, version, providers in found if providers]
+
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(name, version, state, load_seconds)`` on every state change.
 
@@ -352,8 +367,8 @@ class ModelManager:
         except Exception as exc:
             self._record_failure(model, record, exc)
             return
-        if self._warmup:
-            warm_up(servable, description)
+        if self._warmup and not self._warmed_up(model, record, servable, description):
+            return
         seconds = time.monotonic() - started
         with self._lock:
             record.servable = servable
@@ -361,6 +376,18 @@ class ModelManager:
             self._set_state(model, record, VersionState.AVAILABLE, seconds)
             self._apply_aspired(model)
         log.info("Successfully loaded %s in %.3f s", description, seconds)
+
+    def _warmed_up(
+        self, model: ModelRecord, record: VersionRecord, servable: Servable, description: str
+    ) -> bool:
+        """Warm ``servable`` up; a failed warm-up file fails the load (servable closed)."""
+        try:
+            warm_up_version(servable, record.path, description)
+        except Exception as exc:
+            _close_quietly(servable, description)
+            self._record_failure(model, record, exc)
+            return False
+        return True
 
     def _record_failure(self, model: ModelRecord, record: VersionRecord, exc: Exception) -> None:
         code = exc.code if isinstance(exc, StreamserveError) else Code.UNKNOWN
@@ -504,3 +531,10 @@ class ModelManager:
                 codes.append(Code.NOT_FOUND)
         known: list[Code] = [code for code in codes if code != Code.UNKNOWN]
         return descriptions, known[0] if known else Code.UNKNOWN
+
+
+def _close_quietly(servable: Servable, description: str) -> None:
+    try:
+        servable.close()
+    except Exception:
+        log.exception("Closing %s after its failed warm-up failed", description)

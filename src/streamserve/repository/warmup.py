@@ -1,23 +1,41 @@
-"""Warm a freshly loaded servable with one request before it takes traffic.
+"""Warm a freshly loaded servable before it takes traffic.
 
 The first inference of a new session pays for lazy allocations and kernel selection;
 doing it here keeps that latency spike off the request path (TF Serving's
-``--enable_model_warmup`` idea, without needing recorded warm-up requests).
+``--enable_model_warmup``).
 
-A signature is warmed with zeros (numbers) or empty strings, batch size 1, where its
-input shapes are known. Warm-up failure is logged, never fatal: the version serves anyway.
+- With ``assets.extra/tf_serving_warmup_requests`` in the version directory (TF Serving's
+  warm-up file: a TFRecord of ``PredictionLog`` protos, at most 1,000), every recorded
+  predict / classify / regress / multi-inference request is replayed, in order. A file
+  that cannot be read, holds too many records, or whose request fails, fails the load:
+  the version never becomes AVAILABLE and the reason shows in ``GetModelStatus`` (as in
+  TF Serving).
+- Without it, a signature is warmed with zeros (numbers) or empty strings, batch size 1,
+  where its input shapes are known. That warm-up's failure is logged, never fatal.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
+from streamserve.repository.replay import WARMUP_FILE, replay_warmup_file
 from streamserve.runtimes.base import DEFAULT_SIGNATURE, Servable, Signature, TensorSpec
 
 log = logging.getLogger(__name__)
+
+
+def warm_up_version(servable: Servable, version_dir: Path, description: str) -> None:
+    """Replay the version's warm-up file (raising when it fails), else warm synthetically."""
+    path = version_dir / WARMUP_FILE
+    if not path.exists():
+        warm_up(servable, description)
+        return
+    count = replay_warmup_file(servable, path)
+    log.info("Replayed %d warm-up requests from %s for %s", count, path, description)
 
 
 def warm_up(servable: Servable, description: str) -> bool:

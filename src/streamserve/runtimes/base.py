@@ -72,9 +72,36 @@ class Runtime(Protocol):
         ...
 
 
+def providers_of(servable: object) -> tuple[str, ...]:
+    """The execution providers a servable runs on (``()`` when its runtime names none),
+    looking through wrappers (``processing.json``) that expose ``inner``."""
+    seen = 0
+    while servable is not None and seen < 8:
+        providers = getattr(servable, "execution_providers", None)
+        if providers:
+            return tuple(providers)
+        servable, seen = getattr(servable, "inner", None), seen + 1
+    return ()
+
+
+def platform_of(servable: object) -> str:
+    """The platform name a servable's runtime declares (``""`` when none), looking
+    through wrappers that expose ``inner``."""
+    seen = 0
+    while servable is not None and seen < 8:
+        platform = getattr(servable, "platform", None)
+        if isinstance(platform, str) and platform:
+            return platform
+        servable, seen = getattr(servable, "inner", None), seen + 1
+    return ""
+
+
 @dataclass
 class LoadOptions:
     """Knobs every runtime understands; runtimes ignore what does not apply."""
 
     intra_op_threads: int = 0  # 0 = runtime default
+    inter_op_threads: int = 0  # 0 = runtime default
+    # ONNX Runtime providers in order of preference; () = CPU only
+    execution_providers: tuple[str, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)

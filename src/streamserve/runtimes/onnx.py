@@ -1,4 +1,9 @@
-"""ONNX Runtime: ``<version>/model.onnx`` → one CPU ``InferenceSession`` per version.
+"""ONNX Runtime: ``<version>/model.onnx`` → one ``InferenceSession`` per version.
+
+Execution providers and thread counts come from ``LoadOptions`` (server flags
+``--onnx_execution_providers``, ``--tensorflow_intra_op_parallelism``,
+``--tensorflow_inter_op_parallelism``), overridden per model by the ``onnx`` section of
+``streamserve.json`` (:mod:`.settings`); provider fallback is in :mod:`.providers`.
 
 The graph's inputs/outputs become the ``serving_default`` signature (method predict).
 String tensors are ``object`` arrays of ``bytes`` at our boundary; onnxruntime wants
@@ -11,9 +16,10 @@ is ``INVALID_ARGUMENT``. Both messages name the file and carry ORT's own error.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -35,7 +41,11 @@ from streamserve.runtimes.base import (
     Tensors,
     TensorSpec,
 )
+from streamserve.runtimes.providers import parse_providers, session_providers, warn_unavailable
+from streamserve.runtimes.settings import section
 from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 THREADS_ENV = "STREAMSERVE_ORT_THREADS"
@@ -89,22 +99,59 @@ class OnnxRuntime:
         return (version_dir / MODEL_FILE).is_file()
 
     def load(self, version_dir: Path) -> OnnxServable:
-        return OnnxServable(_open_session(version_dir / MODEL_FILE, self._options))
+        options = model_options(self._options or LoadOptions(), version_dir)
+        return OnnxServable(_open_session(version_dir / MODEL_FILE, options))
 
 
-def _open_session(path: Path, options: LoadOptions | None) -> Any:
+def model_options(options: LoadOptions, version_dir: Path) -> LoadOptions:
+    """``options`` with the model's ``streamserve.json`` ``onnx`` section applied."""
+    settings = section(version_dir, "onnx")
+    unknown = set(settings) - {"execution_providers", "intra_op_threads", "inter_op_threads"}
+    if unknown:
+        raise InvalidArgument(f"streamserve.json: unknown onnx setting(s) {sorted(unknown)}")
+    overrides: dict[str, Any] = {}
+    if "execution_providers" in settings:
+        overrides["execution_providers"] = parse_providers(settings["execution_providers"])
+    for key in ("intra_op_threads", "inter_op_threads"):
+        if key in settings:
+            value = settings[key]
+            if not isinstance(value, int) or value < 0:
+                raise InvalidArgument(f"streamserve.json: onnx.{key} must be an integer >= 0")
+            overrides[key] = value
+    return replace(options, **overrides)
+
+
+def _session_options(options: LoadOptions) -> Any:
     import onnxruntime as ort
 
     session_options = ort.SessionOptions()
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session_options.intra_op_num_threads = intra_op_threads(options)
+    session_options.inter_op_num_threads = max(options.inter_op_threads, 0)
+    if options.inter_op_threads > 1:
+        session_options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     # Spinning worker threads burn a core after every run; on a box shared with Kafka and
     # the stream processor that costs more than the wake-up latency it saves.
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return session_options
+
+
+def _open_session(path: Path, options: LoadOptions) -> Any:
+    import onnxruntime as ort
+
+    requested = list(options.execution_providers)
+    providers = session_providers(requested, ort.get_available_providers())
+    session = _create_session(ort, path, _session_options(options), providers)
+    used = list(session.get_providers())
+    if requested:
+        warn_unavailable(requested, used, str(path))
+    log.info("ONNX model %s runs on %s", path, ", ".join(used))
+    return session
+
+
+def _create_session(ort: Any, path: Path, session_options: Any, providers: list[str]) -> Any:
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
     except Exception as error:  # ORT's pybind errors share no base class but Exception
         if not path.is_file():
             raise FailedPrecondition(f"ONNX model file {path} does not exist") from error
@@ -130,6 +177,7 @@ class OnnxServable:
 
     def __init__(self, session: Any) -> None:
         self._session = session
+        self.execution_providers: tuple[str, ...] = tuple(session.get_providers())
         signature = _signature_from_session(session)
         self._plan = _Plan(
             signature=signature,

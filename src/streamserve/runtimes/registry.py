@@ -1,7 +1,15 @@
 """Pick the runtime for a version directory and load it (plus optional processing).
 
-``model.onnx`` → ONNX Runtime; ``saved_model.pb`` → TensorFlow (the optional
-``streamserve[tensorflow]`` extra). ``processing.json`` beside the model wraps the result.
+In this order (the first file found decides):
+
+1. ``model.py`` → a custom Python model (:mod:`.python_model`); it comes first because
+   it may wrap any other file in the directory;
+2. ``model.onnx`` → ONNX Runtime;
+3. ``saved_model.pb`` → TensorFlow (the optional ``streamserve[tensorflow]`` extra);
+4. ``model.joblib`` / ``model.pkl`` → scikit-learn (the optional ``streamserve[sklearn]``
+   extra).
+
+``processing.json`` beside the model wraps the result.
 """
 
 from __future__ import annotations
@@ -14,9 +22,13 @@ from streamserve.runtimes.base import LoadOptions, Runtime, Servable
 from streamserve.runtimes.onnx import MODEL_FILE as ONNX_FILE
 from streamserve.runtimes.onnx import OnnxRuntime
 from streamserve.runtimes.processing import wrap_with_processing
+from streamserve.runtimes.python_model import MODEL_FILE as PYTHON_FILE
+from streamserve.runtimes.python_model import PythonModelRuntime
+from streamserve.runtimes.scikit_learn import MODEL_FILES as SKLEARN_FILES
+from streamserve.runtimes.scikit_learn import SklearnRuntime
 
 SAVED_MODEL_FILE = "saved_model.pb"
-MODEL_FILES = (ONNX_FILE, SAVED_MODEL_FILE)
+MODEL_FILES = (PYTHON_FILE, ONNX_FILE, SAVED_MODEL_FILE, *SKLEARN_FILES)
 
 
 def tensorflow_installed() -> bool:
@@ -26,11 +38,13 @@ def tensorflow_installed() -> bool:
 
 def available_runtimes(options: LoadOptions | None = None) -> list[Runtime]:
     """Runtimes whose dependencies are installed, in the order ``load_servable`` tries them."""
-    runtimes: list[Runtime] = [OnnxRuntime(options)]
+    runtimes: list[Runtime] = [PythonModelRuntime(), OnnxRuntime(options)]
     if tensorflow_installed():
         from streamserve.runtimes.tensorflow import TensorFlowRuntime
 
         runtimes.append(TensorFlowRuntime(options))
+    if importlib.util.find_spec("sklearn") is not None:
+        runtimes.append(SklearnRuntime())
     return runtimes
 
 
@@ -48,6 +62,8 @@ def load_servable(version_dir: Path, options: LoadOptions | None = None) -> Serv
 
 
 def _runtime_for(version_dir: Path, options: LoadOptions | None) -> Runtime:
+    if (version_dir / PYTHON_FILE).is_file():
+        return PythonModelRuntime()
     if (version_dir / ONNX_FILE).is_file():
         return OnnxRuntime(options)
     if (version_dir / SAVED_MODEL_FILE).is_file():
@@ -59,4 +75,6 @@ def _runtime_for(version_dir: Path, options: LoadOptions | None) -> Runtime:
         from streamserve.runtimes.tensorflow import TensorFlowRuntime
 
         return TensorFlowRuntime(options)
+    if any((version_dir / name).is_file() for name in SKLEARN_FILES):
+        return SklearnRuntime()  # says which extra is missing, if one is
     raise NotFound(f"no model file in {version_dir}: looked for {' or '.join(MODEL_FILES)}")

@@ -247,6 +247,7 @@ class Server:
                 options.allow_version_labels_for_unavailable_models
             ),
             warmup=options.enable_model_warmup,
+            load_options=options.load_options(),
         )
         if metrics is not None:
             metrics.follow(manager)  # before start: the initial loads' latency is recorded too

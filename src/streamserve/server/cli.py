@@ -45,8 +45,6 @@ MiB = 1024 * 1024
 # TF Serving flags accepted for compatibility that have no effect here.
 _IGNORED_FLAGS = (
     "tensorflow_session_parallelism",
-    "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism",
     "per_process_gpu_memory_fraction",
     "saved_model_tags",
     "rest_api_num_threads",
@@ -89,7 +87,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "model_name", default=os.environ.get("MODEL_NAME", "default"),
           help="name of the single model (env MODEL_NAME)")  # fmt: skip
     _flag(parser, "model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
-          help="<version>/ dirs of model.onnx or saved_model.pb (env MODEL_BASE_PATH)")  # fmt: skip
+          help="<version>/ dirs of model.py, model.onnx, saved_model.pb or model.joblib "
+          "(env MODEL_BASE_PATH)")  # fmt: skip
     _flag(parser, "model_platform", default="", help="platform of the single model")
     _bool_flag(parser, "allow_partial_start", False,
                "serve even when an initial model fails to load (health says NOT_SERVING "
@@ -128,6 +127,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
           "above; 0 = largest message size / 4)")  # fmt: skip
     _flag(parser, "grpc_channel_arguments", default="", help="name=value,... gRPC server args")
     _flag(parser, "predict_threads", type=int, default=0, help="model threads (0 = cores)")
+    _flag(parser, "onnx_execution_providers", default="",
+          help="ONNX Runtime providers in order, e.g. CUDAExecutionProvider,CPUExecutionProvider "
+          "(unavailable ones fall back to CPU with a warning; default CPU)")  # fmt: skip
+    _flag(parser, "tensorflow_intra_op_parallelism", type=int, default=0,
+          help="ONNX Runtime intra-op threads per session (0 = runtime default)")  # fmt: skip
+    _flag(parser, "tensorflow_inter_op_parallelism", type=int, default=0,
+          help="ONNX Runtime inter-op threads per session (0 = runtime default)")  # fmt: skip
     add_log_format_argument(parser)
     _bool_flag(parser, "access_log", False,
                "log one line per request: model, version, protocol, status, latency")  # fmt: skip
@@ -171,6 +177,9 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         rest_api_max_header_bytes=args.rest_api_max_header_bytes,
         rest_api_max_headers=args.rest_api_max_headers,
         predict_threads=args.predict_threads,
+        onnx_execution_providers=tuple(p for p in args.onnx_execution_providers.split(",") if p),
+        intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+        inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,

@@ -14,6 +14,8 @@ from grpc_health.v1 import health
 from streamserve.errors import InvalidArgument
 from streamserve.repository import ModelConfig, ModelManager
 from streamserve.repository.config import load_model_configs
+from streamserve.runtimes.base import LoadOptions
+from streamserve.runtimes.providers import parse_providers
 from streamserve.server.core import InferenceCore
 from streamserve.server.http import App
 from streamserve.server.http_limits import (
@@ -80,6 +82,11 @@ class ServerOptions:
     model_control_token_file: str | Path | None = None  # bearer token required if set
     # execution
     predict_threads: int = 0  # 0 = one per core (at least 2)
+    # ONNX Runtime: providers in order of preference (() = CPU) and session threads
+    # (0 = ORT decides); a model's streamserve.json overrides them
+    onnx_execution_providers: tuple[str, ...] = ()
+    intra_op_parallelism: int = 0
+    inter_op_parallelism: int = 0
     enable_batching: bool = False
     batching_parameters_file: str | Path | None = None
     monitoring_config_file: str | Path | None = None
@@ -99,6 +106,14 @@ class ServerOptions:
         if self.max_request_tensor_elements > 0:
             return self.max_request_tensor_elements
         return max(self.grpc_max_message_bytes, self.rest_max_body_bytes) // 4
+
+    def load_options(self) -> LoadOptions:
+        """What every runtime gets when loading a version (providers, threads)."""
+        return LoadOptions(
+            intra_op_threads=self.intra_op_parallelism,
+            inter_op_threads=self.inter_op_parallelism,
+            execution_providers=parse_providers(self.onnx_execution_providers),
+        )
 
     def model_configs(self) -> list[ModelConfig]:
         if self.models is not None:

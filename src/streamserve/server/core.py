@@ -40,6 +40,7 @@ from streamserve.runtimes.base import (
     REGRESS_METHOD,
     Signature,
     Tensors,
+    platform_of,
 )
 from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
 from streamserve.server import examples as ex
@@ -75,6 +76,7 @@ class ModelMetadata:
     name: str
     version: int
     signatures: Mapping[str, Signature]
+    platform: str = ""  # the runtime's own name when it has one (e.g. "python", "sklearn")
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,8 @@ class InferenceCore:
     def metadata(self, ref: ModelRef) -> ModelMetadata:
         with self._handle(ref) as handle:
             signatures = dict(handle.servable.signatures)
-            return ModelMetadata(handle.name, handle.version, signatures)
+            platform = platform_of(handle.servable)
+            return ModelMetadata(handle.name, handle.version, signatures, platform)
 
     def status(self, ref: ModelRef) -> list[VersionStatus]:
         return list(self.manager.status(ref.name, version=ref.version, label=ref.label))

@@ -12,6 +12,9 @@ Series (all prefixed ``streamserve_``):
 - ``model_version_state`` (gauge, ``model, version``) — TF Serving's state number
   (START 10, LOADING 20, AVAILABLE 30, UNLOADING 40, END 50), fed by the model
   manager's listener; ``model_load_seconds`` (histogram, ``model``).
+- ``model_execution_provider_info`` (gauge, ``model, version, provider``) — 1 per
+  ONNX Runtime execution provider an AVAILABLE version's session uses, in preference
+  order, read at scrape time from the model manager.
 - ``process_*`` — CPU seconds and memory of the server process.
 
 Served on the REST port at TF Serving's ``/monitoring/prometheus/metrics`` (or the
@@ -118,6 +121,25 @@ class _QueueDepthCollector(Collector):
         yield family
 
 
+class _ProviderCollector(Collector):
+    """Reads the execution providers of loaded versions from the managers when scraped."""
+
+    def __init__(self, managers: list[ModelManager]) -> None:
+        self._managers = managers
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "streamserve_model_execution_provider_info",
+            "Execution providers a loaded model version runs on (1 = in use)",
+            labels=["model", "version", "provider"],
+        )
+        for manager in list(self._managers):
+            for model, version, providers in manager.execution_providers():
+                for provider in providers:
+                    family.add_metric([model, str(version), provider], 1.0)
+        yield family
+
+
 class ServerMetrics:
     """All server metrics; thread-safe; one instance per server."""
 
@@ -160,6 +182,7 @@ class ServerMetrics:
             ProcessCollector(namespace="streamserve", registry=reg)
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._followed: list[ModelManager] = []
+        reg.register(_ProviderCollector(self._followed))
 
     # -- hot path ---------------------------------------------------------------------------
 

@@ -116,16 +116,16 @@ class V2Plane:
         return MetadataView(
             name=meta.name,
             versions=versions,
-            platform=self._platform(name),
+            platform=self._platform(name, meta.platform),
             inputs=[_tensor_view(spec) for spec in signature.inputs.values()],
             outputs=[_tensor_view(spec) for spec in signature.outputs.values()],
         )
 
-    def _platform(self, name: str) -> str:
+    def _platform(self, name: str, runtime_platform: str = "") -> str:
         try:
-            platform = self.manager.config(name).platform
+            platform = self.manager.config(name).platform or runtime_platform
         except StreamserveError:
-            platform = ""
+            platform = runtime_platform
         return {"onnx": "onnxruntime_onnx", "tensorflow": "tensorflow_savedmodel"}.get(
             platform, platform or "onnxruntime_onnx"
         )
