@@ -20,6 +20,12 @@ registers gRPC servicers on ``context.grpc_server``, routes on ``context.rest_ap
 ``context.on_stop``. A configured adapter that is not installed, or whose ``install``
 fails, stops start-up with a :class:`~streamserve.errors.SetupError` naming it.
 
+Start-up order: the TLS config (``ssl_config_file``) is read first, then the models load;
+unless ``allow_partial_start``, a model without an AVAILABLE version stops start-up with
+:class:`~streamserve.errors.ModelLoadFailed` before any port opens. Health
+(:mod:`streamserve.server.health`) follows the models from then on; reflection lists the
+services the adapters registered.
+
 The model runner is chosen here too: the caller's, else a
 :class:`~streamserve.server.batching.BatchingRunner` with ``enable_batching``, else a
 :class:`~streamserve.server.core.ThreadPoolRunner`.
@@ -31,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -204,6 +211,7 @@ class Server:
         options = self.options
         adapters = _configured_adapters(options.adapters)
         tls = load_ssl_config_file(options.ssl_config_file) if options.ssl_config_file else None
+        https = tls.ssl_context() if tls is not None and options.rest_port is not None else None
         metrics = ServerMetrics() if options.metrics_enabled else None
         manager = await self._start_manager(stack, metrics)
         if not options.allow_partial_start:
@@ -228,7 +236,7 @@ class Server:
         await HealthReporter(health_servicer, manager).start()
         await self._start_grpc(stack, context, tls)
         if rest_app is not None:
-            await self._start_rest(stack, rest_app, tls)
+            await self._start_rest(stack, rest_app, https)
         self._start_config_poller(stack, manager)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
 
@@ -283,7 +291,7 @@ class Server:
         stack.push_async_callback(context.grpc_server.stop, self.options.grace_seconds)
 
     async def _start_rest(
-        self, stack: contextlib.AsyncExitStack, app: App, tls: TlsConfig | None
+        self, stack: contextlib.AsyncExitStack, app: App, https: ssl.SSLContext | None
     ) -> None:
         import uvicorn
 
@@ -305,9 +313,9 @@ class Server:
             timeout_keep_alive=75,
             timeout_graceful_shutdown=int(self.options.grace_seconds) or None,
         )
-        if tls is not None:
+        if https is not None:
             config.load()
-            config.ssl = tls.ssl_context()  # HTTPS with the gRPC port's certificate
+            config.ssl = https  # HTTPS with the gRPC port's certificate
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="rest-server")
         await _wait_started(server, task)
