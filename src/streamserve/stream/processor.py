@@ -270,10 +270,9 @@ class StreamProcessor:
             cfg.max_batch_size,
             cfg.max_batch_delay_ms / 1000,
         )
-        tasks = [
-            asyncio.create_task(batcher.run(), name="batcher"),
-            asyncio.create_task(self.health.watch(self._predictors), name="health"),
-        ]
+        tasks = [asyncio.create_task(batcher.run(), name="batcher")]
+        if self._operations is not None:  # someone may ask: beat and probe the model
+            tasks.append(asyncio.create_task(self.health.watch(self._predictors), name="health"))
         tasks += [
             asyncio.create_task(self._decode_loop(), name=f"decode-{i}")
             for i in range(cfg.decode_concurrency)
