@@ -10,12 +10,16 @@ throughput, model-call latency and CPU seconds of processor, model server and br
 percentiles (output log-append time - input log-append time, both the broker's clock).
 Every phase checks that each input has exactly one output (read_committed).
 
+``--peers quix,kafka-streams`` adds streamserve embedded against a Quix Streams app and a
+Kafka Streams app doing the same job on the same broker, exactly-once and at-least-once,
+in alternating rounds (:mod:`~benchmarks.stream_peers`; ``--modes none`` runs only that).
+
 ``--server-down-at T`` adds the outage scenario (:mod:`~benchmarks.stream_outage`):
 kill the model server T seconds into a remote run, restart it, once without and once with
 a fallback model; a timeline plot and a 0-lost check per run.
 
-Writes ``results.json``, ``latency_cdf_<model>.png``, ``throughput.png`` and
-``outage_timeline.png`` into ``--out`` and prints a Markdown table and the goal checks.
+Writes ``results.json``, ``latency_cdf_<model>.png``, ``throughput.png``, ``peers.png``
+and ``outage_timeline.png`` into ``--out`` and prints Markdown tables and the goal checks.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     work.add_argument(
         "--modes",
         default="embedded,grpc,rest,grpc-blocking,grpc-channel-per-record,v2-grpc",
-        help="comma-separated; also available: v2-rest",
+        help="comma-separated; also available: v2-rest; 'none' runs no mode (only --peers)",
     )
     work.add_argument("--partitions", type=int, default=4, help="partitions per topic")
     work.add_argument(
@@ -85,6 +89,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     work.add_argument(
         "--latency-seconds", type=float, default=15.0, help="stop a latency phase after this long"
+    )
+    peers = parser.add_argument_group("peers (--peers): other stream processors, same job")
+    peers.add_argument(
+        "--peers",
+        metavar="PEERS",
+        help="comma-separated: quix (Quix Streams, own venv), kafka-streams (Java, built "
+        "with Maven); each runs against streamserve embedded in alternating rounds (tiny model)",
+    )
+    peers.add_argument(
+        "--peer-guarantees",
+        default="exactly-once,at-least-once",
+        help="guarantees the peer comparison runs under (default: both)",
+    )
+    peers.add_argument(
+        "--peer-records",
+        type=int,
+        help="records drained per system in the peer comparison (default: --records)",
+    )
+    peers.add_argument(
+        "--peer-warmup",
+        type=float,
+        default=0.5,
+        help="share of each peer-comparison drain treated as warm-up for the extra "
+        "'after warm-up' figures (default 0.5: the second half; 0 turns them off)",
     )
     outage = parser.add_argument_group("outage (--server-down-at)")
     outage.add_argument(
@@ -123,9 +151,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from benchmarks.stream_modes import parse_modes
+    from benchmarks.stream_peers import parse_guarantees, parse_peers
 
     try:
-        modes = parse_modes(args.modes)
+        modes = [] if args.modes.strip() == "none" else parse_modes(args.modes)
+        peers = parse_peers(args.peers) if args.peers else []
+        guarantees = parse_guarantees(args.peer_guarantees)
+        if peers and args.model == "imagenet":
+            raise ValueError("--peers compares the tiny model: use --model tiny or both")
+        if not modes and not peers:
+            raise ValueError("--modes none needs --peers")
+        if not 0 <= args.peer_warmup < 1:
+            raise ValueError("--peer-warmup is a share of the records: 0 <= it < 1")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -134,16 +171,23 @@ def run(args: argparse.Namespace) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     models = ["tiny", "imagenet"] if args.model == "both" else [args.model]
+    if not modes:
+        models = ["tiny"]
     machine = machine_info()
     started = time.time()
     with contextlib.ExitStack() as stack:
         bootstrap, broker_pid = _broker(args, stack)
         ctx = _context(args, bootstrap, broker_pid, logs)
         workloads = _workloads(models, args.work_dir or out / "models")
-        runs = {model: _run_modes(args, ctx, workloads[model], modes) for model in models}
+        runs = (
+            {model: _run_modes(args, ctx, workloads[model], modes) for model in models}
+            if modes
+            else {}
+        )
+        peer_runs = _run_peers(args, ctx, workloads["tiny"], peers, guarantees) if peers else []
         outages = _run_outages(args, ctx, workloads[models[0]]) if args.server_down_at else []
     machine["load_average_end"] = list(os.getloadavg())
-    return _report(args, out, machine, runs, outages, time.time() - started)
+    return _report(args, out, machine, runs, outages, time.time() - started, peer_runs)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -248,6 +292,15 @@ def _one_line(model: str, result: dict[str, Any]) -> str:
     )
 
 
+def _run_peers(
+    args: argparse.Namespace, ctx: Any, workload: Any, peers: list[str], guarantees: list[str]
+) -> list[dict[str, Any]]:
+    from benchmarks.stream_peers import run_peers
+
+    count = args.peer_records or args.records
+    return run_peers(ctx, workload, peers, guarantees, count, args.rounds, args.peer_warmup)
+
+
 def _run_outages(args: argparse.Namespace, ctx: Any, workload: Any) -> list[dict[str, Any]]:
     from benchmarks.stream_outage import run_outage
 
@@ -278,17 +331,22 @@ def _report(
     runs: dict[str, list[dict[str, Any]]],
     outages: list[dict[str, Any]],
     seconds: float,
+    peer_runs: list[dict[str, Any]] | None = None,
 ) -> int:
+    from benchmarks import stream_peers_report as peers_report
     from benchmarks import stream_plots
     from benchmarks.common import nan_to_none, write_json
     from benchmarks.stream_outage import BUCKET_S
     from benchmarks.stream_report import evaluate_goals, goals_text, model_summary, table
 
     summaries = {model: model_summary(model_runs) for model, model_runs in runs.items()}
-    goals = evaluate_goals(summaries)
+    goals = evaluate_goals(summaries) if summaries else []
     figures = _plots(out, machine, summaries, runs, outages, BUCKET_S, stream_plots)
-    loss_ok = all(e["no_loss"] for s in summaries.values() for e in s.values()) and all(
-        o["loss"]["ok"] for o in outages
+    peers = _peers_section(out, machine, peer_runs or [], peers_report, stream_plots, figures)
+    loss_ok = (
+        all(e["no_loss"] for s in summaries.values() for e in s.values())
+        and all(o["loss"]["ok"] for o in outages)
+        and all(e["outputs_ok"] for s in peers.get("summary", {}).values() for e in s.values())
     )
     document = {
         "command": " ".join(sys.argv),
@@ -303,6 +361,7 @@ def _report(
         "summary": summaries,
         "goals": goals,
         "outage": outages,
+        "peers": peers,
         "no_records_lost": loss_ok,
         "figures": [p.name for p in figures],
         "runs": runs,
@@ -312,12 +371,41 @@ def _report(
     for model, summary in summaries.items():
         print()
         print(table(model, summary))
-    print()
-    print(goals_text(goals))
+    if goals:
+        print()
+        print(goals_text(goals))
+    if peers:
+        print()
+        print(peers_report.peers_table(peers["summary"]))
+        if peers_report.has_steady(peers["summary"]):
+            print()
+            print(peers_report.steady_table(peers["summary"]))
+        print()
+        print(peers_report.peer_goals_text(peers["goals"]))
     for outage in outages:
         print(outage["loss_line"])
     print(f"\n0-lost check: {'passed' if loss_ok else 'FAILED'}; results in {out}")
     return 0 if loss_ok else 1
+
+
+def _peers_section(
+    out: Path,
+    machine: dict[str, Any],
+    peer_runs: list[dict[str, Any]],
+    report: Any,
+    plots: Any,
+    figures: list[Path],
+) -> dict[str, Any]:
+    """The peers' summary, goals and raw runs for results.json (and ``peers.png``)."""
+    if not peer_runs:
+        return {}
+    summary = report.peers_summary(peer_runs)
+    title = (
+        f"python -m benchmarks stream --peers — tiny model, {machine['cpus']} CPUs "
+        f"({machine['cpu_model']})"
+    )
+    figures.append(plots.peer_bars(out / "peers.png", summary, title))
+    return {"summary": summary, "goals": report.peer_goals(summary), "runs": peer_runs}
 
 
 def _machine_line(machine: dict[str, Any]) -> str:
@@ -349,6 +437,8 @@ def _plots(
         model: {mode: entry["throughput_rps"] for mode, entry in summary.items()}
         for model, summary in summaries.items()
     }
+    if not per_model:
+        return figures
     figures.append(
         plots.throughput_bars(
             out / "throughput.png",

@@ -2,6 +2,8 @@
 
 - ``latency_cdf_<model>.png`` — end-to-end latency CDF, one line per mode;
 - ``throughput.png`` — records/s per mode, one panel per model (ratio to embedded on top);
+- ``peers.png`` — streamserve embedded vs the peers: records/s and processor CPU µs/record
+  per guarantee;
 - ``outage_timeline.png`` — outputs/s, latency and breaker state around a model-server kill.
 """
 
@@ -64,6 +66,52 @@ def throughput_bars(
         )
         for model, values in per_model.items()
     ]
+    return plot_bar_panels(path, panels, title)
+
+
+def peer_bars(
+    path: Path, summary: Mapping[str, Mapping[str, Mapping[str, Any]]], title: str
+) -> Path:
+    """Two panels (records/s; processor CPU µs/record), groups = guarantees, bars = systems."""
+    guarantees = list(summary)
+    systems = list(dict.fromkeys(s for entries in summary.values() for s in entries))
+    labels = {s: e["label"] for entries in summary.values() for s, e in entries.items()}
+
+    def series(value: Any) -> dict[str, list[float | None]]:
+        return {
+            labels[s]: [value(summary[g][s]) if s in summary[g] else None for g in guarantees]
+            for s in systems
+        }
+
+    panels = [
+        BarPanel(
+            title="records/s (drain of a backlog, one instance; higher is better)",
+            ylabel="records/s",
+            groups=guarantees,
+            series=series(lambda e: e["throughput_rps"]),
+        ),
+        BarPanel(
+            title="processor CPU µs per record (from /proc; lower is better)",
+            ylabel="CPU µs/record",
+            groups=guarantees,
+            series=series(lambda e: e["cpu_us_per_record"]["processor"]),
+        ),
+    ]
+    if any(e.get("steady", {}).get("throughput_rps") for s in summary.values() for e in s.values()):
+        panels += [
+            BarPanel(
+                title="after warm-up: records/s (the drain's later records)",
+                ylabel="records/s",
+                groups=guarantees,
+                series=series(lambda e: e["steady"]["throughput_rps"]),
+            ),
+            BarPanel(
+                title="after warm-up: processor CPU µs per record",
+                ylabel="CPU µs/record",
+                groups=guarantees,
+                series=series(lambda e: e["steady"]["cpu_us_per_record"]["processor"]),
+            ),
+        ]
     return plot_bar_panels(path, panels, title)
 
 

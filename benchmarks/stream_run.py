@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from benchmarks.stream_stats import (
     throughput,
 )
 from benchmarks.stream_worker import WorkerSpec
+from streamserve.processes import ChildProcess
 
 WARMUP_RECORDS = 20
 POLL_S = 0.2
@@ -81,6 +82,7 @@ def worker_spec(
     topics: tuple[str, str, str],
     name: str,
     fallback: bool = False,
+    guarantee: str = "exactly-once",
 ) -> WorkerSpec:
     in_topic, out_topic, group = topics
     targets: list[str] = []
@@ -104,6 +106,7 @@ def worker_spec(
         fallback_base_path=str(workload.base_path) if fallback else None,
         image_roots=workload.image_roots,
         input_dtypes=workload.input_dtypes,
+        guarantee=guarantee,
     )
 
 
@@ -119,14 +122,18 @@ def start_worker(ctx: BenchContext, spec: WorkerSpec, name: str) -> WorkerProces
 
 
 def cpu_snapshot(
-    ctx: BenchContext, worker: WorkerProcess, server: ServerProcess | None
+    ctx: BenchContext, processor: ChildProcess, server: ServerProcess | None
 ) -> dict[str, float | None]:
-    return {
-        "processor": cpu_seconds(worker.pid),
+    snapshot = {
+        "processor": cpu_seconds(processor.pid),
         "server": cpu_seconds(server.pid) if server is not None else None,
         "broker": cpu_seconds(ctx.broker_pid),
         "bench": time.process_time(),
     }
+    breakdown = getattr(processor, "cpu_breakdown", None)  # e.g. a JVM's JIT threads
+    if callable(breakdown):
+        snapshot.update(breakdown())
+    return snapshot
 
 
 def cpu_delta(
@@ -173,26 +180,63 @@ def drain_phase(
     topics = ctx.topics(name)
     kio.produce_all(ctx.bootstrap, topics[0], records)
     worker = start_worker(ctx, worker_spec(ctx, workload, mode, server, topics, name), name)
-    watcher = kio.CommittedWatcher(ctx.bootstrap, topics[2], topics[0], ctx.partitions)
     used_server = server if mode.remote else None
+    result, _ = measure_drain(
+        ctx, records, topics, name, worker, lambda: worker_calls(worker), server=used_server
+    )
+    return result
+
+
+def worker_calls(worker: WorkerProcess) -> tuple[dict[str, Any], float | None]:
+    """The worker's model-call summary and its first call's wall-clock time (ms)."""
+    calls = worker.calls()
+    first_call_ms = min((c[0] * 1000 for mc in calls.values() for c in mc), default=None)
+    return model_calls(calls), first_call_ms
+
+
+def measure_drain(
+    ctx: BenchContext,
+    records: Sequence[kio.BenchRecord],
+    topics: tuple[str, str, str],
+    name: str,
+    processor: ChildProcess,
+    calls: Callable[[], tuple[dict[str, Any], float | None]],
+    server: ServerProcess | None = None,
+    keep_values: bool = False,
+    warm_after: int | None = None,
+) -> tuple[dict[str, Any], list[kio.ReadRecord]]:
+    """Measure a started, ready ``processor`` draining ``records`` (already produced to
+    ``topics[0]``) until its group has committed them all; stop it and check the output.
+
+    ``calls()`` (asked after the processor stopped) gives the model-call summary and the
+    first call's wall-clock ms (the start of the throughput span). Any processor works:
+    streamserve's worker or a peer app, as long as it consumes with group ``topics[2]``.
+    Returns the drain's figures and the read_committed outputs (with values if asked).
+    With ``warm_after``, also ``steady``: records/s and CPU per record after that many
+    records were committed (wall-clock span between the benchmark's commit polls).
+    """
+    watcher = kio.CommittedWatcher(ctx.bootstrap, topics[2], topics[0], ctx.partitions)
+    steady = SteadyWindow(warm_after, processor, ctx, server) if warm_after else None
     try:
-        before, started = cpu_snapshot(ctx, worker, used_server), time.monotonic()
-        _wait_committed(ctx, watcher, len(records), name)
-        after, seconds = cpu_snapshot(ctx, worker, used_server), time.monotonic() - started
+        before, started = cpu_snapshot(ctx, processor, server), time.monotonic()
+        committed_at_end = _wait_committed(
+            ctx, watcher, len(records), name, steady.progress if steady else None
+        )
+        after, ended = cpu_snapshot(ctx, processor, server), time.monotonic()
+        seconds = ended - started
     finally:
-        exit_code = worker.stop()
+        exit_code = processor.stop()
         committed = watcher.offsets()  # after the processor's last commit
         watcher.close()
     expected = expected_keys_below(keys_by_partition(records), committed)
-    outputs = kio.read_all(ctx.bootstrap, topics[1], len(expected))
+    outputs = kio.read_all(ctx.bootstrap, topics[1], len(expected), keep_values=keep_values)
     dlq = kio.read_all(ctx.bootstrap, f"{topics[0]}.dlq", 0, quiet_s=0.2)
     loss = check_no_loss(expected, [o.key for o in outputs], [d.key for d in dlq])
     done = len(expected)
     cpu = cpu_delta(before, after)
-    calls = worker.calls()
-    first_call_ms = min((c[0] * 1000 for mc in calls.values() for c in mc), default=None)
+    call_summary, first_call_ms = calls()
     last_output_ms = max((o.timestamp_ms for o in outputs), default=None)
-    return {
+    result = {
         "records": len(records),
         "processed": done,
         "complete": done == len(records),
@@ -203,13 +247,22 @@ def drain_phase(
             k: (round(v * 1e6 / done, 1) if v is not None and done else None)
             for k, v in cpu.items()
         },
-        "model_call": model_calls(calls),
+        "model_call": call_summary,
         "loss": loss.as_dict(),
         "exit_code": exit_code,
     }
+    if steady is not None:
+        result["steady"] = steady.result(after, ended, committed_at_end)
+    return result, outputs
 
 
-def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int, desc: str) -> int:
+def _wait_committed(
+    ctx: BenchContext,
+    watcher: kio.CommittedWatcher,
+    total: int,
+    desc: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     deadline = time.monotonic() + ctx.max_seconds
     done = 0
     with ctx.bar(total, desc) as bar:
@@ -218,7 +271,44 @@ def _wait_committed(ctx: BenchContext, watcher: kio.CommittedWatcher, total: int
             now = sum(watcher.offsets().values())
             bar.update(now - done)
             done = now
+            if progress is not None:
+                progress(done)
     return done
+
+
+@dataclass
+class SteadyWindow:
+    """The drain after its first ``warm_after`` committed records: the CPU snapshot, time
+    and committed count when it began (a cold JVM compiles through a drain's start)."""
+
+    warm_after: int
+    processor: ChildProcess
+    ctx: BenchContext
+    server: ServerProcess | None = None
+    start: tuple[dict[str, float | None], float, int] | None = None
+
+    def progress(self, committed: int) -> None:
+        if self.start is None and committed >= self.warm_after:
+            snapshot = cpu_snapshot(self.ctx, self.processor, self.server)
+            self.start = (snapshot, time.monotonic(), committed)
+
+    def result(self, after: dict[str, float | None], ended: float, done: int) -> dict[str, Any]:
+        if self.start is None or done <= self.start[2] or ended <= self.start[1]:
+            return {"warm_after": self.warm_after, "records": 0, "throughput_rps": None,
+                    "cpu_us_per_record": {}}  # fmt: skip
+        before, began, committed = self.start
+        count = done - committed
+        cpu = cpu_delta(before, after)
+        return {
+            "warm_after": self.warm_after,
+            "from_record": committed,
+            "records": count,
+            "seconds": round(ended - began, 3),
+            "throughput_rps": round(count / (ended - began), 1),
+            "cpu_us_per_record": {
+                k: (round(v * 1e6 / count, 1) if v is not None else None) for k, v in cpu.items()
+            },
+        }
 
 
 def latency_phase(

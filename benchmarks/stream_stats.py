@@ -4,6 +4,7 @@
 - :func:`end_to_end_latencies` — output timestamp minus input timestamp, matched by key.
 - :func:`throughput` — records per second over a span of timestamps.
 - :func:`check_no_loss` — every input key has exactly one output (or DLQ record).
+- :func:`check_values` — every output's tensor equals the model's answer for its key.
 - :func:`timeline` — per-bucket counts and latency percentiles for the outage plot.
 - :func:`parse_prometheus` / :func:`metric_sum` — read the processor's metrics.
 """
@@ -139,6 +140,61 @@ def expected_keys_below(
     for partition, partition_keys in keys_by_partition_offset.items():
         keys.extend(partition_keys[: max(0, committed.get(partition, 0))])
     return keys
+
+
+VALUE_TOLERANCE = 1e-4
+
+
+def check_values(
+    outputs: Iterable[tuple[Hashable, bytes | None]],
+    expected: Mapping[Hashable, Any],
+    output_name: str = "y",
+    tolerance: float = VALUE_TOLERANCE,
+    examples: int = 5,
+) -> dict[str, Any]:
+    """Compare each output JSON's ``outputs[output_name]`` with ``expected[key]``.
+
+    Outputs whose key is not in ``expected`` are left to :func:`check_no_loss`. A value is
+    wrong when it cannot be parsed, its size differs, or any element differs by more than
+    ``tolerance``; ``ok`` needs at least one checked output and none wrong.
+    """
+    import numpy as np
+    import orjson
+
+    checked = wrong = 0
+    worst = 0.0
+    bad: list[str] = []
+    for key, value in outputs:
+        want = expected.get(key)
+        if want is None:
+            continue
+        checked += 1
+        reason = None
+        try:
+            got = np.asarray(orjson.loads(value or b"")["outputs"][output_name], np.float64)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            reason = f"unreadable ({type(exc).__name__})"
+        else:
+            want_flat = np.asarray(want, np.float64).reshape(-1)
+            if got.size != want_flat.size:
+                reason = f"{got.size} values, expected {want_flat.size}"
+            else:
+                diff = float(np.max(np.abs(got.reshape(-1) - want_flat))) if got.size else 0.0
+                worst = max(worst, diff)
+                if not diff <= tolerance:
+                    reason = f"differs by {diff:.3g}"
+        if reason is not None:
+            wrong += 1
+            if len(bad) < examples:
+                bad.append(f"{key!r}: {reason}")
+    return {
+        "checked": checked,
+        "wrong": wrong,
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "ok": checked > 0 and wrong == 0,
+        "examples": bad,
+    }
 
 
 @dataclass

@@ -50,6 +50,7 @@ class WorkerSpec:
     fallback_base_path: str | None = None
     image_roots: list[str] = field(default_factory=list)
     input_dtypes: dict[str, str] = field(default_factory=dict)
+    guarantee: str = "exactly-once"  # or "at-least-once"
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -129,6 +130,7 @@ def _processor_config(spec: WorkerSpec) -> Any:
         group_id=spec.group_id,
         instance_id=spec.group_id,
         metrics_port=0,
+        guarantee=spec.guarantee,
         **overrides,
     )
 

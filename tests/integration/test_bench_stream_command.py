@@ -115,3 +115,36 @@ def test_server_outage_loses_nothing_with_and_without_fallback(
     assert "fallback" not in without["outputs_by_mode"]
     assert with_fallback["outputs_by_mode"].get("fallback", 0) > 0
     assert (out / "outage_timeline.png").stat().st_size > 0
+
+
+def test_quix_peer_against_streamserve_checks_every_output(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``--peers quix`` (Quix only: the Kafka Streams peer needs a cold Maven fetch of
+    ~150 MB; its launcher logic is unit-tested). The first run creates the Quix peer's
+    virtual environment under the streamserve cache (a pip download); later runs reuse it."""
+    out = tmp_path / "peers"
+    finished = _bench(
+        kafka_bootstrap, out, "--records", "200", "--modes", "none", "--peers", "quix"
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-4000:]
+    assert "0-lost check: passed" in finished.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"] == {} and results["no_records_lost"] is True
+    summary = results["peers"]["summary"]
+    assert list(summary) == ["exactly-once", "at-least-once"]
+    for guarantee, systems in summary.items():
+        assert list(systems) == ["streamserve", "quix"], guarantee
+        for system, entry in systems.items():
+            assert entry["outputs_ok"] is True, (guarantee, system)
+            assert entry["throughput_rps"] and entry["cpu_us_per_record"]["processor"]
+        assert systems["quix"]["model_calls"] >= 200  # one call per record
+    for run in results["peers"]["runs"]:
+        assert run["drain"]["processed"] == 200 and run["values"]["checked"] == 200
+        assert run["values"]["max_abs_diff"] <= 1e-4
+    assert {g["goal"].split(":")[0] for g in results["peers"]["goals"]} == {
+        "exactly-once",
+        "at-least-once",
+    }
+    assert (out / "peers.png").stat().st_size > 0
+    assert "| exactly-once | Quix Streams" in finished.stdout
