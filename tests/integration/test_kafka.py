@@ -165,3 +165,35 @@ def test_cli_default_data_dir_is_removed_on_stop(tmp_path: Path) -> None:
         _cli("stop", env=env)
     assert not Path(state["data_dir"]).exists()
     assert not process.pid_alive(state["pid"])
+
+
+def test_cli_cluster_of_three_status_survives_a_node_and_stop_ends_all(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    env = {**os.environ, "STREAMSERVE_RUN_DIR": str(tmp_path / "run")}
+    try:
+        started = _cli("start", "--brokers", "3", env=env)
+        bootstrap = started.stdout.strip().splitlines()[-1]
+        assert len(bootstrap.split(",")) == 3
+        state = json.loads((tmp_path / "run" / "kafka.json").read_text())
+        pids = state["node_pids"]
+        assert len(pids) == 3 and state["owns_data_dir"] is True
+        status = _cli("status", env=env)
+        assert "3 of 3 nodes up" in status.stdout
+        _cli("create-topic", "replicated", "--partitions", "2", "--bootstrap", bootstrap, env=env)
+        topic = admin.metadata(bootstrap).topics["replicated"]
+        assert all(len(p.replicas) == 3 for p in topic.partitions.values())
+
+        os.kill(pids[2], signal.SIGKILL)  # one node crashes: the cluster answers on
+        degraded = _cli("status", env=env, check=False)
+        assert degraded.returncode == 1, degraded.stdout
+        assert "2 of 3 nodes up" in degraded.stdout and "node 3: pid" in degraded.stdout
+
+        stopped = _cli("stop", env=env)
+        assert "was no longer running" in stopped.stdout
+        assert _cli("status", env=env, check=False).returncode == 3
+    finally:
+        _cli("stop", env=env, check=False)
+    assert not any(process.pid_alive(pid) for pid in pids)
+    assert not Path(state["data_dir"]).exists()

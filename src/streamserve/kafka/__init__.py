@@ -1,6 +1,7 @@
 """A real Apache Kafka for streamserve: jars from Maven Central, a local KRaft broker, topics.
 
-``LocalKafka`` runs a single-node broker as a child process; ``admin`` holds topic helpers
+``LocalKafka`` runs a single-node broker as a child process, ``LocalKafkaCluster`` N of
+them as one KRaft cluster (fault tests: kill and restart a node); ``admin`` holds topic helpers
 that work against any bootstrap address; ``jars.ensure_jars`` fetches the broker once.
 Attributes load lazily so that ``streamserve --help`` does not import confluent-kafka.
 """
@@ -12,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from streamserve.kafka.broker import LocalKafka
+    from streamserve.kafka.cluster import LocalKafkaCluster
     from streamserve.kafka.jars import KAFKA_VERSION, ensure_jars
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "ensure_jars"]
+__all__ = ["KAFKA_VERSION", "LocalKafka", "LocalKafkaCluster", "ensure_jars"]
 
 _HOMES = {
     "LocalKafka": "streamserve.kafka.broker",
+    "LocalKafkaCluster": "streamserve.kafka.cluster",
     "KAFKA_VERSION": "streamserve.kafka.jars",
     "ensure_jars": "streamserve.kafka.jars",
 }

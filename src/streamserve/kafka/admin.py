@@ -88,6 +88,7 @@ def create_topics(
         raise InvalidArgument(f"partitions must be at least 1, got {partitions}")
     client = _as_client(kafka)
     new_topics = [
+        # -1: the broker's default.replication.factor (1 on one node, 3 in a cluster)
         NewTopic(name, num_partitions=partitions, replication_factor=-1, config=dict(config or {}))
         for name in names
     ]

@@ -12,10 +12,12 @@ A given ``data_dir`` keeps topics and records across restarts.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -143,6 +145,19 @@ class LocalKafka:
                     )
             proc.wait()
         self._remove_owned_data_dir()
+
+    def kill(self) -> None:
+        """SIGKILL the broker (no clean shutdown), as a crash would; keep its data dir and
+        ports, so ``start()`` brings it back on both (pass fixed ports, e.g.
+        ``streamserve.processes.restartable_port()``, so no other socket takes them)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        atexit.unregister(self.stop)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
     def create_topic(
         self, name: str, partitions: int = 1, config: dict[str, str] | None = None

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     start = actions.add_parser("start", help="start a detached broker; prints host:port last")
     start.add_argument(
         "--data-dir", help="keep data here across restarts (default: a temp dir removed on stop)"
+    )
+    start.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="nodes (KRaft broker+controller each, own process, data dir and ports); with 3 "
+        "or more: replication factor 3 and min.insync.replicas 2 for every internal topic and "
+        "as the default for new topics; prints host:port,host:port,... last",
     )
     start.add_argument("--port", type=int, help="client port (default: a free one)")
     start.add_argument("--controller-port", type=int, help="KRaft controller port")
@@ -105,6 +114,8 @@ def _start(args: argparse.Namespace) -> int:
         print(current.bootstrap_servers)
         return 0
     state.clear(current)  # a broker that died on its own: forget it
+    if args.brokers != 1:
+        return _start_cluster(args)
     begun = time.monotonic()
     require_java()
     if not jars.jars_cached():
@@ -149,6 +160,50 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_cluster(args: argparse.Namespace) -> int:
+    from streamserve.kafka import state
+    from streamserve.kafka.cluster import LocalKafkaCluster
+
+    if args.port is not None or args.controller_port is not None:
+        raise SetupError("--port and --controller-port apply to one broker, not --brokers N")
+    begun = time.monotonic()
+    cluster = LocalKafkaCluster(
+        args.brokers,
+        args.data_dir,
+        host=args.host,
+        startup_timeout=args.timeout,
+        detached=True,
+        extra_properties=_parse_overrides(args.override),
+    )
+    cluster.start()
+    assert cluster.data_dir is not None
+    pids = [node.pid for node in cluster.nodes.values() if node.pid is not None]
+    first = cluster.node(1)
+    state.save(
+        state.BrokerState(
+            pid=pids[0],
+            bootstrap_servers=cluster.bootstrap_servers,
+            version=cluster.version,
+            data_dir=str(cluster.data_dir),
+            log_file=str(first.log_file),
+            owns_data_dir=cluster.owns_data_dir,
+            started_at=time.time(),
+            node_pids=pids,
+        )
+    )
+    print(
+        f"Kafka {cluster.version} cluster of {cluster.size} ready in "
+        f"{time.monotonic() - begun:.1f} s; pids {' '.join(map(str, pids))}"
+    )
+    print(
+        f"data dir {cluster.data_dir}{' (temporary)' if cluster.owns_data_dir else ''}; "
+        f"logs {cluster.data_dir}/node-*/kafka.log"
+    )
+    print("stop it with: streamserve kafka stop")
+    print(cluster.bootstrap_servers)
+    return 0
+
+
 def _parse_overrides(pairs: list[str]) -> dict[str, str]:
     overrides = {}
     for pair in pairs:
@@ -161,20 +216,28 @@ def _parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 def _stop(args: argparse.Namespace) -> int:
     from streamserve.kafka import process, state
+    from streamserve.processes import signal_group
 
     current = state.load()
     if current is None:
         print("no broker started by `streamserve kafka start` is running")
         return 0
-    if state.is_alive(current):
-        started = time.monotonic()
+    live = [pid for pid in current.pids if state.pid_is_broker(pid)]
+    started = time.monotonic()
+    for pid in live:  # all at once: one by one, the last nodes would wait for a lost quorum
+        signal_group(pid, signal.SIGTERM)
+    deadline = started + args.timeout
+    for pid in current.pids:
+        if pid not in live:
+            print(f"Kafka pid {pid} was no longer running")
+            continue
         clean = process.terminate(
-            current.pid, timeout=args.timeout, is_alive=lambda: state.is_alive(current)
+            pid,
+            timeout=max(0.0, deadline - time.monotonic()),
+            is_alive=lambda pid=pid: state.pid_is_broker(pid),  # type: ignore[misc]
         )
         how = "stopped" if clean else f"killed (no clean shutdown within {args.timeout:.0f} s)"
-        print(f"Kafka pid {current.pid} {how} in {time.monotonic() - started:.1f} s")
-    else:
-        print(f"Kafka pid {current.pid} was no longer running")
+        print(f"Kafka pid {pid} {how} in {time.monotonic() - started:.1f} s")
     state.clear(current)
     return 0
 
@@ -195,10 +258,22 @@ def _status(args: argparse.Namespace) -> int:
     answering = admin.is_ready(current.bootstrap_servers, timeout=5.0)
     health = "answering" if answering else "NOT answering metadata requests"
     uptime = time.time() - current.started_at
-    print(f"running: Kafka {current.version}, pid {current.pid}, up {uptime:.0f} s, {health}")
-    print(f"data dir {current.data_dir}; log {current.log_file}")
+    if len(current.pids) == 1:
+        print(f"running: Kafka {current.version}, pid {current.pid}, up {uptime:.0f} s, {health}")
+        print(f"data dir {current.data_dir}; log {current.log_file}")
+        print(current.bootstrap_servers)
+        return 0 if answering else 1
+    running = [pid for pid in current.pids if state.pid_is_broker(pid)]
+    print(
+        f"running: Kafka {current.version} cluster, {len(running)} of {len(current.pids)} "
+        f"nodes up, up {uptime:.0f} s, {health}"
+    )
+    addresses = current.bootstrap_servers.split(",")
+    for node_id, (pid, address) in enumerate(zip(current.pids, addresses, strict=False), 1):
+        print(f"  node {node_id}: pid {pid} {address} {'up' if pid in running else 'DOWN'}")
+    print(f"data dir {current.data_dir}")
     print(current.bootstrap_servers)
-    return 0 if answering else 1
+    return 0 if answering and len(running) == len(current.pids) else 1
 
 
 def _logs(args: argparse.Namespace) -> int:

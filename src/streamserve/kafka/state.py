@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from streamserve.kafka import process
@@ -28,6 +28,12 @@ class BrokerState:
     log_file: str
     owns_data_dir: bool
     started_at: float
+    # A cluster (``start --brokers N``): every node's pid, node 1 first (``pid`` is node 1's).
+    node_pids: list[int] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return self.node_pids or [self.pid]
 
 
 def run_dir() -> Path:
@@ -61,5 +67,9 @@ def clear(state: BrokerState | None) -> None:
 
 
 def is_alive(state: BrokerState) -> bool:
-    """The recorded pid still runs *our* broker (a recycled pid is not mistaken for it)."""
-    return process.pid_alive(state.pid) and "kafka.Kafka" in process.cmdline(state.pid)
+    """A recorded pid still runs *our* broker (a recycled pid is not mistaken for it)."""
+    return any(pid_is_broker(pid) for pid in state.pids)
+
+
+def pid_is_broker(pid: int) -> bool:
+    return process.pid_alive(pid) and "kafka.Kafka" in process.cmdline(pid)

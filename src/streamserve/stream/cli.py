@@ -5,6 +5,13 @@ Embedded:  streamserve stream --bootstrap-servers B --input-topic IN --output-to
 Remote:    ... --model-server grpc://h1:8500,grpc://h2:8500 --model-name tiny
                [--model-version N | --model-label L] [--protocol tfserving|v2]
 Images:    ... --codec image [--output-format classic] [--fetch-allowed-root DIR]
+
+Exit status: 0 after a graceful stop (SIGTERM/SIGINT: drained and committed);
+:data:`EXIT_KAFKA_FATAL` (75) when the Kafka clients broke and rebuilding them kept
+failing (restart it); :data:`EXIT_STOP_FORCED` (70) when a stop did not finish within
+``--shutdown-timeout-s`` + :data:`STOP_GRACE_S` seconds (uncommitted work is redone by
+the next owner); 2 for other errors. A stop never takes longer: if even the forced exit
+cannot run, SIGALRM ends the process :data:`ALARM_MARGIN_S` seconds later.
 """
 
 from __future__ import annotations
@@ -12,7 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import os
 import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,11 @@ STREAM_READY_PREFIX = "streamserve stream ready:"
 """Start of the line ``stream`` prints once it consumes (then ``key=value`` fields)."""
 
 HELP = "run model inference on a Kafka topic (embedded or remote model), exactly-once"
+
+EXIT_KAFKA_FATAL = 75  # EX_TEMPFAIL: Kafka clients unrecoverable in-process; restart
+EXIT_STOP_FORCED = 70  # EX_SOFTWARE: the stop overran its bound and was forced
+STOP_GRACE_S = 10.0  # after --shutdown-timeout-s: last commit (3 s) + closing clients (5 s)
+ALARM_MARGIN_S = 2  # SIGALRM's default action ends the process even if Python cannot run
 
 DEFAULT_FETCH_MAX_BYTES = 20_000_000
 DEFAULT_MAX_PIXELS = 40_000_000  # = streamserve.stream.assembly.DEFAULT_MAX_PIXELS
@@ -105,7 +121,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flow.add_argument("--decode-concurrency", type=int, default=32)
     flow.add_argument("--max-buffered-records", type=int, default=2000)
     flow.add_argument("--commit-interval-ms", type=float, default=100.0)
-    flow.add_argument("--shutdown-timeout-s", type=float, default=7.0)
+    flow.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        default=7.0,
+        help="on SIGTERM, wait this long for in-flight work; the process ends within "
+        f"this + {STOP_GRACE_S:g} s in any case",
+    )
+    flow.add_argument(
+        "--kafka-timeout-s",
+        type=float,
+        default=5.0,
+        help="bound of each transactional call (init, send offsets, commit, abort); a "
+        "consumer-thread call stuck for 4x this + 5 s makes the processor rebuild its clients",
+    )
     flow.add_argument("--breaker-failures", type=int, default=5)
     flow.add_argument("--breaker-cooldown-s", type=float, default=1.0)
     flow.add_argument("--breaker-max-cooldown-s", type=float, default=10.0)
@@ -157,11 +186,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:  # logging: set up by streamserve.cli.main
+    from streamserve.stream.kafka_io import FatalStreamError
+
     try:
         asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
+    except FatalStreamError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        return EXIT_KAFKA_FATAL
     return 0
+
+
+class StopWatchdog:
+    """Guarantees that a stop ends the process within ``bound_s`` of the first signal.
+
+    The graceful path (drain, last commit, closing clients) is bounded on its own; this
+    covers whatever is not (a librdkafka call stuck in C, a destructor at exit): a timer
+    thread calls ``os._exit(EXIT_STOP_FORCED)``, and SIGALRM, whose default action needs no
+    Python code to run, ends the process ``ALARM_MARGIN_S`` later as the last resort.
+    """
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
+        self._armed = False
+
+    def arm(self) -> None:
+        if self._armed:
+            return
+        self._armed = True
+        signal.alarm(math.ceil(self.bound_s) + ALARM_MARGIN_S)
+        timer = threading.Timer(self.bound_s, self._force)
+        timer.daemon = True
+        timer.start()
+
+    def _force(self) -> None:
+        print(
+            f"streamserve stream: stop did not finish within {self.bound_s:g} s; exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_STOP_FORCED)
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -169,9 +234,15 @@ async def _run(args: argparse.Namespace) -> None:
 
     async with contextlib.AsyncExitStack() as stack:
         processor = await assemble(_pipeline_spec(args), stack, on_ready=_print_ready)
+        watchdog = StopWatchdog(args.shutdown_timeout_s + STOP_GRACE_S)
+
+        def stop() -> None:
+            watchdog.arm()
+            processor.stop()
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, processor.stop)
+            loop.add_signal_handler(signum, stop)
         await processor.run()
 
 
@@ -201,6 +272,7 @@ def _processor_config(args: argparse.Namespace) -> Any:
         max_buffered_records=args.max_buffered_records,
         commit_interval_ms=args.commit_interval_ms,
         shutdown_timeout_s=args.shutdown_timeout_s,
+        kafka_timeout_s=args.kafka_timeout_s,
         output_partitioning=args.output_partitioning,
         create_missing_topics=not args.no_create_topics,
         metrics_port=args.metrics_port,

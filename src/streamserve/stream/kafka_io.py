@@ -13,15 +13,26 @@ A sink owns the producer and the delivery guarantee:
 
 ``commit`` raises :class:`CheckpointAborted` when the cycle's work must be redone
 (the caller rewinds to the committed offsets) and :class:`FatalStreamError` when the
-producer is unusable (fenced by a newer instance, fatal idempotence error).
+clients are unusable (a fatal librdkafka error such as a fenced producer or static
+consumer, or a transaction that could not be committed nor aborted within its bound):
+the processor then rebuilds both clients and resumes from the committed offsets.
+
+Every blocking client call is bounded: transactional calls take ``timeout_s``
+(:data:`KAFKA_TIMEOUT_S` by default), :meth:`ConsumerThread.call` takes a deadline (a
+call that overruns it is abandoned on its thread), and closing runs under
+:data:`CLOSE_TIMEOUT_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -34,6 +45,20 @@ log = logging.getLogger("streamserve.stream.kafka")
 T = TypeVar("T")
 Offsets = dict[tuple[str, int], int]
 Headers = list[tuple[str, bytes]]
+
+KAFKA_TIMEOUT_S = 5.0  # each transactional call (init, send offsets, commit, abort)
+CLOSE_TIMEOUT_S = 5.0  # closing a consumer+producer pair, in all
+COMMIT_ATTEMPTS = 2  # commit_transaction tries on a retriable error (e.g. a leader moving)
+
+
+def call_deadline(kafka_timeout_s: float) -> float:
+    """How long a consumer-thread call may run before it counts as stuck: a checkpoint
+    makes at most four bounded calls (send offsets, two commit attempts, an abort), plus
+    slack. librdkafka does not always honour a timeout while a coordinator is gone."""
+    return (2 + COMMIT_ATTEMPTS) * kafka_timeout_s + 5.0
+
+
+CALL_DEADLINE_S = call_deadline(KAFKA_TIMEOUT_S)
 
 
 class CheckpointAborted(StreamserveError):
@@ -95,20 +120,69 @@ def kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+def is_fatal(error: KafkaError) -> bool:
+    """A client that reported this error is unusable and must be rebuilt.
+
+    librdkafka reports a fatal error either as the error itself (``fatal()``) or as an
+    event with code ``_FATAL`` ("Fatal error: ...") whose ``fatal()`` is false.
+    """
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
+
+
 def topic_partitions(offsets: Offsets) -> list[TopicPartition]:
     return [TopicPartition(topic, part, offset) for (topic, part), offset in offsets.items()]
 
 
+class ConsumerThreadStuck(FatalStreamError):
+    """A call on the consumer thread overran its deadline; the thread is abandoned."""
+
+
 class ConsumerThread:
-    """Runs every call on the consumer on one thread, awaited from the event loop."""
+    """Runs every call on the consumer on one thread, awaited from the event loop.
 
-    def __init__(self, consumer: Consumer) -> None:
+    The thread is a daemon: a call stuck inside librdkafka never keeps the interpreter
+    from exiting, and a caller stops waiting for it after its deadline.
+    """
+
+    def __init__(self, consumer: Consumer, deadline_s: float = CALL_DEADLINE_S) -> None:
         self.consumer = consumer
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        self.deadline_s = deadline_s
+        self.closed = False
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._serve, name="kafka-consumer", daemon=True)
+        self._thread.start()
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    async def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        deadline_s: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """``fn(*args, **kwargs)`` on the consumer thread; :class:`ConsumerThreadStuck`
+        when it does not return within ``deadline_s`` (default: the thread's)."""
+        deadline_s = self.deadline_s if deadline_s is None else deadline_s
+        future: Future[T] = Future()
+        self._calls.put((lambda: fn(*args, **kwargs), future))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), deadline_s)
+        except TimeoutError:
+            name = getattr(fn, "__name__", repr(fn))
+            raise ConsumerThreadStuck(
+                f"consumer thread stuck in {name} for more than {deadline_s:g} s"
+            ) from None
 
     async def consume(self, max_records: int, timeout_s: float) -> list[Message]:
         """What is ready now, up to ``max_records``; else wait up to ``timeout_s`` for one.
@@ -122,11 +196,14 @@ class ConsumerThread:
         messages = self.consumer.consume(max_records, 0)
         return messages or self.consumer.consume(1, timeout_s)
 
-    async def close(self) -> None:
+    async def close(self, deadline_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the consumer (``Consumer.close`` has no timeout: bounded here by
+        ``deadline_s``, then abandoned) and end the thread."""
+        self.closed = True
         try:
-            await self.call(self.consumer.close)
+            await self.call(self.consumer.close, deadline_s=deadline_s)
         finally:
-            self._executor.shutdown(wait=False)
+            self._calls.put(None)
 
 
 class _Sink:
@@ -139,11 +216,26 @@ class _Sink:
     ``produce`` overlap a ``commit``.
     """
 
-    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, producer: Producer, consumer: Consumer, timeout_s: float = KAFKA_TIMEOUT_S
+    ) -> None:
         self.producer = producer
         self.consumer = consumer
         self.timeout_s = timeout_s
         self.failed_deliveries: list[KafkaError] = []
+        # Set when the producer failed for good (a fatal error, raised by produce or poll,
+        # or, in a transaction, an abortable state): what follows is dropped, and the next
+        # commit aborts (or raises FatalStreamError) instead.
+        self.broken: KafkaError | None = None
+        self.step = ""  # the blocking producer call under way (names a stuck one)
+
+    def _broke(self, exc: KafkaException) -> bool:
+        """Remember a producer failure that ends this cycle; False if it is about a record."""
+        error = kafka_error(exc)
+        if error is None or not is_fatal(error):
+            return False
+        self.broken = error
+        return True
 
     def produce(
         self,
@@ -158,32 +250,59 @@ class _Sink:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
-        while True:
+        deadline = time.monotonic() + self.timeout_s
+        while self.broken is None:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
-                self.producer.poll(0.05)  # queue full: serve deliveries, then retry
+                if time.monotonic() > deadline:  # nothing delivers: redo this cycle
+                    self.broken = KafkaError(KafkaError._QUEUE_FULL, "producer queue full")
+                    return
+                self.poll(0.05)  # queue full: serve deliveries, then retry
+            except KafkaException as exc:
+                if not self._broke(exc):
+                    raise  # about this record (e.g. too large): the caller dead-letters it
 
-    def poll(self) -> None:
-        self.producer.poll(0)
+    def poll(self, timeout_s: float = 0) -> None:
+        try:
+            self.producer.poll(timeout_s)
+        except KafkaException as exc:  # a fatal error surfaces here too (e.g. fenced)
+            if not self._broke(exc):
+                raise
 
     def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
             self.failed_deliveries.append(error)
 
-    def close(self) -> None:
-        self.producer.flush(5.0)
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        self.producer.flush(timeout_s)
+
+    def discard(self) -> None:
+        """Drop what is queued (the clients are being rebuilt; it will be redone)."""
+        with contextlib.suppress(KafkaException):  # a fatal producer refuses even this
+            self.producer.purge()
+            self.producer.flush(0)
 
 
 class TransactionalSink(_Sink):
-    def __init__(self, producer: Producer, consumer: Consumer, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, producer: Producer, consumer: Consumer, timeout_s: float = KAFKA_TIMEOUT_S
+    ) -> None:
         super().__init__(producer, consumer, timeout_s)
         self.in_transaction = False
+
+    def _broke(self, exc: KafkaException) -> bool:
+        error = kafka_error(exc)
+        if error is not None and error.code() == KafkaError._STATE:
+            self.broken = error  # the transaction is in an abortable state
+            return True
+        return super()._broke(exc)
 
     def start(self) -> None:
         """Fence older instances with our transactional.id and abort what they left open."""
         try:
+            self.step = "init_transactions"
             self.producer.init_transactions(self.timeout_s)
         except KafkaException as exc:
             raise FatalStreamError(f"cannot initialise transactions: {exc}") from exc
@@ -196,9 +315,14 @@ class TransactionalSink(_Sink):
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        if not self.in_transaction:
-            self._begin()
-        super().produce(topic, value, key, headers, partition)
+        if self.broken is not None:
+            return  # this transaction will be aborted and its records redone
+        try:
+            if not self.in_transaction:
+                self._begin()
+            super().produce(topic, value, key, headers, partition)
+        except FatalStreamError as exc:  # begin_transaction refused
+            self.broken = KafkaError(KafkaError._FATAL, str(exc), fatal=True)
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit this cycle's outputs together with ``offsets`` (one transaction).
@@ -206,12 +330,15 @@ class TransactionalSink(_Sink):
         KIP-447: the offsets carry the consumer's group metadata (generation, member), so
         the broker refuses them from an instance that no longer owns the partitions.
         """
+        if self.broken is not None:
+            self._abort_broken()
         if not self.in_transaction:
             if not offsets:
                 return False
             self._begin()
         try:
             if offsets:
+                self.step = "send_offsets_to_transaction"
                 self.producer.send_offsets_to_transaction(
                     topic_partitions(offsets),
                     self.consumer.consumer_group_metadata(),
@@ -224,9 +351,10 @@ class TransactionalSink(_Sink):
             self.in_transaction = False
         return True
 
-    def _commit_with_retries(self, attempts: int = 3) -> None:
+    def _commit_with_retries(self, attempts: int = COMMIT_ATTEMPTS) -> None:
         for attempt in range(attempts):
             try:
+                self.step = f"commit_transaction (attempt {attempt + 1})"
                 self.producer.commit_transaction(self.timeout_s)
                 return
             except KafkaException as exc:
@@ -234,26 +362,44 @@ class TransactionalSink(_Sink):
                 if error is None or not error.retriable() or attempt == attempts - 1:
                     raise
 
+    def _abort_broken(self) -> None:
+        error = self.broken
+        assert error is not None
+        if is_fatal(error):
+            raise FatalStreamError(f"producer failed: {error.str()}")
+        log_event(log, "transaction aborted", logging.WARNING, error=error.str())
+        self.abort()  # clears ``broken``
+        raise CheckpointAborted(f"transaction aborted: {error.str()}")
+
     def _after_failed_commit(self, exc: KafkaException) -> None:
+        """A fatal error ends the clients; any other failure aborts the transaction (and if
+        even the abort fails, e.g. the broker is gone, the clients are rebuilt)."""
         error = kafka_error(exc)
-        if error is not None and error.txn_requires_abort():
-            log_event(log, "transaction aborted", logging.WARNING, error=error.str())
-            self.abort()
-            raise CheckpointAborted(f"transaction aborted: {error.str()}") from exc
-        raise FatalStreamError(f"transaction failed: {exc}") from exc
+        if error is None or is_fatal(error):
+            raise FatalStreamError(f"transaction failed: {exc}") from exc
+        log_event(log, "transaction aborted", logging.WARNING, error=error.str())
+        self.abort()
+        raise CheckpointAborted(f"transaction aborted: {error.str()}") from exc
 
     def abort(self) -> None:
-        """Abort the open transaction (its outputs and offsets disappear)."""
+        """Abort the open transaction (its outputs and offsets disappear).
+
+        Only a completed abort lets the caller rewind and redo the work: when the abort
+        fails (even with a state error: a commit may be under way), the outcome of the
+        transaction is unknown and :class:`FatalStreamError` makes the processor rebuild
+        its clients, whose ``init_transactions`` settles it before anything is read again.
+        """
+        was_open = self.in_transaction or self.broken is not None
         self.in_transaction = False
+        self.broken = None
+        self.failed_deliveries.clear()
+        if not was_open:
+            return  # no transaction was open
         try:
+            self.step = "abort_transaction"
             self.producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
-            error = kafka_error(exc)
-            if error is not None and error.code() == KafkaError._STATE:
-                return  # no transaction was open
             raise FatalStreamError(f"cannot abort transaction: {exc}") from exc
-        finally:
-            self.failed_deliveries.clear()
 
     def _begin(self) -> None:
         try:
@@ -262,9 +408,10 @@ class TransactionalSink(_Sink):
             raise FatalStreamError(f"cannot begin a transaction: {exc}") from exc
         self.in_transaction = True
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         if self.in_transaction:
-            self.abort()
+            self.in_transaction = False
+            self.producer.abort_transaction(timeout_s)
 
 
 class AtLeastOnceSink(_Sink):
@@ -277,7 +424,12 @@ class AtLeastOnceSink(_Sink):
         Returns False when the offset commit failed: outputs are delivered and the next
         commit (absolute offsets) covers these records too, so nothing is redone.
         """
-        remaining = self.producer.flush(self.timeout_s)
+        if self.broken is not None:
+            raise FatalStreamError(f"producer failed: {self.broken.str()}")
+        try:
+            remaining = self.producer.flush(self.timeout_s)
+        except KafkaException as exc:
+            raise FatalStreamError(f"producer failed: {exc}") from exc
         if self.failed_deliveries or remaining:
             errors = [e.str() for e in self.failed_deliveries[:3]]
             self.failed_deliveries.clear()

@@ -21,25 +21,47 @@ How a record's journey stays correct:
 4. **Failures.** A bad record → DLQ with headers naming stage, reason and exception; a
    transient model error → retried (never DLQ); all breakers open → fallback model, or
    consumption pauses until a half-open probe succeeds (:mod:`~streamserve.stream.invoker`).
-5. **Health.** ``/healthz`` and ``/readyz`` beside ``/metrics`` on ``metrics_port``
+5. **Stop.** ``stop()`` stops consuming, lets in-flight work finish (bounded by
+   ``shutdown_timeout_s``), commits it (bounded by :data:`FINAL_COMMIT_S`) and closes the
+   clients (bounded by :data:`~streamserve.stream.kafka_io.CLOSE_TIMEOUT_S`): ``run``
+   returns at most ``shutdown_timeout_s + FINAL_COMMIT_S + CLOSE_TIMEOUT_S`` seconds after
+   ``stop()``, whatever state Kafka is in.
+6. **Broken clients.** A fatal client error (a fenced static consumer or producer, a
+   ``_FATAL`` event, a transaction that can be neither committed nor aborted, a consumer
+   call stuck past its deadline) is never just logged: the processor drops everything
+   uncommitted, closes both clients (bounded), builds new ones, re-initialises
+   transactions (which fences the old producer and settles its open transaction) and
+   resubscribes, so the work resumes from the committed offsets without a restart. While
+   the brokers are unreachable it keeps retrying; more than ``max_client_rebuilds``
+   rebuilds within ``client_rebuild_window_s`` (e.g. two live instances sharing one
+   ``instance_id`` fencing each other) end ``run`` with :class:`FatalStreamError`.
+7. **Health.** ``/healthz`` and ``/readyz`` beside ``/metrics`` on ``metrics_port``
    (:mod:`~streamserve.stream.health`): live while the event loop and the consume loop make
-   progress; ready while the model answers, the group is joined and a breaker is closed.
-6. **Stop.** ``stop()`` stops consuming, lets in-flight work finish (bounded by
-   ``shutdown_timeout_s``), commits it and closes the clients.
+   progress (a client rebuild that keeps retrying counts as progress); ready while the
+   model answers, the group is joined (not while clients are rebuilt) and a breaker is
+   closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, Producer
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamserve.predictors.base import Predictor
@@ -58,6 +80,8 @@ from streamserve.stream.topics import ensure_topics
 
 log = logging.getLogger("streamserve.stream")
 BUFFER_FULL_WAIT_S = 0.005  # how long the consume loop waits for the pipeline to drain
+FINAL_COMMIT_S = 3.0  # a stop's last commit, after shutdown_timeout_s at most
+RebalanceCallback = Callable[[Consumer, list[KafkaTopicPartition]], None]
 
 Guarantee = Literal["exactly-once", "at-least-once"]
 
@@ -85,6 +109,9 @@ class ProcessorConfig:
     consume_batch_size: int = 500
     commit_interval_ms: float = 100.0
     shutdown_timeout_s: float = 7.0
+    kafka_timeout_s: float = kafka_io.KAFKA_TIMEOUT_S  # each transactional call
+    max_client_rebuilds: int = 5  # within client_rebuild_window_s, then run() fails
+    client_rebuild_window_s: float = 300.0
     output_partitioning: Literal["input", "key"] = "input"
     create_missing_topics: bool = True
     metrics_port: int | None = None  # also serves /healthz and /readyz
@@ -163,6 +190,9 @@ class StreamProcessor:
         self._sinking = True
         self._closed = False
         self._records_in = self.metrics.records_in.labels(config.input_topic)
+        self._generation = 0  # bumped when the clients are rebuilt: old callbacks go quiet
+        self._clients_ok = False
+        self._rebuilds: list[float] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -209,25 +239,7 @@ class StreamProcessor:
             [cfg.output_topic, cfg.resolved_dlq_topic],
             cfg.create_missing_topics,
         )
-        consumer = Consumer(
-            kafka_io.consumer_settings(
-                cfg.bootstrap_servers, cfg.group_id, cfg.group_instance_id, cfg.consumer_overrides
-            )
-        )
-        exactly_once = cfg.guarantee == "exactly-once"
-        producer = Producer(
-            kafka_io.producer_settings(
-                cfg.bootstrap_servers,
-                cfg.transactional_id if exactly_once else None,
-                cfg.producer_overrides,
-            )
-        )
-        self._kafka: kafka_io.ConsumerThread = kafka_io.ConsumerThread(consumer)
-        self._sink: kafka_io.Sink = (
-            kafka_io.TransactionalSink(producer, consumer)
-            if exactly_once
-            else kafka_io.AtLeastOnceSink(producer, consumer)
-        )
+        await self._connect()
         self._writer = OutputWriter(
             self._sink,
             cfg.output_topic,
@@ -235,14 +247,6 @@ class StreamProcessor:
             partitions[cfg.output_topic],
             cfg.output_partitioning,
             self.metrics,
-        )
-        await self._kafka.call(self._sink.start)
-        await self._kafka.call(
-            consumer.subscribe,
-            [cfg.input_topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
         )
         if cfg.metrics_port is not None:
             self._operations = OperationsServer(
@@ -261,6 +265,105 @@ class StreamProcessor:
         log_event(log, "stream started", **info)
         if self.on_ready is not None:
             self.on_ready(info)
+
+    async def _connect(self) -> None:
+        """New consumer and producer: initialise transactions, then subscribe."""
+        cfg = self.config
+        consumer = Consumer(
+            kafka_io.consumer_settings(
+                cfg.bootstrap_servers, cfg.group_id, cfg.group_instance_id, cfg.consumer_overrides
+            )
+        )
+        exactly_once = cfg.guarantee == "exactly-once"
+        producer = Producer(
+            kafka_io.producer_settings(
+                cfg.bootstrap_servers,
+                cfg.transactional_id if exactly_once else None,
+                cfg.producer_overrides,
+            )
+        )
+        self._kafka: kafka_io.ConsumerThread = kafka_io.ConsumerThread(
+            consumer, kafka_io.call_deadline(cfg.kafka_timeout_s)
+        )
+        self._sink: kafka_io.Sink = (
+            kafka_io.TransactionalSink(producer, consumer, cfg.kafka_timeout_s)
+            if exactly_once
+            else kafka_io.AtLeastOnceSink(producer, consumer, cfg.kafka_timeout_s)
+        )
+        if getattr(self, "_writer", None) is not None:
+            self._writer.sink = self._sink
+        await self._kafka.call(self._sink.start)
+        await self._kafka.call(
+            consumer.subscribe,
+            [cfg.input_topic],
+            on_assign=self._callback(self._on_assign),
+            on_revoke=self._callback(self._on_revoke),
+            on_lost=self._callback(self._on_lost),
+        )
+        self._clients_ok = True
+
+    def _callback(self, handler: RebalanceCallback) -> RebalanceCallback:
+        """``handler`` for the current clients only: once they are replaced (or closing
+        during a rebuild) their callbacks must not touch the book or the new sink."""
+        generation = self._generation
+
+        def callback(consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+            if generation == self._generation:
+                handler(consumer, partitions)
+
+        return callback
+
+    async def _rebuild_clients(self, reason: str) -> None:
+        """Replace broken clients; resume from the committed offsets (see module doc, 6)."""
+        cfg = self.config
+        now = time.monotonic()
+        self._rebuilds = [t for t in self._rebuilds if now - t < cfg.client_rebuild_window_s]
+        self._rebuilds.append(now)
+        if len(self._rebuilds) > cfg.max_client_rebuilds:
+            raise FatalStreamError(
+                f"{reason} (after {cfg.max_client_rebuilds} client rebuilds within "
+                f"{cfg.client_rebuild_window_s:g} s)"
+            )
+        self.metrics.client_rebuilds.inc()
+        log_event(
+            log,
+            "kafka clients failed; rebuilding them",
+            logging.ERROR,
+            reason=reason,
+            last_call=getattr(self._sink, "step", "") or "-",
+            owned=len(self.book),
+            buffered=self.book.buffered,
+        )
+        self._committing = True  # nothing is produced until the new clients are ready
+        self._generation += 1
+        self._clients_ok = False
+        self.health.joined = False  # not ready until the new consumer joins
+        # Nothing uncommitted survives: the new consumer starts from the committed offsets.
+        self.book.remove([state.key for state in self.book])
+        self._paused.clear()
+        await self._close_clients(graceful=False, discard=True)
+        attempts = 0
+        while self._consuming and not self._clients_ok:
+            self.health.consume_round()  # retrying is progress: liveness holds
+            attempts += 1
+            try:
+                await self._connect()
+            except Exception as exc:  # e.g. no broker answers yet: init_transactions times out
+                log_event(
+                    log,
+                    "kafka clients not ready",
+                    logging.WARNING,
+                    attempt=attempts,
+                    error=str(exc)[:300],
+                )
+                self._generation += 1
+                await self._close_clients(graceful=False, discard=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), min(5.0, 0.25 * 2**attempts))
+        self._committing = False
+        self._ready.set()
+        if self._clients_ok:
+            log_event(log, "kafka clients rebuilt", logging.WARNING, attempts=attempts)
 
     def _start_workers(self) -> list[asyncio.Task[None]]:
         cfg = self.config
@@ -284,18 +387,34 @@ class StreamProcessor:
         return tasks
 
     async def _drain(self, consume: asyncio.Task[None], sink: asyncio.Task[None]) -> None:
-        """Graceful stop: no new records; finish, produce and commit what is in flight."""
+        """Graceful stop: no new records; finish, produce and commit what is in flight.
+
+        Bounded: ``shutdown_timeout_s`` for the in-flight work, then :data:`FINAL_COMMIT_S`
+        for the last commit; whatever is not committed by then is redone by the next owner.
+        """
         started = time.monotonic()
         log_event(log, "stream stopping", buffered=self.book.buffered)
         self._consuming = False
-        await consume
-        deadline = started + self.config.shutdown_timeout_s
-        while self.book.buffered > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        self._sinking = False
-        self._ready.set()
-        await sink
-        await self._checkpoint()
+        try:
+            async with asyncio.timeout(self.config.shutdown_timeout_s + FINAL_COMMIT_S):
+                await consume
+                deadline = started + self.config.shutdown_timeout_s
+                while self.book.buffered > 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                self._sinking = False
+                self._ready.set()
+                await sink
+                await self._checkpoint()
+        except TimeoutError:
+            self._closed = True
+            log_event(
+                log,
+                "stream drain abandoned",
+                logging.WARNING,
+                unfinished=self.book.buffered,
+                seconds=round(time.monotonic() - started, 3),
+            )
+            return
         self._closed = True
         log_event(
             log,
@@ -314,16 +433,24 @@ class StreamProcessor:
             await asyncio.to_thread(self._operations.close)
         log_event(log, "stream stopped", graceful=graceful)
 
-    async def _close_clients(self, graceful: bool) -> None:
-        kafka = getattr(self, "_kafka", None)  # set by _open
-        if kafka is None:
+    async def _close_clients(self, graceful: bool, discard: bool = False) -> None:
+        """Close the current clients within ``CLOSE_TIMEOUT_S`` (abandoning a stuck call).
+
+        ``discard``: the clients are being replaced; drop queued records instead of
+        flushing them, and leave an open transaction to the next ``init_transactions``.
+        """
+        kafka = getattr(self, "_kafka", None)  # set by _connect
+        sink = getattr(self, "_sink", None)
+        if kafka is None or kafka.closed:
             return
-        steps = [kafka.close]
-        if getattr(self, "_sink", None) is not None:
-            steps.insert(0, lambda: kafka.call(self._sink.close))
-        for step in steps:
+        deadline = time.monotonic() + kafka_io.CLOSE_TIMEOUT_S
+        steps: list[Callable[[float], Awaitable[None]]] = [kafka.close]
+        if sink is not None:
+            step = sink.discard if discard else sink.close
+            steps.insert(0, lambda left: kafka.call(step, deadline_s=left))
+        for close in steps:  # each within what is left (a stuck thread makes both time out)
             try:
-                await step()
+                await close(max(0.1, deadline - time.monotonic()))
             except Exception as exc:  # closing after a failure must not hide the failure
                 log_event(log, "close failed", logging.WARNING, error=str(exc), graceful=graceful)
 
@@ -336,29 +463,41 @@ class StreamProcessor:
         next_lag_update = 0.0
         while self._consuming:
             self.health.consume_round()
-            await self._apply_seeks()
-            await self._apply_flow_control()
-            if self.book.buffered >= self.config.max_buffered_records:
-                # Not pause(): librdkafka drops a paused partition's prefetched records,
-                # and fetching them again costs more than waiting for the pipeline here.
-                await asyncio.sleep(BUFFER_FULL_WAIT_S)
-                messages = []
-            else:
-                messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
-            for message in messages:
-                self._intake(message)
-            if time.monotonic() >= next_checkpoint:
-                await self._checkpoint()
-                next_checkpoint = time.monotonic() + interval
-            if time.monotonic() >= next_lag_update:
-                await self._kafka.call(self._update_lag)
-                next_lag_update = time.monotonic() + 1.0
+            try:
+                await self._apply_seeks()
+                await self._apply_flow_control()
+                if self.book.buffered >= self.config.max_buffered_records:
+                    # Not pause(): librdkafka drops a paused partition's prefetched records,
+                    # and fetching them again costs more than waiting for the pipeline here.
+                    await asyncio.sleep(BUFFER_FULL_WAIT_S)
+                    messages = []
+                else:
+                    messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
+                for message in messages:
+                    self._intake(message)
+                if time.monotonic() >= next_checkpoint:
+                    await self._checkpoint()
+                    next_checkpoint = time.monotonic() + interval
+                if time.monotonic() >= next_lag_update:
+                    await self._kafka.call(self._update_lag)
+                    next_lag_update = time.monotonic() + 1.0
+            except FatalStreamError as exc:
+                await self._rebuild_clients(exc.message)
+            except KafkaException as exc:
+                error = kafka_io.kafka_error(exc)
+                if error is not None and kafka_io.is_fatal(error):
+                    await self._rebuild_clients(f"consumer failed: {error.str()}")
+                    continue
+                # e.g. pause() or a lag lookup refused while a broker is away: the step is
+                # retried next round (nothing changed state), the processor does not die.
+                log_event(log, "consumer call failed", logging.WARNING, error=str(exc))
+                await asyncio.sleep(0.1)
         self.health.consume_stopped()
 
     def _intake(self, message: Message) -> None:
         error = message.error()
         if error is not None:
-            if error.fatal():
+            if kafka_io.is_fatal(error):  # never only a warning: the consumer is dead
                 raise FatalStreamError(f"consumer failed: {error.str()}")
             if error.code() != KafkaError._PARTITION_EOF:
                 log_event(log, "consumer error", logging.WARNING, error=error.str())
@@ -603,6 +742,8 @@ class StreamProcessor:
         ``consume()`` and its rebalance callbacks; ``_committing`` keeps the sink loop from
         producing into a transaction that is being committed.
         """
+        if not self._clients_ok:
+            return  # being rebuilt: nothing uncommitted is left to commit
         self._committing = True
         try:
             self._emit_ready()

@@ -116,6 +116,11 @@ class StreamMetrics:
         self.rebalances = Counter(
             f"{_NS}_rebalances", "Partition assignment changes, by kind", ["kind"], registry=r
         )
+        self.client_rebuilds = Counter(
+            f"{_NS}_kafka_client_rebuilds",
+            "Kafka consumer+producer rebuilt after a fatal client error",
+            registry=r,
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``port`` (0 picks a free one); return the bound port."""

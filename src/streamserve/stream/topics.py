@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported in its stubs
+    AdminClient,
+    ClusterMetadata,
+)
 
 from streamserve.errors import NotFound, Unavailable
 from streamserve.kafka.admin import create_topics
@@ -27,16 +30,25 @@ def ensure_topics(
     if missing and not create:
         raise NotFound(f"topics {missing} do not exist on {bootstrap_servers}")
     if missing:
+        # create_topics returns once each new topic has a leader for every partition: the
+        # counts are known without reading the (possibly lagging) full metadata again
         create_topics(admin, missing, counts[input_topic], timeout=_TIMEOUT_S)
-        counts = _partition_counts(admin)
+        counts.update(dict.fromkeys(missing, counts[input_topic]))
     return counts
 
 
 def _partition_counts(admin: AdminClient) -> dict[str, int]:
+    return _counts(_metadata(admin))
+
+
+def _metadata(admin: AdminClient) -> ClusterMetadata:
     try:
-        cluster = admin.list_topics(timeout=_TIMEOUT_S)
+        return admin.list_topics(timeout=_TIMEOUT_S)
     except KafkaException as exc:
         raise Unavailable(f"Kafka did not answer: {exc}") from exc
+
+
+def _counts(cluster: ClusterMetadata) -> dict[str, int]:
     return {
         name: len(topic.partitions)
         for name, topic in cluster.topics.items()
