@@ -178,9 +178,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ops.add_argument(
         "--health-stall-timeout-s",
         type=float,
-        default=DEFAULT_STALL_TIMEOUT_S,
         help="/healthz fails once the event loop or the consume loop has made no progress "
-        "for this long",
+        f"for this long (default: {DEFAULT_STALL_TIMEOUT_S:g}, or 5 s more than a Kafka "
+        "call's deadline when --kafka-timeout-s makes that longer: a stuck Kafka call is "
+        "first recovered in-process)",
     )
     add_log_format_argument(ops)
 
@@ -251,6 +252,15 @@ def _print_ready(info: dict[str, Any]) -> None:
     print(f"{STREAM_READY_PREFIX} {fields}", flush=True)
 
 
+def _stall_timeout_s(args: argparse.Namespace) -> float:
+    """The liveness bound: given, else longer than the in-process recovery of a stuck call."""
+    from streamserve.stream.kafka_io import call_deadline
+
+    if args.health_stall_timeout_s is not None:
+        return float(args.health_stall_timeout_s)
+    return max(DEFAULT_STALL_TIMEOUT_S, call_deadline(args.kafka_timeout_s) + 5.0)
+
+
 def _processor_config(args: argparse.Namespace) -> Any:
     from streamserve.stream.breaker import BreakerPolicy
     from streamserve.stream.health import HealthPolicy
@@ -276,7 +286,7 @@ def _processor_config(args: argparse.Namespace) -> Any:
         output_partitioning=args.output_partitioning,
         create_missing_topics=not args.no_create_topics,
         metrics_port=args.metrics_port,
-        health=HealthPolicy(stall_timeout_s=args.health_stall_timeout_s),
+        health=HealthPolicy(stall_timeout_s=_stall_timeout_s(args)),
         breaker=BreakerPolicy(
             args.breaker_failures,
             args.breaker_cooldown_s,
