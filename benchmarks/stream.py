@@ -36,6 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from streamserve.kafka import client_config
+
 HELP = "stream processor benchmark: embedded vs remote modes on a real Kafka broker"
 
 
@@ -142,8 +144,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     infra = parser.add_argument_group("infrastructure and output")
     infra.add_argument("--out", type=Path, default=Path("bench-results/stream"))
-    infra.add_argument(
-        "--bootstrap-servers", help="use this broker instead of starting a LocalKafka"
+    client_config.add_arguments(
+        infra,
+        bootstrap_help="use this Kafka cluster instead of starting a LocalKafka (also "
+        "bootstrap.servers from --kafka-config or STREAMSERVE_KAFKA_BOOTSTRAP_SERVERS); its "
+        "security settings come from the same flags, file or environment",
     )
     infra.add_argument("--work-dir", type=Path, help="models go here (default: OUT/models)")
     infra.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -176,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_info()
     started = time.time()
     with contextlib.ExitStack() as stack:
-        bootstrap, broker_pid = _broker(args, stack)
-        ctx = _context(args, bootstrap, broker_pid, logs)
+        kafka, broker_pid = _broker(args, stack)
+        ctx = _context(args, kafka, broker_pid, logs)
         workloads = _workloads(models, args.work_dir or out / "models")
         runs = (
             {model: _run_modes(args, ctx, workloads[model], modes) for model in models}
@@ -214,21 +219,35 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _broker(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[str, int | None]:
-    if args.bootstrap_servers:
-        return args.bootstrap_servers, None
+def _broker(
+    args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[client_config.KafkaClientConfig, int | None]:
+    """The given cluster's client configuration, else a LocalKafka's; and its broker pid."""
+    kafka = client_config.from_args(args)
+    if kafka.bootstrap_servers:
+        from streamserve.kafka.admin import connected_admin
+
+        connected_admin(kafka.for_role("admin"), args.kafka_connect_timeout_s)
+        return kafka, None
     from streamserve.kafka import LocalKafka
 
     print("starting a local Kafka broker ...", file=sys.stderr, flush=True)
-    kafka = stack.enter_context(LocalKafka())
-    return kafka.bootstrap_servers, kafka.pid
+    local = stack.enter_context(LocalKafka())
+    return client_config.KafkaClientConfig(local.client_config), local.pid
 
 
-def _context(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, logs: Path) -> Any:
+def _context(
+    args: argparse.Namespace,
+    kafka: client_config.KafkaClientConfig,
+    broker_pid: int | None,
+    logs: Path,
+) -> Any:
     from benchmarks.stream_run import BenchContext
 
     return BenchContext(
-        bootstrap=bootstrap,
+        bootstrap=dict(kafka.common),
+        kafka_config=args.kafka_config,
+        kafka_role_flags={role: getattr(args, f"{role}_config") for role in client_config.ROLES},
         broker_pid=broker_pid,
         logs_dir=logs,
         run_id=f"sb-{uuid.uuid4().hex[:8]}",

@@ -21,6 +21,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from streamserve.kafka.admin import Kafka, client_settings
+
 TOPIC_CONFIG = {"message.timestamp.type": "LogAppendTime"}
 Progress = Callable[[int], None]
 
@@ -42,16 +44,16 @@ class ReadRecord:
     value: bytes | None = None
 
 
-def create_topics(bootstrap_servers: str, names: Sequence[str], partitions: int) -> None:
+def create_topics(bootstrap_servers: Kafka, names: Sequence[str], partitions: int) -> None:
     from streamserve.kafka import admin
 
     admin.create_topics(bootstrap_servers, names, partitions, TOPIC_CONFIG)
 
 
-def _producer(bootstrap_servers: str, linger_ms: int) -> Producer:
+def _producer(bootstrap_servers: Kafka, linger_ms: int) -> Producer:
     return Producer(
         {
-            "bootstrap.servers": bootstrap_servers,
+            **client_settings(bootstrap_servers),
             "enable.idempotence": True,
             "linger.ms": linger_ms,
             "batch.num.messages": 10_000,
@@ -71,7 +73,7 @@ def _produce(producer: Producer, topic: str, record: BenchRecord) -> None:
 
 
 def produce_all(
-    bootstrap_servers: str, topic: str, records: Sequence[BenchRecord], timeout_s: float = 120.0
+    bootstrap_servers: Kafka, topic: str, records: Sequence[BenchRecord], timeout_s: float = 120.0
 ) -> None:
     """Produce every record (idempotent producer) and wait until all are acknowledged."""
     producer = _producer(bootstrap_servers, linger_ms=20)
@@ -84,10 +86,10 @@ def produce_all(
         raise RuntimeError(f"{remaining} records to {topic} not acknowledged in {timeout_s} s")
 
 
-def _reader(bootstrap_servers: str, topic: str) -> tuple[Consumer, list[int]]:
+def _reader(bootstrap_servers: Kafka, topic: str) -> tuple[Consumer, list[int]]:
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap_servers,
+            **client_settings(bootstrap_servers),
             "group.id": f"bench-reader-{time.monotonic_ns()}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -112,7 +114,7 @@ def _read_record(message: Any, keep_value: bool) -> ReadRecord:
 
 
 def read_all(
-    bootstrap_servers: str,
+    bootstrap_servers: Kafka,
     topic: str,
     expected: int,
     timeout_s: float = 60.0,
@@ -141,10 +143,10 @@ def read_all(
 class CommittedWatcher:
     """Reads one group's committed offsets repeatedly with one long-lived client."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str, topic: str, partitions: int):
+    def __init__(self, bootstrap_servers: Kafka, group_id: str, topic: str, partitions: int):
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap_servers,
+                **client_settings(bootstrap_servers),
                 "group.id": group_id,
                 "enable.auto.commit": False,
                 "log_level": 3,
@@ -163,7 +165,7 @@ class CommittedWatcher:
 class OutputWatcher:
     """A thread reading an output topic (read_committed) as records arrive."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, keep_values: bool = False) -> None:
+    def __init__(self, bootstrap_servers: Kafka, topic: str, keep_values: bool = False) -> None:
         self._consumer, _ = _reader(bootstrap_servers, topic)
         self.keep_values = keep_values
         self.records: list[ReadRecord] = []
@@ -207,7 +209,7 @@ class OutputWatcher:
 
 
 def closed_loop(
-    bootstrap_servers: str,
+    bootstrap_servers: Kafka,
     topic: str,
     records: Sequence[BenchRecord],
     watcher: OutputWatcher,
@@ -242,7 +244,7 @@ class PacedProducer:
     """Produces ``records`` at ``rate`` per second in a thread (catching up if it falls behind)."""
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, records: Sequence[BenchRecord], rate: float
+        self, bootstrap_servers: Kafka, topic: str, records: Sequence[BenchRecord], rate: float
     ) -> None:
         self.topic = topic
         self.records = records

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from benchmarks.stream_stats import (
     throughput,
 )
 from benchmarks.stream_worker import WorkerSpec
+from streamserve.kafka.admin import Kafka, client_settings
 from streamserve.processes import ChildProcess
 
 WARMUP_RECORDS = 20
@@ -46,7 +47,7 @@ SAMPLE_DIGITS = 2
 
 @dataclass
 class BenchContext:
-    bootstrap: str
+    bootstrap: Kafka  # the bench's own clients: bootstrap servers or a client configuration
     broker_pid: int | None
     logs_dir: Path
     run_id: str
@@ -55,6 +56,8 @@ class BenchContext:
     max_seconds: float
     latency_seconds: float
     progress: bool = True
+    kafka_config: str | None = None  # the processors': a properties file (+ environment)
+    kafka_role_flags: dict[str, list[str]] = field(default_factory=dict)
 
     def bar(self, total: int, desc: str) -> tqdm:
         return tqdm(
@@ -90,7 +93,9 @@ def worker_spec(
         assert server is not None
         targets = [server.grpc_url if mode.transport == "grpc" else server.rest_url]
     return WorkerSpec(
-        bootstrap_servers=ctx.bootstrap,
+        bootstrap_servers=str(client_settings(ctx.bootstrap)["bootstrap.servers"]),
+        kafka_config=ctx.kafka_config,
+        kafka_role_flags=ctx.kafka_role_flags,
         input_topic=in_topic,
         output_topic=out_topic,
         group_id=group,

@@ -50,6 +50,10 @@ class WorkerSpec:
     fallback_base_path: str | None = None
     image_roots: list[str] = field(default_factory=list)
     input_dtypes: dict[str, str] = field(default_factory=dict)
+    # Kafka security: a properties file and per-role KEY=VALUE flags; secrets stay in the
+    # file or the STREAMSERVE_KAFKA_* environment (inherited), never in this spec file
+    kafka_config: str | None = None
+    kafka_role_flags: dict[str, list[str]] = field(default_factory=dict)
     guarantee: str = "exactly-once"  # or "at-least-once"
 
     def save(self, path: Path) -> Path:
@@ -113,6 +117,7 @@ def _pipeline_spec(spec: WorkerSpec) -> Any:
 
 def _processor_config(spec: WorkerSpec) -> Any:
     """The processor's defaults (exactly-once, batching, breaker) unless the spec says so."""
+    from streamserve.kafka import client_config
     from streamserve.stream.processor import ProcessorConfig
 
     overrides = {
@@ -123,8 +128,16 @@ def _processor_config(spec: WorkerSpec) -> Any:
         )
         if value is not None
     }
+    kafka = client_config.load(
+        config_file=spec.kafka_config,
+        bootstrap_servers=spec.bootstrap_servers,
+        role_flags=spec.kafka_role_flags,
+    )
     return ProcessorConfig(
         bootstrap_servers=spec.bootstrap_servers,
+        consumer_overrides=kafka.for_role("consumer"),
+        producer_overrides=kafka.for_role("producer"),
+        admin_overrides=kafka.for_role("admin"),
         input_topic=spec.input_topic,
         output_topic=spec.output_topic,
         group_id=spec.group_id,

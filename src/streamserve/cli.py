@@ -9,9 +9,13 @@ import heavy libraries inside ``run`` so that ``--help`` stays fast.
 Exit status: 0 success; 1 the command ran but did not succeed (e.g. an incomplete
 demo); 2 a usage, configuration or set-up error, explained on one ``error:`` line;
 3 ``kafka status``: the broker is not running; 4 an optional extra is missing (the
-``error:`` line says which ``pip install 'streamserve[...]'``); 6 a model the command
-was started with cannot load (``serve``'s initial models, embedded ``stream``'s model;
-the ``error:`` line quotes the load error); 130 interrupted.
+``error:`` line says which ``pip install 'streamserve[...]'``); 5 cannot connect or
+authenticate to Kafka (no broker answered within ``--kafka-connect-timeout-s``, the
+credentials were refused, or the TLS handshake failed), on one ``error:`` line; 6 a model
+the command was started with cannot load (``serve``'s initial models, embedded
+``stream``'s model; the ``error:`` line quotes the load error); ``stream`` also 70 (a stop
+was forced) and 75 (Kafka clients unrecoverable in-process, restart it); 130
+interrupted. With ``--log-format json`` the ``error:`` line is a JSON object too.
 """
 
 from __future__ import annotations
@@ -21,15 +25,16 @@ import sys
 from types import ModuleType
 
 from streamserve import __version__, demo
-from streamserve.errors import MissingExtra, ModelLoadFailed, StreamserveError
+from streamserve.errors import KafkaConnectError, MissingExtra, ModelLoadFailed, StreamserveError
 from streamserve.kafka import cli as kafka_cli
-from streamserve.logs import LOG_LEVELS, configure_logging
+from streamserve.logs import LOG_LEVELS, configure_logging, print_error_line
 from streamserve.models import cli as models_cli
 from streamserve.server import cli as server_cli
 from streamserve.stream import cli as stream_cli
 
 EXIT_ERROR = 2
 EXIT_MISSING_EXTRA = 4
+EXIT_KAFKA_CONNECT = 5
 EXIT_MODEL_LOAD_FAILED = 6
 EXIT_INTERRUPTED = 130
 
@@ -66,7 +71,7 @@ def _add_log_level_to_subcommands(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamserve", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"streamserve {__version__}")
-    _add_log_level(parser, "INFO")
+    _add_log_level(parser, None)  # absent means INFO (or a stream --config file's level)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
@@ -78,20 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, getattr(args, "log_format", "text"))
+    log_format = getattr(args, "log_format", "text")
+    configure_logging(getattr(args, "log_level", "INFO"), log_format)
     try:
         return int(args._run(args) or 0)
-    except MissingExtra as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_MISSING_EXTRA
-    except ModelLoadFailed as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_MODEL_LOAD_FAILED
     except StreamserveError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
+        # a subcommand may have changed the format (stream's --config file)
+        print_error_line(exc.message, getattr(args, "log_format", log_format))
+        return _exit_status(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _exit_status(exc: StreamserveError) -> int:
+    if isinstance(exc, MissingExtra):
+        return EXIT_MISSING_EXTRA
+    if isinstance(exc, KafkaConnectError):
+        return EXIT_KAFKA_CONNECT
+    if isinstance(exc, ModelLoadFailed):
+        return EXIT_MODEL_LOAD_FAILED
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

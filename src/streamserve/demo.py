@@ -1,7 +1,8 @@
 """``streamserve demo``: the classic "TF Serving + gRPC + Kafka Streams" example, end to end.
 
-1. Starts the project's own Apache Kafka broker and creates ``ImageInputTopic`` and
-   ``ImageOutputTopic``.
+1. Starts the project's own Apache Kafka broker (or, given bootstrap servers through the
+   shared Kafka client flags, file or environment, uses that cluster with those settings)
+   and creates ``ImageInputTopic`` and ``ImageOutputTopic``.
 2. Starts the model server with the ImageNet classifier and the stream processor in
    remote mode (gRPC, like the classic example).
 3. Serves the sample photos over a local HTTP server and produces their URLs and file
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamserve.kafka import client_config
+from streamserve.kafka.client_config import KafkaClientConfig
 from streamserve.stats import percentile
 from streamserve.waiting import wait_until
 
@@ -43,6 +46,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--timeout-s", type=float, default=180.0, help="per-mode output deadline")
     parser.add_argument("--work-dir", type=Path, default=None, help="logs (default: a temp dir)")
+    client_config.add_arguments(
+        parser.add_argument_group("Kafka (default: start a local broker)"),
+        bootstrap_help="use this Kafka cluster instead of starting a local broker (also "
+        "bootstrap.servers from --kafka-config or STREAMSERVE_KAFKA_BOOTSTRAP_SERVERS)",
+    )
 
 
 @dataclass(frozen=True)
@@ -88,11 +96,13 @@ def _sources(images: list[Path], base_url: str) -> list[str]:
 class _InputWriter:
     """Produces image records to ``ImageInputTopic``; remembers when each was sent."""
 
-    def __init__(self, bootstrap: str, mode: str) -> None:
+    def __init__(self, kafka: KafkaClientConfig, mode: str) -> None:
         from confluent_kafka import Producer
 
+        from streamserve.kafka.client_log import with_logging
+
         self.mode = mode
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        self.producer = Producer(with_logging({**kafka.for_role("producer"), "linger.ms": 0}))
         self.sent: dict[str, Sent] = {}
 
     def record_ids(self, tag: str, count: int) -> list[str]:
@@ -118,16 +128,20 @@ class _InputWriter:
 class _OutputReader:
     """Reads ``ImageOutputTopic`` (read_committed) from its end at construction time."""
 
-    def __init__(self, bootstrap: str, partitions: int) -> None:
+    def __init__(self, kafka: KafkaClientConfig, partitions: int) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
+        from streamserve.kafka.client_log import with_logging
+
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"streamserve-demo-reader-{time.time_ns()}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-            }
+            with_logging(
+                {
+                    **kafka.for_role("consumer"),
+                    "group.id": f"streamserve-demo-reader-{time.time_ns()}",
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                }
+            )
         )
         assigned = []
         for partition in range(partitions):
@@ -177,10 +191,10 @@ class _OutputReader:
 
 
 def _processor_args(
-    bootstrap: str, mode: str, model_args: list[str], roots: list[Path]
+    kafka_args: list[str], mode: str, model_args: list[str], roots: list[Path]
 ) -> list[str]:
     args = [
-        f"--bootstrap-servers={bootstrap}",
+        *kafka_args,
         f"--input-topic={INPUT_TOPIC}",
         f"--output-topic={OUTPUT_TOPIC}",
         f"--group-id=streamserve-demo-{mode}",
@@ -212,8 +226,21 @@ class ModeResult:
 PACE_S = 0.2
 
 
+def _kafka_args(kafka: KafkaClientConfig, args: argparse.Namespace) -> list[str]:
+    """The processor's Kafka flags: the demo's own (secrets stay in the file or the
+    environment, which the processor inherits), or the local broker's address."""
+    if not (args.bootstrap_servers or args.kafka_config):
+        return [f"--bootstrap-servers={kafka.require_bootstrap()}"]
+    flags = [f"--bootstrap-servers={args.bootstrap_servers}"] if args.bootstrap_servers else []
+    if args.kafka_config:
+        flags.append(f"--kafka-config={args.kafka_config}")
+    for role in client_config.ROLES:
+        flags += [f"--{role}-config={pair}" for pair in getattr(args, f"{role}_config")]
+    return flags
+
+
 def _run_mode(
-    kafka: str,
+    kafka: KafkaClientConfig,
     mode: str,
     model_args: list[str],
     sources: list[str],
@@ -227,7 +254,8 @@ def _run_mode(
     writer = _InputWriter(kafka, mode)
     count = len(sources) * args.rounds
     processor = StreamProcess(
-        _processor_args(kafka, mode, model_args, roots), work_dir / f"processor-{mode}.log"
+        _processor_args(_kafka_args(kafka, args), mode, model_args, roots),
+        work_dir / f"processor-{mode}.log",
     )
     try:
         with processor:
@@ -306,17 +334,30 @@ def _print_comparison(by_mode: dict[str, ModeResult]) -> None:
         )
 
 
-def _start_platform(
-    stack: contextlib.ExitStack, args: argparse.Namespace, work_dir: Path
-) -> tuple[str, Any]:
-    from streamserve.kafka import LocalKafka
-    from streamserve.processes import ModelServerProcess
+def _start_kafka(stack: contextlib.ExitStack, args: argparse.Namespace) -> KafkaClientConfig:
+    """The given cluster (topics created if missing), else a local broker for the demo."""
+    from streamserve.kafka import LocalKafka, admin
 
     started = time.perf_counter()
-    kafka = stack.enter_context(LocalKafka())
-    for topic in (INPUT_TOPIC, OUTPUT_TOPIC):
-        kafka.create_topic(topic, partitions=args.partitions)
-    print(f"kafka     {kafka.bootstrap_servers} ready in {time.perf_counter() - started:.1f}s")
+    kafka = client_config.from_args(args)
+    if kafka.bootstrap_servers:
+        client = admin.connected_admin(kafka.for_role("admin"), args.kafka_connect_timeout_s)
+        admin.create_topics(client, [INPUT_TOPIC, OUTPUT_TOPIC], args.partitions)
+    else:
+        local = stack.enter_context(LocalKafka())
+        local.create_topics([INPUT_TOPIC, OUTPUT_TOPIC], partitions=args.partitions)
+        kafka = client_config.merge([KafkaClientConfig(local.client_config), kafka])
+    where = kafka.bootstrap_servers
+    print(f"kafka     {where} ready in {time.perf_counter() - started:.1f}s")
+    return kafka
+
+
+def _start_platform(
+    stack: contextlib.ExitStack, args: argparse.Namespace, work_dir: Path
+) -> tuple[KafkaClientConfig, Any]:
+    from streamserve.processes import ModelServerProcess
+
+    kafka = _start_kafka(stack, args)
     started = time.perf_counter()
     server = ModelServerProcess(
         [f"--model_name={MODEL_NAME}", f"--model_base_path={args.model_base_path.resolve()}"],
@@ -328,7 +369,7 @@ def _start_platform(
         f"server    gRPC {server.grpc_target}, REST {server.rest_url} "
         f"ready in {time.perf_counter() - started:.1f}s"
     )
-    return kafka.bootstrap_servers, server
+    return kafka, server
 
 
 def run(args: argparse.Namespace) -> int:

@@ -126,3 +126,12 @@ class MissingExtra(SetupError):
             f"pip install 'streamserve[{extra}]'"
         )
         self.extra = extra
+
+
+class KafkaConnectError(Unavailable):
+    """No Kafka broker answered, or it refused our credentials or certificate.
+
+    The CLI exits with its own status for this (``streamserve.cli.EXIT_KAFKA_CONNECT``),
+    distinct from usage errors, so an orchestrator can tell "fix the flags" from "fix the
+    network or the secret".
+    """

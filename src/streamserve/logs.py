@@ -60,3 +60,16 @@ def _formatter(log_format: str) -> logging.Formatter:
 
         return JsonLogFormatter()
     return logging.Formatter(TEXT_FORMAT)
+
+
+def print_error_line(message: str, log_format: str = "text") -> None:
+    """A command's final error on stderr, one line: ``error: MESSAGE``, or with
+    ``--log-format json`` the same as a JSON object like every other log line."""
+    if log_format == "json":
+        record = logging.LogRecord(
+            "streamserve", logging.ERROR, __file__, 0, "error: %s", (message,), None
+        )
+        line = _formatter("json").format(record)
+    else:
+        line = f"error: {message}"
+    print(line, file=sys.stderr, flush=True)

@@ -17,6 +17,10 @@ Everything here runs the real thing (no mocks) and waits with deadlines, never s
 
 - :func:`kafka_broker`: a local broker for the ``with`` block (or the one named by
   ``STREAMSERVE_KAFKA_BOOTSTRAP``); :func:`unique_topic` creates a fresh topic on it.
+  :func:`secured_kafka_broker` gives a :class:`~streamserve.kafka.LocalKafka` whose listener
+  is secured (``sasl_ssl``, ``sasl_plaintext``, ``ssl``, ``mtls``): pass its
+  ``client_config`` wherever a bootstrap address goes below, and its
+  ``client_properties_file`` to ``streamserve stream --kafka-config``.
 - :class:`ModelServerProcess` / :class:`StreamProcess`: ``streamserve serve`` /
   ``streamserve stream`` as child processes (:class:`~streamserve.processes.ChildProcess`);
   :func:`model_server` serves one model directory.
@@ -32,9 +36,9 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamserve.processes import (
     ChildProcess,
@@ -45,6 +49,12 @@ from streamserve.processes import (
     model_server,
 )
 from streamserve.waiting import WaitTimeout, wait_until
+
+if TYPE_CHECKING:
+    from streamserve.kafka import LocalKafka
+
+Kafka = str | Mapping[str, Any]
+"""Bootstrap servers, or a whole librdkafka client configuration (a secured broker)."""
 
 __all__ = [
     "BOOTSTRAP_ENV",
@@ -59,6 +69,7 @@ __all__ = [
     "model_server",
     "produce",
     "read_topic",
+    "secured_kafka_broker",
     "unique_topic",
     "wait_until",
 ]
@@ -84,13 +95,30 @@ def kafka_broker() -> Iterator[str]:
         yield kafka.bootstrap_servers
 
 
-def unique_topic(bootstrap_servers: str, prefix: str = "t", partitions: int = 1) -> str:
+@contextlib.contextmanager
+def secured_kafka_broker(security: str) -> Iterator[LocalKafka]:
+    """A local broker whose client listener uses ``security`` (see ``LocalKafka``), started
+    and stopped (with its generated secrets) for the block."""
+    from streamserve.kafka import LocalKafka
+
+    with LocalKafka(security=security) as kafka:
+        yield kafka
+
+
+def unique_topic(kafka: Kafka, prefix: str = "t", partitions: int = 1) -> str:
     """Create a new topic named ``PREFIX-<random>`` and return its name once it is ready."""
     from streamserve.kafka import admin
 
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    admin.create_topic(bootstrap_servers, name, partitions)
+    admin.create_topic(kafka, name, partitions)
     return name
+
+
+def _settings(kafka: Kafka, **extra: Any) -> dict[str, Any]:
+    from streamserve.kafka.admin import client_settings
+    from streamserve.kafka.client_log import with_logging
+
+    return with_logging({**client_settings(kafka), **extra})
 
 
 @dataclass(frozen=True)
@@ -108,7 +136,7 @@ class ReadRecord:
 
 
 def produce(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topic: str,
     records: Iterable[tuple[int | None, bytes | None, bytes | None]],
     headers: list[tuple[str, bytes]] | None = None,
@@ -116,9 +144,7 @@ def produce(
     """Produce ``(partition, key, value)`` tuples (idempotent producer); return the count."""
     from confluent_kafka import Producer
 
-    producer = Producer(
-        {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "linger.ms": 5}
-    )
+    producer = Producer(_settings(kafka, **{"enable.idempotence": True, "linger.ms": 5}))
     extra: dict[str, Any] = {"headers": headers} if headers else {}
     count = 0
     for partition, key, value in records:
@@ -142,7 +168,7 @@ def _produce_one(
 
 
 def read_topic(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topic: str,
     min_count: int,
     timeout: float = 60.0,
@@ -154,12 +180,14 @@ def read_topic(
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"reader-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        }
+        _settings(
+            kafka,
+            **{
+                "group.id": f"reader-{time.monotonic_ns()}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            },
+        )
     )
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]

@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from streamserve.stream.testing import ReadRecord, StreamProcess, produce, read_topic
 
 from streamserve.kafka import LocalKafka
 from streamserve.kafka.cluster import LocalKafkaCluster
 from streamserve.processes import restartable_port
 from streamserve.stream.cli import STOP_GRACE_S
+from streamserve.testing import ReadRecord, StreamProcess, produce, read_topic
 from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -312,7 +312,7 @@ def test_sigterm_during_broker_outage_ends_within_bound(
         single_broker.kill()
         time.sleep(1.0)  # the moment of the signal: the processor is mid-checkpoint (not a wait)
         started = time.monotonic()
-        stream.signal(signal.SIGTERM)
+        stream.send_signal(signal.SIGTERM)
         code = stream.wait(timeout=bound + 5)  # + the interpreter's own start-up slack
         took = time.monotonic() - started
         print(f"SIGTERM during a broker outage: exit {code} after {took:.1f} s (bound {bound} s)")

@@ -64,7 +64,7 @@ class _LaggingAdmin:
 
 def test_created_topics_are_awaited_in_the_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
     admin = _LaggingAdmin({"in": 4})
-    monkeypatch.setattr(topics, "AdminClient", lambda _config: admin)
+    monkeypatch.setattr(topics, "connected_admin", lambda _kafka, _timeout: admin)
 
     counts = topics.ensure_topics("b:9092", "in", ["out", "in.dlq"], create=True)
 
@@ -73,6 +73,6 @@ def test_created_topics_are_awaited_in_the_metadata(monkeypatch: pytest.MonkeyPa
 
 
 def test_missing_input_topic_is_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(topics, "AdminClient", lambda _config: _LaggingAdmin({}))
+    monkeypatch.setattr(topics, "connected_admin", lambda _kafka, _timeout: _LaggingAdmin({}))
     with pytest.raises(NotFound):
         topics.ensure_topics("b:9092", "in", ["out"], create=True)

@@ -7,6 +7,11 @@
 Files live in ``data_dir`` (default: a temporary folder removed on stop): ``server.properties``,
 ``log4j2.properties``, the broker's log ``kafka.log`` and the partitions under ``kafka-logs/``.
 A given ``data_dir`` keeps topics and records across restarts.
+
+``LocalKafka(security="sasl_ssl")`` (or ``ssl``, ``mtls``, ``sasl_plaintext``) runs the one
+client listener secured (:mod:`streamserve.kafka.security`): a throw-away CA, certificates and
+SASL users under ``data_dir/secrets``, regenerated on every start and removed on stop;
+``client_config`` is what a client needs and ``client_properties_file`` the same as a file.
 """
 
 from __future__ import annotations
@@ -23,11 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from streamserve.errors import SetupError
 from streamserve.kafka import admin, config, jars, process
+from streamserve.kafka.config import SECURITY_MODES
 from streamserve.kafka.java import require_java
 from streamserve.processes import free_port
+
+if TYPE_CHECKING:
+    from streamserve.kafka.security import BrokerSecurity
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,7 @@ JVM_OPTIONS = [
     "-Djava.awt.headless=true",
 ]
 LOG_FILE = "kafka.log"
+SECRETS_DIR = "secrets"
 _PORT_RETRIES = 3
 
 
@@ -62,7 +73,13 @@ class LocalKafka:
         stop_timeout: float = 30.0,
         detached: bool = False,
         extra_properties: dict[str, str] | None = None,
+        security: str = "plaintext",
     ) -> None:
+        if security not in SECURITY_MODES:
+            choices = ", ".join(SECURITY_MODES)
+            raise SetupError(f"unknown security {security!r}; choose from {choices}")
+        self.security_mode = security
+        self.security: BrokerSecurity | None = None
         self.host = host
         self.port = port
         self.controller_port = controller_port
@@ -85,6 +102,19 @@ class LocalKafka:
         if self.port is None:
             raise SetupError("the broker has not been started")
         return f"{self.host}:{self.port}"
+
+    @property
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings a client needs: bootstrap servers plus, when secured, the
+        security protocol, CA, SASL user or client certificate."""
+        if self.security is None:
+            return {"bootstrap.servers": self.bootstrap_servers}
+        return self.security.client_properties(self.bootstrap_servers)
+
+    @property
+    def client_properties_file(self) -> Path | None:
+        """``client_config`` as a properties file (secured brokers only)."""
+        return self.security.client_properties_file if self.security is not None else None
 
     @property
     def pid(self) -> int | None:
@@ -117,6 +147,7 @@ class LocalKafka:
                 config.require_port_free(self.host, self.controller_port)
             assert self.data_dir is not None
             self._lock_fd = _lock_data_dir(self.data_dir)
+            self._generate_secrets()
             lib = jars.ensure_jars(self.version)
             self._start_with_retries(java.executable, lib)
         except BaseException:
@@ -144,6 +175,7 @@ class LocalKafka:
                         self.stop_timeout,
                     )
             proc.wait()
+        self._remove_secrets()
         self._remove_owned_data_dir()
 
     def kill(self) -> None:
@@ -162,17 +194,17 @@ class LocalKafka:
     def create_topic(
         self, name: str, partitions: int = 1, config: dict[str, str] | None = None
     ) -> str:
-        admin.create_topic(self.bootstrap_servers, name, partitions, config)
+        admin.create_topic(self.client_config, name, partitions, config)
         return name
 
     def create_topics(self, names: list[str], partitions: int = 1) -> None:
-        admin.create_topics(self.bootstrap_servers, names, partitions)
+        admin.create_topics(self.client_config, names, partitions)
 
     def delete_topic(self, name: str) -> bool:
-        return admin.delete_topic(self.bootstrap_servers, name)
+        return admin.delete_topic(self.client_config, name)
 
     def wait_for_topic(self, name: str, timeout: float = 30.0) -> int:
-        return admin.wait_for_topic(self.bootstrap_servers, name, timeout)
+        return admin.wait_for_topic(self.client_config, name, timeout)
 
     def __enter__(self) -> LocalKafka:
         return self.start()
@@ -199,6 +231,56 @@ class LocalKafka:
             self.data_dir = Path(tempfile.mkdtemp(prefix="streamserve-kafka-"))
             self._owns_data_dir = True
 
+    def _generate_secrets(self) -> None:
+        from streamserve.kafka.security import BrokerSecurity
+
+        if self.security_mode == "plaintext":
+            return
+        assert self.data_dir is not None
+        directory = self.data_dir / SECRETS_DIR
+        self.security = BrokerSecurity.generate(self.security_mode, directory, self.host)
+
+    def _remove_secrets(self) -> None:
+        """Kept data dirs keep topics, never the generated keys and passwords."""
+        if self.security is None or self.data_dir is None:
+            return
+        shutil.rmtree(self.data_dir / SECRETS_DIR, ignore_errors=True)
+        (self.data_dir / "server.properties").unlink(missing_ok=True)
+
+    def _server_properties(self) -> dict[str, str]:
+        assert self.data_dir is not None and self.port and self.controller_port
+        secured = (
+            self.security.server_properties(self.host, self.port, self.controller_port)
+            if self.security is not None
+            else {}
+        )
+        return config.server_properties(
+            self.host,
+            self.port,
+            self.controller_port,
+            self.data_dir / "kafka-logs",
+            {**secured, **self.extra_properties},
+        )
+
+    def _set_up_users(self) -> None:
+        """Once the broker answers: the SCRAM credential, the client properties file, and a
+        check that the client's own settings work (a new credential takes a moment)."""
+        from streamserve.kafka.security import CLIENT_USER, create_scram_user
+
+        if self.security is None:
+            return
+        if self.security.uses_sasl:
+            broker_identity = self.security.broker_client_properties(self.bootstrap_servers)
+            create_scram_user(broker_identity, CLIENT_USER, self.security.client_password)
+        self.security.write_client_properties(self.bootstrap_servers)
+        if not admin.wait_until_ready(self.client_config, 60.0, keep_waiting=self.is_running):
+            raise SetupError("the secured broker did not accept the generated client settings")
+
+    def _readiness_config(self) -> dict[str, str]:
+        if self.security is None:
+            return {"bootstrap.servers": self.bootstrap_servers}
+        return self.security.broker_client_properties(self.bootstrap_servers)
+
     def _start_with_retries(self, java: str, lib: Path) -> None:
         """Ports chosen by us can be taken between choosing and binding: retry with new ones."""
         fixed = (self.port, self.controller_port)
@@ -220,15 +302,9 @@ class LocalKafka:
     def _start_once(self, java: str, lib: Path) -> None:
         assert self.data_dir is not None and self.port and self.controller_port
         props_file = config.write_properties(
-            self.data_dir / "server.properties",
-            config.server_properties(
-                self.host,
-                self.port,
-                self.controller_port,
-                self.data_dir / "kafka-logs",
-                self.extra_properties,
-            ),
+            self.data_dir / "server.properties", self._server_properties()
         )
+        props_file.chmod(0o600)  # a secured broker's file holds the SASL passwords
         log4j_file = self.data_dir / "log4j2.properties"
         log4j_file.write_text(config.LOG4J2_PROPERTIES)
         classpath = f"{lib}/*"
@@ -245,10 +321,11 @@ class LocalKafka:
             pass_fds=() if self._lock_fd is None else (self._lock_fd,),
         )
         ready = admin.wait_until_ready(
-            self.bootstrap_servers, self.startup_timeout, keep_waiting=self.is_running
+            self._readiness_config(), self.startup_timeout, keep_waiting=self.is_running
         )
         if not ready:
             self._fail_start(log_offset)
+        self._set_up_users()
         self.startup_seconds = time.monotonic() - started
         log.info(
             "Kafka %s ready at %s in %.1f s (pid %d, log %s)",

@@ -2,6 +2,10 @@
 
 ``start`` runs the broker detached (it outlives the command) and prints its bootstrap address
 ``host:port`` as the last line, so scripts can capture it; ``stop`` stops that broker.
+``start --security MODE`` secures its client listener and prints the path of a generated
+client properties file (``client properties: PATH``); ``stop`` removes the generated secrets.
+``create-topic``, ``delete-topic`` and ``status`` take the shared Kafka client flags
+(:mod:`streamserve.kafka.client_config`) and default to the started broker.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamserve.errors import SetupError
+from streamserve.kafka import client_config
+from streamserve.kafka.config import SECURITY_MODES
+from streamserve.logs import add_log_format_argument
 
 if TYPE_CHECKING:
     from streamserve.kafka.state import BrokerState
@@ -50,6 +57,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--host", default="127.0.0.1", help="address to listen on")
     start.add_argument("--timeout", type=float, default=180.0, help="start-up deadline, s")
     start.add_argument(
+        "--security",
+        choices=SECURITY_MODES,
+        default="plaintext",
+        help="secure the client listener: ssl (TLS), mtls (TLS + client certificates), "
+        "sasl_plaintext (PLAIN), sasl_ssl (SCRAM-SHA-512 over TLS); generates a throw-away "
+        "CA, certificates and users, and a client properties file whose path it prints "
+        "(default: plaintext)",
+    )
+    start.add_argument(
         "--override",
         action="append",
         default=[],
@@ -64,7 +80,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     stop.set_defaults(kafka_run=_stop)
 
-    status = actions.add_parser("status", help="is the broker running? (exit 3 when not)")
+    status = actions.add_parser(
+        "status",
+        help="is the started broker running? (exit 3 when not); with bootstrap servers "
+        "(flags, --kafka-config or the environment): does that cluster answer? (exit 5 if not)",
+    )
+    _add_client_arguments(status)
     status.set_defaults(kafka_run=_status)
 
     logs = actions.add_parser("logs", help="show the broker's log")
@@ -75,13 +96,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     create = actions.add_parser("create-topic", help="create a topic (idempotent)")
     create.add_argument("name")
     create.add_argument("--partitions", type=int, default=1)
-    create.add_argument("--bootstrap", help="bootstrap servers (default: the started broker)")
+    _add_client_arguments(create)
     create.set_defaults(kafka_run=_create_topic)
 
     delete = actions.add_parser("delete-topic", help="delete a topic")
     delete.add_argument("name")
-    delete.add_argument("--bootstrap", help="bootstrap servers (default: the started broker)")
+    _add_client_arguments(delete)
     delete.set_defaults(kafka_run=_delete_topic)
+
+
+def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    client_config.add_arguments(
+        parser,
+        bootstrap_flags=("--bootstrap-servers", "--bootstrap"),
+        bootstrap_help="bootstrap servers (default: from --kafka-config or the environment, "
+        "else the broker `kafka start` launched, with its client properties)",
+    )
+    add_log_format_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,6 +146,8 @@ def _start(args: argparse.Namespace) -> int:
         return 0
     state.clear(current)  # a broker that died on its own: forget it
     if args.brokers != 1:
+        if args.security != "plaintext":
+            raise SetupError("--security applies to one broker; drop it or --brokers N")
         return _start_cluster(args)
     begun = time.monotonic()
     require_java()
@@ -133,6 +166,7 @@ def _start(args: argparse.Namespace) -> int:
         startup_timeout=args.timeout,
         detached=True,
         extra_properties=_parse_overrides(args.override),
+        security=args.security,
     )
     kafka.start()
     assert kafka.pid is not None and kafka.data_dir is not None
@@ -145,6 +179,8 @@ def _start(args: argparse.Namespace) -> int:
             log_file=str(kafka.log_file),
             owns_data_dir=kafka.owns_data_dir,
             started_at=time.time(),
+            security=args.security,
+            client_properties=_optional_str(kafka.client_properties_file),
         )
     )
     print(
@@ -155,9 +191,16 @@ def _start(args: argparse.Namespace) -> int:
         f"data dir {kafka.data_dir}{' (temporary)' if kafka.owns_data_dir else ''}; "
         f"log {kafka.log_file}"
     )
+    if kafka.client_properties_file is not None:
+        print(f"security {args.security}; client properties: {kafka.client_properties_file}")
+        print(f"  e.g. streamserve stream --kafka-config {kafka.client_properties_file} ...")
     print("stop it with: streamserve kafka stop")
     print(kafka.bootstrap_servers)
     return 0
+
+
+def _optional_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _start_cluster(args: argparse.Namespace) -> int:
@@ -245,6 +288,13 @@ def _stop(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from streamserve.kafka import admin, state
 
+    given = client_config.from_args(args)
+    if given.bootstrap_servers:
+        client = admin.connected_admin(given.for_role("admin"), args.kafka_connect_timeout_s)
+        brokers = client.list_topics(timeout=10).brokers
+        print(f"answering: {len(brokers)} broker(s)")
+        print(given.bootstrap_servers)
+        return 0
     current = state.load()
     if current is None:
         print("not running")
@@ -255,7 +305,7 @@ def _status(args: argparse.Namespace) -> int:
             f"{current.log_file} (`streamserve kafka logs`)"
         )
         return EXIT_NOT_RUNNING
-    answering = admin.is_ready(current.bootstrap_servers, timeout=5.0)
+    answering = admin.is_ready(current.client_config(), timeout=5.0)
     health = "answering" if answering else "NOT answering metadata requests"
     uptime = time.time() - current.started_at
     if len(current.pids) == 1:
@@ -301,19 +351,31 @@ def _follow(log_file: Path) -> None:
 def _create_topic(args: argparse.Namespace) -> int:
     from streamserve.kafka import admin
 
-    bootstrap = args.bootstrap or _require_state().bootstrap_servers
-    admin.create_topic(bootstrap, args.name, args.partitions)
-    print(f"topic {args.name} ready with {args.partitions} partition(s) on {bootstrap}")
+    settings = _client_settings(args)
+    client = admin.connected_admin(settings, args.kafka_connect_timeout_s)
+    admin.create_topic(client, args.name, args.partitions)
+    where = settings["bootstrap.servers"]
+    print(f"topic {args.name} ready with {args.partitions} partition(s) on {where}")
     return 0
 
 
 def _delete_topic(args: argparse.Namespace) -> int:
     from streamserve.kafka import admin
 
-    bootstrap = args.bootstrap or _require_state().bootstrap_servers
-    existed = admin.delete_topic(bootstrap, args.name)
+    client = admin.connected_admin(_client_settings(args), args.kafka_connect_timeout_s)
+    existed = admin.delete_topic(client, args.name)
     print(f"topic {args.name} {'deleted' if existed else 'did not exist'}")
     return 0
+
+
+def _client_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The admin's settings: flags, file and environment; without bootstrap servers there,
+    the started broker's (with its generated client properties when it is secured)."""
+    config = client_config.from_args(args)
+    if config.bootstrap_servers:
+        return config.for_role("admin")
+    started = client_config.KafkaClientConfig(_require_state().client_config())
+    return client_config.merge([started, config]).for_role("admin")
 
 
 def _require_state(alive: bool = True) -> BrokerState:
@@ -323,6 +385,6 @@ def _require_state(alive: bool = True) -> BrokerState:
     if current is None or (alive and not state.is_alive(current)):
         raise SetupError(
             "no broker started by `streamserve kafka start` is running "
-            "(start one, or pass --bootstrap HOST:PORT)"
+            "(start one, or pass --bootstrap-servers HOST:PORT)"
         )
     return current

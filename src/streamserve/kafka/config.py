@@ -13,6 +13,8 @@ from pathlib import Path
 from streamserve.errors import SetupError
 
 NODE_ID = 1
+SECURITY_MODES = ("plaintext", "ssl", "mtls", "sasl_plaintext", "sasl_ssl")
+"""How the local broker's client listener is secured (:mod:`streamserve.kafka.security`)."""
 
 # Settings that make one combined broker+controller behave: every internal topic fits one
 # replica, transactions and consumer groups start at once. Topics are never created on demand

@@ -28,6 +28,17 @@ class BrokerState:
     log_file: str
     owns_data_dir: bool
     started_at: float
+    security: str = "plaintext"
+    client_properties: str | None = None  # secured brokers: the generated client settings
+
+    def client_config(self) -> dict[str, str]:
+        """What a client of this broker needs (read from its client properties file)."""
+        if self.client_properties is None:
+            return {"bootstrap.servers": self.bootstrap_servers}
+        from streamserve.kafka.client_config import read_properties_file
+
+        return read_properties_file(self.client_properties)
+
     # A cluster (``start --brokers N``): every node's pid, node 1 first (``pid`` is node 1's).
     node_pids: list[int] = field(default_factory=list)
 
@@ -59,9 +70,13 @@ def load() -> BrokerState | None:
 
 
 def clear(state: BrokerState | None) -> None:
-    """Forget the broker; remove its data dir when it was a temporary one."""
+    """Forget the broker; remove its data dir when it was a temporary one, and always the
+    secrets it generated (certificates, keys, passwords)."""
     if state is not None and state.owns_data_dir:
         shutil.rmtree(state.data_dir, ignore_errors=True)
+    if state is not None and state.client_properties is not None:
+        shutil.rmtree(Path(state.client_properties).parent, ignore_errors=True)
+        (Path(state.data_dir) / "server.properties").unlink(missing_ok=True)
     for name in (STATE_FILE, PID_FILE):
         (run_dir() / name).unlink(missing_ok=True)
 

@@ -5,12 +5,19 @@ Embedded:  streamserve stream --bootstrap-servers B --input-topic IN --output-to
 Remote:    ... --model-server grpc://h1:8500,grpc://h2:8500 --model-name tiny
                [--model-version N | --model-label L] [--protocol tfserving|v2]
 Images:    ... --codec image [--output-format classic] [--fetch-allowed-root DIR]
+Secured:   ... --kafka-config client.properties  (or STREAMSERVE_KAFKA_SASL_PASSWORD=...)
+File:      streamserve stream --config stream.toml [--print-config]
+
+Every flag also has a key in the ``--config`` TOML file and a ``STREAMSERVE_STREAM_<KEY>``
+environment variable (:mod:`streamserve.stream.settings`): file < environment < flags.
 
 Exit status: 0 after a graceful stop (SIGTERM/SIGINT: drained and committed);
 :data:`EXIT_KAFKA_FATAL` (75) when the Kafka clients broke and rebuilding them kept
 failing (restart it); :data:`EXIT_STOP_FORCED` (70) when a stop did not finish within
 ``--shutdown-timeout-s`` + :data:`STOP_GRACE_S` seconds (uncommitted work is redone by
-the next owner); 2 for other errors. A stop never takes longer: if even the forced exit
+the next owner); 5 (``streamserve.cli.EXIT_KAFKA_CONNECT``) when Kafka cannot be reached
+within ``--kafka-connect-timeout-s`` or refuses the credentials or the TLS handshake at
+start-up; 2 for other errors. A stop never takes longer: if even the forced exit
 cannot run, SIGALRM ends the process :data:`ALARM_MARGIN_S` seconds later.
 """
 
@@ -27,7 +34,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from streamserve.logs import add_log_format_argument
+from streamserve.kafka import client_config
+from streamserve.logs import add_log_format_argument, print_error_line
 
 STREAM_READY_PREFIX = "streamserve stream ready:"
 """Start of the line ``stream`` prints once it consumes (then ``key=value`` fields)."""
@@ -44,12 +52,27 @@ DEFAULT_MAX_PIXELS = 40_000_000  # = streamserve.stream.assembly.DEFAULT_MAX_PIX
 DEFAULT_STALL_TIMEOUT_S = 30.0  # = streamserve.stream.health.DEFAULT_STALL_TIMEOUT_S
 
 
+REQUIRED = ("input_topic", "output_topic", "group_id")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    from streamserve.stream.settings import defer_defaults
+
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="settings file: a key per flag (dashes as underscores) and a [kafka] table",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (secrets redacted) as TOML and exit",
+    )
     kafka = parser.add_argument_group("Kafka")
-    kafka.add_argument("--bootstrap-servers", required=True)
-    kafka.add_argument("--input-topic", required=True)
-    kafka.add_argument("--output-topic", required=True)
-    kafka.add_argument("--group-id", required=True)
+    client_config.add_arguments(kafka)
+    kafka.add_argument("--input-topic", help="required")
+    kafka.add_argument("--output-topic", help="required")
+    kafka.add_argument("--group-id", help="required")
     kafka.add_argument("--dlq-topic", help="dead-letter topic (default: <input-topic>.dlq)")
     kafka.add_argument(
         "--guarantee", choices=["exactly-once", "at-least-once"], default="exactly-once"
@@ -76,11 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail instead of creating missing output/DLQ topics",
     )
-    kafka.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE")
-    kafka.add_argument("--producer-config", action="append", default=[], metavar="KEY=VALUE")
 
     model = parser.add_argument_group("model (embedded: --model-base-path; remote: --model-server)")
-    where = model.add_mutually_exclusive_group(required=True)
+    where = model.add_mutually_exclusive_group()
     where.add_argument("--model-base-path", type=Path, help="model directory with version dirs")
     where.add_argument(
         "--model-server",
@@ -184,19 +205,64 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "first recovered in-process)",
     )
     add_log_format_argument(ops)
+    parser.set_defaults(_stream_parser=parser, _stream_defaults=defer_defaults(parser))
 
 
-def run(args: argparse.Namespace) -> int:  # logging: set up by streamserve.cli.main
+def run(args: argparse.Namespace) -> int:
+    from streamserve.logs import configure_logging
     from streamserve.stream.kafka_io import FatalStreamError
+    from streamserve.stream.settings import resolve
 
+    settings = resolve(args, args._stream_parser, args._stream_defaults)
+    resolved = argparse.Namespace(**settings.values)
+    args.log_format = resolved.log_format  # streamserve.cli.main formats the error line
+    configure_logging(resolved.log_level, resolved.log_format)
+    kafka = client_config.from_args(resolved, file_layer=settings.kafka_file_layer)
+    if getattr(args, "print_config", False):
+        _print_config(settings.values, kafka)
+        return 0
+    _require_settings(resolved, kafka)
     try:
-        asyncio.run(_run(args))
+        asyncio.run(_run(resolved, kafka))
     except KeyboardInterrupt:
         return 130
     except FatalStreamError as exc:
-        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        print_error_line(exc.message, resolved.log_format)
         return EXIT_KAFKA_FATAL
     return 0
+
+
+def _print_config(values: dict[str, Any], kafka: client_config.KafkaClientConfig) -> None:
+    from streamserve.stream.settings import to_toml
+
+    shown = {key: _redacted_value(value) for key, value in values.items()}
+    print(to_toml(shown, kafka.redacted()), end="")
+
+
+def _redacted_value(value: Any) -> Any:
+    """``KEY=VALUE`` items of the per-role flags hide secret values too."""
+    if not isinstance(value, list):
+        return value
+    return [
+        f"{item.partition('=')[0]}={client_config.REDACTED}"
+        if isinstance(item, str) and client_config.is_secret(item.partition("=")[0])
+        else item
+        for item in value
+    ]
+
+
+def _require_settings(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> None:
+    from streamserve.errors import InvalidArgument
+
+    kafka.require_bootstrap()
+    missing = [key for key in REQUIRED if not getattr(args, key)]
+    if missing:
+        flags = ", ".join("--" + key.replace("_", "-") for key in missing)
+        raise InvalidArgument(f"missing {flags} (a flag, a --config key or STREAMSERVE_STREAM_*)")
+    if (args.model_base_path is None) == (args.model_server is None):
+        raise InvalidArgument("give exactly one of --model-base-path and --model-server")
+    if args.model_version is not None and args.model_label is not None:
+        raise InvalidArgument("give at most one of --model-version and --model-label")
 
 
 class StopWatchdog:
@@ -230,11 +296,11 @@ class StopWatchdog:
         os._exit(EXIT_STOP_FORCED)
 
 
-async def _run(args: argparse.Namespace) -> None:
+async def _run(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> None:
     from streamserve.stream.assembly import assemble
 
     async with contextlib.AsyncExitStack() as stack:
-        processor = await assemble(_pipeline_spec(args), stack, on_ready=_print_ready)
+        processor = await assemble(_pipeline_spec(args, kafka), stack, on_ready=_print_ready)
         watchdog = StopWatchdog(args.shutdown_timeout_s + STOP_GRACE_S)
 
         def stop() -> None:
@@ -261,13 +327,13 @@ def _stall_timeout_s(args: argparse.Namespace) -> float:
     return max(DEFAULT_STALL_TIMEOUT_S, call_deadline(args.kafka_timeout_s) + 5.0)
 
 
-def _processor_config(args: argparse.Namespace) -> Any:
+def _processor_config(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> Any:
     from streamserve.stream.breaker import BreakerPolicy
     from streamserve.stream.health import HealthPolicy
     from streamserve.stream.processor import ProcessorConfig
 
     return ProcessorConfig(
-        bootstrap_servers=args.bootstrap_servers,
+        bootstrap_servers=kafka.require_bootstrap(),
         input_topic=args.input_topic,
         output_topic=args.output_topic,
         group_id=args.group_id,
@@ -292,12 +358,14 @@ def _processor_config(args: argparse.Namespace) -> Any:
             args.breaker_cooldown_s,
             max(args.breaker_max_cooldown_s, args.breaker_cooldown_s),
         ),
-        consumer_overrides=_key_values(args.consumer_config, "--consumer-config"),
-        producer_overrides=_key_values(args.producer_config, "--producer-config"),
+        consumer_overrides=kafka.for_role("consumer"),
+        producer_overrides=kafka.for_role("producer"),
+        admin_overrides=kafka.for_role("admin"),
+        kafka_connect_timeout_s=args.kafka_connect_timeout_s,
     )
 
 
-def _pipeline_spec(args: argparse.Namespace) -> Any:
+def _pipeline_spec(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> Any:
     from streamserve.errors import InvalidArgument
     from streamserve.predictors.factory import PredictorSpec
     from streamserve.predictors.security import PLAINTEXT
@@ -317,7 +385,7 @@ def _pipeline_spec(args: argparse.Namespace) -> Any:
         security=_client_security(args) if remote else PLAINTEXT,
     )
     return PipelineSpec(
-        processor=_processor_config(args),
+        processor=_processor_config(args, kafka),
         model=model,
         codec=_codec_spec(args),
         fallback_base_path=args.fallback_model_base_path,
@@ -340,7 +408,7 @@ def _codec_spec(args: argparse.Namespace) -> Any:
 
     return CodecSpec(
         kind=args.codec,
-        input_dtypes=_key_values(args.input_dtype, "--input-dtype"),
+        input_dtypes=client_config.parse_key_values(args.input_dtype, "--input-dtype"),
         signature_name=args.signature_name,
         output_format=args.output_format,
         fetch=FetchPolicy(
@@ -353,15 +421,3 @@ def _codec_spec(args: argparse.Namespace) -> Any:
         ),
         max_pixels=args.max_pixels,
     )
-
-
-def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:
-    from streamserve.errors import InvalidArgument
-
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"{flag} expects KEY=VALUE, got {pair!r}")
-        result[key.strip()] = value.strip()
-    return result

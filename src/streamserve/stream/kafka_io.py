@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streamserve.errors import StreamserveError
+from streamserve.kafka.client_log import with_logging
 from streamserve.stream.telemetry import log_event
 
 log = logging.getLogger("streamserve.stream.kafka")
@@ -92,7 +93,7 @@ def consumer_settings(
         # Static membership: a restarted instance takes its partitions back at once.
         settings["group.instance.id"] = group_instance_id
     settings.update(overrides or {})
-    return settings
+    return with_logging(settings)
 
 
 def producer_settings(
@@ -111,7 +112,7 @@ def producer_settings(
         settings["transactional.id"] = transactional_id
         settings["transaction.timeout.ms"] = 30_000
     settings.update(overrides or {})
-    return settings
+    return with_logging(settings)
 
 
 def kafka_error(exc: BaseException) -> KafkaError | None:

@@ -64,6 +64,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from streamserve.kafka.admin import new_client
 from streamserve.predictors.base import Predictor
 from streamserve.stream import kafka_io
 from streamserve.stream.batcher import MicroBatcher
@@ -118,8 +119,11 @@ class ProcessorConfig:
     health: HealthPolicy = field(default_factory=HealthPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # librdkafka settings per client (security, tuning; bootstrap.servers may be repeated)
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
+    admin_overrides: dict[str, Any] = field(default_factory=dict)
+    kafka_connect_timeout_s: float = 30.0  # start-up: no broker answering is an error
 
     def __post_init__(self) -> None:
         if self.guarantee not in ("exactly-once", "at-least-once"):
@@ -234,10 +238,11 @@ class StreamProcessor:
         cfg = self.config
         partitions = await asyncio.to_thread(
             ensure_topics,
-            cfg.bootstrap_servers,
+            {"bootstrap.servers": cfg.bootstrap_servers, **cfg.admin_overrides},
             cfg.input_topic,
             [cfg.output_topic, cfg.resolved_dlq_topic],
             cfg.create_missing_topics,
+            connect_timeout_s=cfg.kafka_connect_timeout_s,
         )
         await self._connect()
         self._writer = OutputWriter(
@@ -269,18 +274,20 @@ class StreamProcessor:
     async def _connect(self) -> None:
         """New consumer and producer: initialise transactions, then subscribe."""
         cfg = self.config
-        consumer = Consumer(
+        consumer = new_client(
+            Consumer,
             kafka_io.consumer_settings(
                 cfg.bootstrap_servers, cfg.group_id, cfg.group_instance_id, cfg.consumer_overrides
-            )
+            ),
         )
         exactly_once = cfg.guarantee == "exactly-once"
-        producer = Producer(
+        producer = new_client(
+            Producer,
             kafka_io.producer_settings(
                 cfg.bootstrap_servers,
                 cfg.transactional_id if exactly_once else None,
                 cfg.producer_overrides,
-            )
+            ),
         )
         self._kafka: kafka_io.ConsumerThread = kafka_io.ConsumerThread(
             consumer, kafka_io.call_deadline(cfg.kafka_timeout_s)

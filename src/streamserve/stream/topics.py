@@ -11,18 +11,28 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-expo
 )
 
 from streamserve.errors import NotFound, Unavailable
-from streamserve.kafka.admin import create_topics
+from streamserve.kafka.admin import Kafka, bootstrap_of, connected_admin, create_topics
 
 _TIMEOUT_S = 30.0
 
 
 def ensure_topics(
-    bootstrap_servers: str, input_topic: str, output_topics: Sequence[str], create: bool
+    kafka: Kafka,
+    input_topic: str,
+    output_topics: Sequence[str],
+    create: bool,
+    *,
+    connect_timeout_s: float = _TIMEOUT_S,
 ) -> dict[str, int]:
     """Partition count per topic. Missing output topics are created (like the input topic's
     partition count, the cluster's default replication factor, by
-    :func:`streamserve.kafka.admin.create_topics`) when ``create`` is true."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    :func:`streamserve.kafka.admin.create_topics`) when ``create`` is true.
+
+    ``kafka`` is the bootstrap servers or the admin client's whole configuration. Raises
+    :class:`streamserve.errors.KafkaConnectError` when Kafka cannot be reached or refuses
+    the credentials or the TLS handshake (see :func:`connected_admin`)."""
+    admin = connected_admin(kafka, connect_timeout_s)
+    bootstrap_servers = bootstrap_of(kafka)
     counts = _partition_counts(admin)
     if input_topic not in counts:
         raise NotFound(f"input topic {input_topic!r} does not exist on {bootstrap_servers}")
