@@ -7,7 +7,9 @@
   KEDA's documented fields; KEDA publishes CRDs, not schemas ``kubernetes-validate`` has);
 - every flag in the manifests and every key of the stream TOML is one the real argparse
   parsers (``streamserve.cli.build_parser()``) accept, and credentials arrive as
-  ``STREAMSERVE_KAFKA_*`` variables from the Secret;
+  ``STREAMSERVE_KAFKA_*`` variables from the Secret; the pod's command line, ConfigMap
+  file and Secret variables resolve through ``streamserve stream --print-config`` (the
+  real settings code) to the intended instance id, credentials and metrics port;
 - every probe's port is the port the container's flags open, and its path / gRPC service
   is served by the code: a real in-process model server and the stream processor's
   operations endpoint answer them;
@@ -214,6 +216,33 @@ def test_stream_config_keys_are_stream_flags() -> None:
     unknown = [key for key in keys if f"--{key.replace('_', '-')}" not in accepted]
     assert unknown == [], f"stream.toml keys that are not `streamserve stream` flags: {unknown}"
     assert all(isinstance(v, str) for v in _stream_toml()["kafka"].values())
+
+
+def test_stream_pod_settings_resolve_through_the_real_settings_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pod's command line, its ConfigMap file and its Secret variables, given to
+    ``streamserve stream --print-config``: accepted, and resolved as intended."""
+    from streamserve.cli import main
+
+    config = tmp_path / "stream.toml"
+    config.write_text(_one("ConfigMap")["data"]["stream.toml"])
+    container = _container("StatefulSet")
+    argv = [
+        {TOML_PATH: str(config), "$(POD_NAME)": "stream-processor-0"}.get(arg, arg)
+        for arg in container["args"]
+    ]
+    for variable in container["env"]:
+        if "secretKeyRef" in variable["valueFrom"]:
+            monkeypatch.setenv(
+                variable["name"], f"value-of-{variable['valueFrom']['secretKeyRef']['key']}"
+            )
+    assert main([*argv, "--print-config"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["instance_id"] == "stream-processor-0"
+    assert printed["kafka"]["sasl.username"] == "value-of-username"
+    assert printed["kafka"]["sasl.password"] == "[redacted]"  # resolved, never printed
+    assert printed["metrics_port"] == container["ports"][0]["containerPort"]
 
 
 def test_stream_config_is_mounted_where_the_args_point() -> None:
