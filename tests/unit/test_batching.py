@@ -338,7 +338,7 @@ def test_batching_runner_batches_per_version_and_signature() -> None:
 
     metrics = RecordingMetrics()
     runner = BatchingRunner(
-        BatchingParameters(max_batch_size=16, batch_timeout_micros=5000), metrics=metrics
+        BatchingParameters(max_batch_size=16, batch_timeout_micros=200_000), metrics=metrics
     )
     v1, v2 = FakeServable(), FakeServable()
 

@@ -26,13 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from streamserve.errors import (
-    Code,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    StreamserveError,
-)
+from streamserve.errors import Code, FailedPrecondition, Internal, InvalidArgument, StreamserveError
 from streamserve.runtimes.base import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
@@ -43,7 +37,10 @@ from streamserve.runtimes.base import (
 )
 from streamserve.runtimes.providers import parse_providers, session_providers, warn_unavailable
 from streamserve.runtimes.settings import section
-from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+from streamserve.runtimes.validation import (
+    SignatureServable,
+    resolve_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +169,7 @@ class _Plan:
     shared_dims: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]  # symbol → (input, axis)s
 
 
-class OnnxServable:
+class OnnxServable(SignatureServable):
     """One loaded ``model.onnx``. ``predict`` is thread-safe (ORT sessions are)."""
 
     def __init__(self, session: Any) -> None:
@@ -188,10 +185,6 @@ class OnnxServable:
         )
         self._signatures = MappingProxyType({DEFAULT_SIGNATURE: signature})
 
-    @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return self._signatures
-
     def predict(
         self,
         inputs: Mapping[str, np.ndarray],
@@ -199,8 +192,7 @@ class OnnxServable:
         output_filter: Sequence[str] | None = None,
     ) -> Tensors:
         plan = self._plan
-        signature = get_signature(self._signatures, signature_name)
-        check_inputs(signature, inputs)
+        signature = self.checked_signature(signature_name, inputs)
         if plan.shared_dims:
             _check_shared_dims(plan.shared_dims, inputs)
         output_names = resolve_outputs(signature, output_filter, plan.output_names)

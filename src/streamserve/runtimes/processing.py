@@ -37,7 +37,10 @@ from streamserve.runtimes.base import (
     TensorSpec,
 )
 from streamserve.runtimes.images import ImageSpec, preprocess_batch
-from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+from streamserve.runtimes.validation import (
+    SignatureServable,
+    resolve_outputs,
+)
 
 PROCESSING_FILE = "processing.json"
 _OBJECT = np.dtype(object)
@@ -242,7 +245,7 @@ class _Bound:
     default_outputs: list[str]
 
 
-class ProcessedServable:
+class ProcessedServable(SignatureServable):
     """Wraps a servable with the processing steps of ``processing.json``. Thread-safe."""
 
     def __init__(
@@ -265,10 +268,6 @@ class ProcessedServable:
         self._closed = False
 
     @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return self._signatures
-
-    @property
     def inner(self) -> Servable:
         return self._inner
 
@@ -278,8 +277,7 @@ class ProcessedServable:
         signature_name: str = DEFAULT_SIGNATURE,
         output_filter: Sequence[str] | None = None,
     ) -> Tensors:
-        signature = get_signature(self._signatures, signature_name)
-        check_inputs(signature, inputs)
+        signature = self.checked_signature(signature_name, inputs)
         bound = self._bound.get(signature_name)
         if bound is None:  # the raw model signature
             resolve_outputs(signature, output_filter, [])

@@ -50,7 +50,10 @@ from streamserve.runtimes.base import (
     Tensors,
     TensorSpec,
 )
-from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+from streamserve.runtimes.validation import (
+    SignatureServable,
+    resolve_outputs,
+)
 
 MODEL_FILE = "model.py"
 _STRING_NAMES = frozenset({"string", "bytes", "str", "object", "bytes_"})
@@ -186,7 +189,7 @@ def _shape(shape: object, name: str) -> tuple[int | None, ...] | None:
 # -- the servable -----------------------------------------------------------------------------
 
 
-class PythonServable:
+class PythonServable(SignatureServable):
     """One loaded ``model.py``; checks requests and outputs against its signatures."""
 
     platform = "python"  # V2 model metadata
@@ -202,18 +205,13 @@ class PythonServable:
         thread_safe = bool(getattr(model, "thread_safe", False))
         self._lock: AbstractContextManager[Any] = nullcontext() if thread_safe else threading.Lock()
 
-    @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return self._signatures
-
     def predict(
         self,
         inputs: Mapping[str, np.ndarray],
         signature_name: str = DEFAULT_SIGNATURE,
         output_filter: Sequence[str] | None = None,
     ) -> Tensors:
-        signature = get_signature(self._signatures, signature_name)
-        check_inputs(signature, inputs)
+        signature = self.checked_signature(signature_name, inputs)
         names = resolve_outputs(signature, output_filter, list(signature.outputs))
         raw = self._call(dict(inputs), signature_name)
         return {name: self._output(signature, name, raw) for name in names}

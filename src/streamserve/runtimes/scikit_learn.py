@@ -44,7 +44,10 @@ from streamserve.runtimes.base import (
 )
 from streamserve.runtimes.python_model import conform_output, parse_dtype
 from streamserve.runtimes.settings import section
-from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+from streamserve.runtimes.validation import (
+    SignatureServable,
+    resolve_outputs,
+)
 
 MODEL_FILES = ("model.joblib", "model.pkl")
 INPUT_NAME = "inputs"
@@ -176,7 +179,7 @@ def _label_dtype(estimator: Any, output: str) -> np.dtype:
     return np.dtype(object) if dtype.kind in "OUS" else dtype
 
 
-class SklearnServable:
+class SklearnServable(SignatureServable):
     """One loaded estimator. ``predict`` is thread-safe (scikit-learn inference is)."""
 
     platform = "sklearn"  # V2 model metadata
@@ -188,10 +191,6 @@ class SklearnServable:
         self._signatures = MappingProxyType({n: m.signature for n, m in methods.items()})
 
     @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return self._signatures
-
-    @property
     def estimator(self) -> Any:
         return self._estimator
 
@@ -201,8 +200,7 @@ class SklearnServable:
         signature_name: str = DEFAULT_SIGNATURE,
         output_filter: Sequence[str] | None = None,
     ) -> Tensors:
-        signature = get_signature(self._signatures, signature_name)
-        check_inputs(signature, inputs)
+        signature = self.checked_signature(signature_name, inputs)
         names = resolve_outputs(signature, output_filter, list(signature.outputs))
         [output] = signature.outputs.values()
         try:

@@ -22,13 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streamserve.errors import (
-    Code,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    StreamserveError,
-)
+from streamserve.errors import Code, FailedPrecondition, Internal, InvalidArgument, StreamserveError
 from streamserve.runtimes.base import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
@@ -37,7 +31,10 @@ from streamserve.runtimes.base import (
     Tensors,
     TensorSpec,
 )
-from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+from streamserve.runtimes.validation import (
+    SignatureServable,
+    resolve_outputs,
+)
 
 SAVED_MODEL_FILE = "saved_model.pb"
 SERVE_TAG = "serve"
@@ -100,7 +97,7 @@ def _read_signature_defs(version_dir: Path) -> tuple[list[str] | None, dict[str,
     return tags, methods
 
 
-class TensorFlowServable:
+class TensorFlowServable(SignatureServable):
     """One loaded SavedModel. ``predict`` is thread-safe (TF functions are; they drop the GIL)."""
 
     def __init__(self, tf: Any, loaded: Any, methods: Mapping[str, str]) -> None:
@@ -123,18 +120,13 @@ class TensorFlowServable:
             for name, function in self._functions.items()
         }
 
-    @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return self._signatures
-
     def predict(
         self,
         inputs: Mapping[str, np.ndarray],
         signature_name: str = DEFAULT_SIGNATURE,
         output_filter: Sequence[str] | None = None,
     ) -> Tensors:
-        signature = get_signature(self._signatures, signature_name)
-        check_inputs(signature, inputs)
+        signature = self.checked_signature(signature_name, inputs)
         output_names = resolve_outputs(signature, output_filter, self._all_outputs[signature_name])
         if self._loaded is None:
             raise FailedPrecondition("the TensorFlow servable was closed (model version unloaded)")

@@ -114,3 +114,20 @@ def resolve_outputs(
                 f"available outputs: {', '.join(signature.outputs)}"
             )
     return names
+
+
+class SignatureServable:
+    """Base of servables that keep their signatures in ``_signatures`` and check each
+    call's inputs against the signature it names."""
+
+    _signatures: Mapping[str, Signature]
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        return self._signatures
+
+    def checked_signature(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Signature:
+        """The named signature, once ``inputs`` match it (else InvalidArgument)."""
+        signature = get_signature(self._signatures, signature_name)
+        check_inputs(signature, inputs)
+        return signature
