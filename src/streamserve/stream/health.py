@@ -121,8 +121,10 @@ async def probe_model(predictors: Sequence[Predictor], timeout_s: float) -> str 
             return None  # cannot tell: do not hold readiness back
         try:
             await asyncio.wait_for(predictor.probe(), timeout_s)
-        except StreamserveError as exc:
-            reasons.append(f"{predictor.target}: {exc.message}")
+        except StreamserveError as exc:  # remote errors already start with the target
+            message = exc.message
+            named = message.startswith(predictor.target)
+            reasons.append(message if named else f"{predictor.target}: {message}")
         except TimeoutError:
             reasons.append(f"{predictor.target}: no answer within {timeout_s}s")
         else:
