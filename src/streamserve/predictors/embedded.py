@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamserve.errors import Unavailable
 from streamserve.predictors.base import Prediction
+from streamserve.repository.availability import load_error, model_available
 from streamserve.runtimes.base import DEFAULT_SIGNATURE
 
 if TYPE_CHECKING:
@@ -67,6 +69,12 @@ class EmbeddedPredictor:
         with self.manager.handle(self.model_name, version=self.version, label=self.label) as handle:
             outputs = handle.servable.predict(inputs, signature_name)
             return Prediction(dict(outputs), handle.name, handle.version)
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: a version is AVAILABLE."""
+        if not model_available(self.manager, self.model_name):
+            reason = load_error(self.manager, self.model_name)
+            raise Unavailable(f"model {self.model_name!r} is not loaded: {reason}")
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_now)

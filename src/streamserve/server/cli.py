@@ -14,6 +14,11 @@ Once both servers listen, one line is printed to stdout::
 
     streamserve: serving gRPC on 0.0.0.0:8500, REST on 0.0.0.0:8501
 
+Start-up fails fast, as TF Serving's does: when a model given at start-up has no version
+AVAILABLE after its first load attempt, ``serve`` exits with status 6 and the load error
+on its ``error:`` line (``--allow_partial_start`` serves anyway; ``grpc.health.v1`` and
+``/v2/health/ready`` then say not serving until every model is AVAILABLE).
+
 SIGTERM or SIGINT stops the server gracefully (requests in flight finish).
 
 ``--workers N`` runs N server processes sharing both ports under one supervisor (see
@@ -95,6 +100,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="<version>/ dirs of model.py, model.onnx, saved_model.pb or model.joblib "
           "(env MODEL_BASE_PATH)")  # fmt: skip
     _flag(parser, "model_platform", default="", help="platform of the single model")
+    _bool_flag(parser, "allow_partial_start", False,
+               "serve even when an initial model fails to load (health says NOT_SERVING "
+               "until every model is AVAILABLE); default: exit with the load error")  # fmt: skip
+    _flag(parser, "ssl_config_file",
+          help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, "
+          "client_verify): TLS on the gRPC port and HTTPS on the REST port")  # fmt: skip
     _flag(parser, "model_config_file", help="TF Serving model_config_list text proto")
     _flag(parser, "model_config_file_poll_wait_seconds", type=float, default=0.0,
           help="re-read --model_config_file every N seconds (0 = once)")  # fmt: skip
@@ -136,6 +147,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "workers", type=_positive_int, default=1,
           help="server processes sharing both ports (SO_REUSEPORT), for all cores")  # fmt: skip
     add_log_format_argument(parser)
+    _bool_flag(parser, "access_log", False,
+               "log one line per request: model, version, protocol, status, latency")  # fmt: skip
     _flag(parser, "model_control_mode", choices=["none", "explicit"], default="none",
           help="none (default): refuse load/unload/reload; explicit: allow them")  # fmt: skip
     _flag(parser, "model_repository_root", action="append", default=[],
@@ -162,7 +175,9 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         enable_model_warmup=args.enable_model_warmup,
+        allow_partial_start=args.allow_partial_start,
         host=args.host,
+        ssl_config_file=args.ssl_config_file,
         grpc_port=args.port,
         rest_port=args.rest_api_port or None,
         grpc_max_message_bytes=args.grpc_max_message_bytes,
@@ -184,6 +199,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         model_control_mode=args.model_control_mode,
         model_repository_roots=tuple(args.model_repository_root),
         model_control_token_file=args.model_control_token_file,
+        access_log=args.access_log,
     )
 
 

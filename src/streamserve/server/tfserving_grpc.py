@@ -54,6 +54,10 @@ def install(context: ServerContext) -> None:
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(context.core, control_for(context)), context.grpc_server
     )
+    context.grpc_services += [
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+    ]
 
 
 def model_ref(spec: Any, context: grpc.aio.ServicerContext | None = None) -> ModelRef:

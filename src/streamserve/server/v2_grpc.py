@@ -47,6 +47,7 @@ def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     servicer = InferenceServicer(plane_for(context), control_for(context))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, context.grpc_server)
+    context.grpc_services.append("inference.GRPCInferenceService")
 
 
 def _model_of(request: Any) -> str:
