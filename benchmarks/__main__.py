@@ -16,6 +16,7 @@ from streamserve.errors import StreamserveError
 BENCHMARKS: dict[str, str] = {
     "server": "benchmarks.server",
     "stream": "benchmarks.stream",
+    "profile": "benchmarks.profile",
 }
 
 

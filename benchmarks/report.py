@@ -16,13 +16,19 @@ from typing import Any
 
 from benchmarks.common import BarPanel, median, plot_bar_panels, ratio
 
-TARGET_ORDER = ("streamserve", "mlserver", "minimal", "minimal-uvloop")
+WORKERS_TARGET = "streamserve-workers2"  # `serve --workers 2`, batch 1 V2 only
+TARGET_ORDER = ("streamserve", WORKERS_TARGET, "mlserver", "minimal", "minimal-uvloop")
+WORKERS_SCENARIOS = ("v2-grpc", "v2-rest")
+WORKERS_BATCH = 1
 SCENARIO_ORDER = ("tf-grpc", "v2-grpc", "tf-rest", "v2-rest")
 # goals of issue 8, acceptance point 5 (tiny model unless said otherwise)
 GOAL_VS_MLSERVER = 1.5
 GOAL_VS_MINIMAL = 0.9
 GOAL_CPU_VS_MLSERVER = 0.6
 GOAL_HEAVY_VS_RAW = 0.8
+# goals of issue 16: one worker against the minimal server on uvloop; two workers vs one
+GOAL_VS_MINIMAL_UVLOOP = 0.8
+GOAL_WORKERS_2_VS_1 = 1.7
 _AGGREGATED = (
     "rps",
     "p50_ms",
@@ -133,9 +139,10 @@ def compute_ratios(
         for floor, label in (("minimal", "minimal grpc.aio"),
                              ("minimal-uvloop", "minimal grpc.aio on uvloop")):  # fmt: skip
             floor_row = find_row(rows, floor, "v2-grpc", batch)
+            goal = GOAL_VS_MINIMAL_UVLOOP if floor == "minimal-uvloop" else GOAL_VS_MINIMAL
             if floor_row and v2_grpc:
                 add(f"req/s streamserve / {label}", "v2-grpc", batch,
-                    ratio(v2_grpc["rps"], floor_row["rps"]), GOAL_VS_MINIMAL)  # fmt: skip
+                    ratio(v2_grpc["rps"], floor_row["rps"]), goal)  # fmt: skip
         mlserver_grpc = find_row(rows, "mlserver", "v2-grpc", batch)
         if mlserver_grpc and tf_grpc:
             add("req/s streamserve TF Predict / MLServer V2", "tf-grpc", batch,
@@ -143,6 +150,16 @@ def compute_ratios(
         if minimal and tf_grpc:
             add("req/s streamserve TF Predict / minimal V2", "tf-grpc", batch,
                 ratio(tf_grpc["rps"], minimal["rps"]), None)  # fmt: skip
+        minimal_uvloop = find_row(rows, "minimal-uvloop", "v2-grpc", batch)
+        if minimal_uvloop and tf_grpc:
+            add("req/s streamserve TF Predict / minimal V2 on uvloop", "tf-grpc", batch,
+                ratio(tf_grpc["rps"], minimal_uvloop["rps"]), GOAL_VS_MINIMAL_UVLOOP)  # fmt: skip
+        for scenario in WORKERS_SCENARIOS:
+            one = find_row(rows, "streamserve", scenario, batch)
+            two = find_row(rows, WORKERS_TARGET, scenario, batch)
+            if one and two:
+                add("req/s streamserve --workers 2 / --workers 1", scenario, batch,
+                    ratio(two["rps"], one["rps"]), GOAL_WORKERS_2_VS_1)  # fmt: skip
     if heavy and heavy.get("server") and heavy.get("raw"):
         add("images/s streamserve (dynamic batching) / raw onnxruntime batched", "heavy", None,
             ratio(heavy["server"]["images_per_s"], heavy["raw"]["images_per_s"]),

@@ -7,7 +7,9 @@ request bytes:
 - streamserve (``streamserve serve`` child process): TF Serving gRPC ``Predict``, V2 gRPC
   ``ModelInfer`` (raw contents), TF REST ``:predict`` (``instances``), V2 REST ``/infer``;
 - MLServer (when installed, see ``benchmarks/mlserver/``): V2 gRPC and V2 REST;
-- a minimal hand-written grpc.aio V2 server (``benchmarks/minimal_grpc/``): the floor.
+- a minimal hand-written grpc.aio V2 server (``benchmarks/minimal_grpc/``): the floor;
+- ``streamserve serve --workers 2`` (``streamserve-workers2``): V2 gRPC and REST at batch 1,
+  against the one-worker server of the same run (``--no-workers`` leaves it out).
 
 Each scenario runs every target back to back (the order rotates every round), so slow
 drifts of a shared machine hit all of them alike. gRPC load comes from separate client
@@ -32,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report import WORKERS_BATCH, WORKERS_SCENARIOS, WORKERS_TARGET
 
 HELP = "Benchmark the model server against raw onnxruntime, MLServer and a minimal grpc.aio server"
 SCENARIOS = ("tf-grpc", "v2-grpc", "tf-rest", "v2-rest")
@@ -68,6 +72,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlserver-bin", help="the mlserver executable (default: PATH, "
                         "then ~/.venvs/mlserver/bin/mlserver)")  # fmt: skip
     parser.add_argument("--skip-minimal", action="store_true", help="no minimal grpc.aio server")
+    parser.add_argument("--workers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also serve --workers 2 (V2 gRPC and REST, batch 1)")  # fmt: skip
     parser.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=True,
                         help="the tiny-model runs (--no-tiny: heavy model only)")  # fmt: skip
     parser.add_argument("--heavy", action=argparse.BooleanOptionalAction, default=True,
@@ -282,12 +288,16 @@ class Plan:
     def pairs(self) -> list[tuple[str, int]]:
         return [(scenario, batch) for batch in self.batches for scenario in self.scenarios]
 
-    def targets_for(self, scenario: str) -> list[str]:
+    def targets_for(self, scenario: str, batch: int) -> list[str]:
         names = []
         for name in self.targets:
             if name.startswith("minimal") and scenario != "v2-grpc":
                 continue
             if name == "mlserver" and not scenario.startswith("v2"):
+                continue
+            if name == WORKERS_TARGET and (
+                scenario not in WORKERS_SCENARIOS or batch != WORKERS_BATCH
+            ):
                 continue
             names.append(name)
         return names
@@ -372,6 +382,9 @@ def _start_targets(args: argparse.Namespace, tiny_dir: Path, out: Path, notes: l
     servers: dict[str, Any] = {}
     servers["streamserve"] = stack.enter_context(stopping(t.start_streamserve(
         "streamserve", TINY, tiny_dir.parent, logs)))  # fmt: skip
+    if args.workers:
+        servers[WORKERS_TARGET] = stack.enter_context(stopping(t.start_streamserve(
+            WORKERS_TARGET, TINY, tiny_dir.parent, logs, ["--workers=2"])))  # fmt: skip
     if args.skip_mlserver:
         notes.append("MLServer skipped (--skip-mlserver)")
     else:
@@ -435,7 +448,7 @@ def _run_tiny(args: argparse.Namespace, scenarios: list[str], batches: list[int]
     steps = [(round_index, scenario, batch, target)
              for round_index in range(args.rounds)
              for scenario, batch in plan.pairs()
-             for target in _rotate(plan.targets_for(scenario), round_index)]  # fmt: skip
+             for target in _rotate(plan.targets_for(scenario, batch), round_index)]  # fmt: skip
     records: list[dict[str, Any]] = []
     with progress(len(steps), "bench server") as bar:
         for round_index, scenario, batch, target in steps:
@@ -470,7 +483,7 @@ def _prepare_requests(plan: Plan, session: Any) -> None:
         inputs = {"x": tiny_inputs(batch)}
         expected = session.run(None, inputs)[0]
         plan.payloads[(scenario, batch)] = payload = builders[scenario](inputs)
-        for name in plan.targets_for(scenario):
+        for name in plan.targets_for(scenario, batch):
             server = plan.targets[name]
             address = server.grpc_target if scenario.endswith("grpc") else server.rest_url
             body = send_once(scenario, address, TINY, payload)

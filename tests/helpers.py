@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,107 @@ def image_bytes(
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files of a test CA, a server certificate (for 127.0.0.1 and localhost) and a
+    client certificate, both signed by the CA; see :func:`make_certificates`."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def ssl_config(self, client_verify: bool) -> str:
+        """TF Serving's ``SSLConfig`` text proto (PEM contents, not paths)."""
+        fields = {
+            "server_key": self.server_key.read_text(),
+            "server_cert": self.server_cert.read_text(),
+            "custom_ca": self.ca.read_text(),
+        }
+        text = "".join(f"{name}: {json.dumps(value)}\n" for name, value in fields.items())
+        return text + f"client_verify: {str(client_verify).lower()}\n"
+
+
+def make_certificates(folder: Path) -> Certificates:
+    """A throw-away CA plus server and client certificates, written under ``folder``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def certificate(
+        name: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+        extensions: list[tuple[x509.ExtensionType, bool]],
+    ) -> x509.Certificate:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        issuer_name, issuer_key = issuer or (subject, key)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = certificate(
+        "streamserve test CA", ca_key, None, [(x509.BasicConstraints(True, None), True)]
+    )
+    ca_issuer = (ca.subject, ca_key)
+    server_key, client_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    names = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    server = certificate(
+        "localhost",
+        server_key,
+        ca_issuer,
+        [(names, False), (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)],
+    )
+    client = certificate(
+        "streamserve test client",
+        client_key,
+        ca_issuer,
+        [(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
+    )
+    files = {
+        "ca.pem": ca.public_bytes(serialization.Encoding.PEM),
+        "server.pem": server.public_bytes(serialization.Encoding.PEM),
+        "server.key": key_pem(server_key),
+        "client.pem": client.public_bytes(serialization.Encoding.PEM),
+        "client.key": key_pem(client_key),
+    }
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return Certificates(
+        *(
+            folder / name
+            for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+        )
+    )

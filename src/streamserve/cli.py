@@ -11,9 +11,11 @@ demo); 2 a usage, configuration or set-up error, explained on one ``error:`` lin
 3 ``kafka status``: the broker is not running; 4 an optional extra is missing (the
 ``error:`` line says which ``pip install 'streamserve[...]'``); 5 cannot connect or
 authenticate to Kafka (no broker answered within ``--kafka-connect-timeout-s``, the
-credentials were refused, or the TLS handshake failed), on one ``error:`` line; ``stream``
-also 70 (a stop was forced) and 75 (Kafka clients unrecoverable in-process, restart it);
-130 interrupted. With ``--log-format json`` the ``error:`` line is a JSON object too.
+credentials were refused, or the TLS handshake failed), on one ``error:`` line; 6 a model
+the command was started with cannot load (``serve``'s initial models, embedded
+``stream``'s model; the ``error:`` line quotes the load error); ``stream`` also 70 (a stop
+was forced) and 75 (Kafka clients unrecoverable in-process, restart it); 130
+interrupted. With ``--log-format json`` the ``error:`` line is a JSON object too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from types import ModuleType
 
 from streamserve import __version__, demo
-from streamserve.errors import KafkaConnectError, MissingExtra, StreamserveError
+from streamserve.errors import KafkaConnectError, MissingExtra, ModelLoadFailed, StreamserveError
 from streamserve.kafka import cli as kafka_cli
 from streamserve.logs import LOG_LEVELS, configure_logging, print_error_line
 from streamserve.models import cli as models_cli
@@ -33,6 +35,7 @@ from streamserve.stream import cli as stream_cli
 EXIT_ERROR = 2
 EXIT_MISSING_EXTRA = 4
 EXIT_KAFKA_CONNECT = 5
+EXIT_MODEL_LOAD_FAILED = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -97,6 +100,8 @@ def _exit_status(exc: StreamserveError) -> int:
         return EXIT_MISSING_EXTRA
     if isinstance(exc, KafkaConnectError):
         return EXIT_KAFKA_CONNECT
+    if isinstance(exc, ModelLoadFailed):
+        return EXIT_MODEL_LOAD_FAILED
     return EXIT_ERROR
 
 

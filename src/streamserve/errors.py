@@ -122,6 +122,11 @@ class SetupError(StreamserveError):
     code = Code.FAILED_PRECONDITION
 
 
+class ModelLoadFailed(SetupError):
+    """A model the command was started with did not become AVAILABLE (fail-fast start-up,
+    as ``tensorflow_model_server`` refuses to start); the message carries the load error."""
+
+
 class MissingExtra(SetupError):
     """An optional dependency group (``pip install 'streamserve[EXTRA]'``) is not installed."""
 

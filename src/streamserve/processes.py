@@ -105,7 +105,8 @@ class ChildProcess:
 
     Ready when a stdout line starts with ``ready_prefix`` (that line is ``ready_line``);
     an empty prefix means ready once started. The child's environment is ``base_env``
-    (default: this process's) updated with ``env``.
+    (default: this process's) updated with ``env``. ``echo``: a stream that gets every
+    output line too (e.g. this process's stderr).
     """
 
     ready_prefix = ""
@@ -120,9 +121,11 @@ class ChildProcess:
         base_env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         name: str | None = None,
+        echo: IO[bytes] | None = None,
     ) -> None:
         self.command = list(command)
         self.log_path = Path(log_path)
+        self.echo = echo
         if ready_prefix is not None:
             self.ready_prefix = ready_prefix
         inherited = os.environ if base_env is None else base_env
@@ -172,8 +175,16 @@ class ChildProcess:
             for raw in stdout:
                 log.write(raw)
                 log.flush()
+                if self.echo is not None:
+                    self._echo(raw)
                 if not self._ready.is_set():
                     self._check_ready_line(raw.decode("utf-8", "replace").strip())
+
+    def _echo(self, raw: bytes) -> None:
+        assert self.echo is not None
+        with contextlib.suppress(OSError, ValueError):  # a closed stream must not stop the copy
+            self.echo.write(raw)
+            self.echo.flush()
 
     def _check_ready_line(self, line: str) -> None:
         if line.startswith(self.ready_prefix):

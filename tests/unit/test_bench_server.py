@@ -262,3 +262,42 @@ def test_mean_batch_size_from_prometheus_text() -> None:
     ])  # fmt: skip
     assert bench_heavy.mean_batch_size(text, "imagenet") == 15.0
     assert bench_heavy.mean_batch_size(text, "missing") is None
+
+
+def test_workers_and_tf_predict_ratios_of_issue_16() -> None:
+    records = [
+        *RECORDS,
+        _record(report.WORKERS_TARGET, "v2-grpc", 1, 5100, 0.2),
+        _record(report.WORKERS_TARGET, "v2-rest", 1, 2400, 0.4),
+    ]
+    ratios = report.compute_ratios(report.aggregate(records), [1], HEAVY)
+    by_name = {(item.name, item.scenario): item for item in ratios}
+    grpc = by_name[("req/s streamserve --workers 2 / --workers 1", "v2-grpc")]
+    assert grpc.value == pytest.approx(5100 / 3200) and grpc.passed is False
+    rest = by_name[("req/s streamserve --workers 2 / --workers 1", "v2-rest")]
+    assert rest.value == pytest.approx(1.6) and rest.goal == ">= 1.7"
+    on_uvloop = by_name[("req/s streamserve TF Predict / minimal V2 on uvloop", "tf-grpc")]
+    assert on_uvloop.value == pytest.approx(0.56) and on_uvloop.goal == ">= 0.8"
+
+
+def test_the_workers_target_runs_v2_at_batch_one_only() -> None:
+    from benchmarks.server import Plan
+
+    targets = {"streamserve": None, report.WORKERS_TARGET: None, "minimal": None}
+    plan = Plan(["v2-grpc", "tf-grpc"], [1, 32], targets, use_wrk=True, use_h2load=True)
+    assert plan.targets_for("v2-grpc", 1) == ["streamserve", report.WORKERS_TARGET, "minimal"]
+    assert plan.targets_for("v2-grpc", 32) == ["streamserve", "minimal"]
+    assert plan.targets_for("tf-grpc", 1) == ["streamserve"]
+
+
+def test_profile_summary_counts_own_and_inclusive_time() -> None:
+    from benchmarks.profile import format_profile
+
+    raw = (
+        "main (app.py:1);infer (v2_grpc.py:10);decode (v2.py:5) 3\n"
+        "main (app.py:1);infer (v2_grpc.py:12) 1\n"
+    )
+    text = format_profile(raw)
+    assert text.startswith("4 samples holding the GIL")
+    assert " 75.0%  decode (v2.py)" in text and " 25.0%  infer (v2_grpc.py)" in text
+    assert "100.0%  infer (v2_grpc.py)" in text  # lines of one function merged

@@ -118,3 +118,24 @@ def test_no_model_is_a_clear_error() -> None:
 
     with pytest.raises(InvalidArgument, match="--model_base_path"):
         options_from_args(parse()).model_configs()
+
+
+def test_workers_flag_defaults_to_one_and_must_be_positive() -> None:
+    assert parse("--model_base_path=/m").workers == 1
+    assert parse("--workers=4", "--model_base_path=/m").workers == 4
+    with pytest.raises(SystemExit):
+        parse("--workers=0", "--model_base_path=/m")
+
+
+def test_reserved_port_is_shared_with_reuseport_listeners() -> None:
+    import socket
+
+    from streamserve.server.workers import reserved_port
+
+    with reserved_port("127.0.0.1", 0) as port:
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind(("127.0.0.1", port))  # a worker binds the reserved port too
+            listener.listen()
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))  # anything else cannot take it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,3 +43,13 @@ class Predictor(Protocol):
     ) -> Prediction: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Probeable(Protocol):
+    """A predictor that can tell, without predicting, whether its model answers now."""
+
+    async def probe(self) -> None:
+        """Return when the model is loaded (embedded) or reachable and AVAILABLE (remote);
+        raise a ``StreamserveError`` saying why not."""
+        ...

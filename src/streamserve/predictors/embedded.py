@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamserve.errors import Unavailable
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.signatures import conform_inputs
+from streamserve.repository.availability import load_error, model_available
 from streamserve.runtimes.base import DEFAULT_SIGNATURE
 from streamserve.runtimes.validation import get_signature
 
@@ -75,6 +77,12 @@ class EmbeddedPredictor:
             signature = get_signature(servable.signatures, signature_name)
             outputs = servable.predict(conform_inputs(signature, inputs), signature_name)
             return Prediction(dict(outputs), handle.name, handle.version)
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: a version is AVAILABLE."""
+        if not model_available(self.manager, self.model_name):
+            reason = load_error(self.manager, self.model_name)
+            raise Unavailable(f"model {self.model_name!r} is not loaded: {reason}")
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_now)

@@ -1,7 +1,8 @@
 """Build a :class:`~streamserve.predictors.base.Predictor` from a declarative spec.
 
-- ``targets`` given → remote: each ``grpc://host:port`` (or bare ``host:port``) or
-  ``http(s)://host:port`` becomes one client of ``protocol`` (``tfserving`` or ``v2``);
+- ``targets`` given → remote: each ``grpc://host:port`` (or bare ``host:port``),
+  ``grpcs://host:port`` (TLS) or ``http(s)://host:port`` becomes one client of
+  ``protocol`` (``tfserving`` or ``v2``), secured as ``security`` says;
   several targets (a list, or comma-separated) are balanced by least outstanding requests.
 - no targets, ``model_base_path`` given → embedded: a ``ModelManager`` over that base path
   (its numbered version directories, hot reload included), owned by the predictor.
@@ -17,11 +18,13 @@ from streamserve.errors import InvalidArgument
 from streamserve.predictors.balancer import BalancedPredictor, TargetPredictor
 from streamserve.predictors.base import Predictor
 from streamserve.predictors.embedded import EmbeddedPredictor
+from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.predictors.tfserving_grpc import TfServingGrpcPredictor
 from streamserve.predictors.tfserving_rest import TfServingRestPredictor
 from streamserve.predictors.v2_grpc import V2GrpcPredictor
 from streamserve.predictors.v2_rest import V2RestPredictor
 from streamserve.repository import ModelConfig, ModelManager, VersionPolicy
+from streamserve.repository.availability import require_available
 
 PROTOCOLS = ("tfserving", "v2")
 
@@ -43,6 +46,7 @@ class PredictorSpec:
     timeout_s: float = 10.0
     per_call_channel: bool = False
     file_system_poll_wait_s: float = 1.0
+    security: ClientSecurity = PLAINTEXT  # TLS (grpcs://, https://) and request headers
 
 
 def create_predictor(spec: PredictorSpec) -> Predictor:
@@ -79,7 +83,7 @@ def create_members(spec: PredictorSpec) -> list[TargetPredictor]:
 
 def parse_targets(targets: str | Sequence[str]) -> list[str]:
     """Split ``"grpc://a:8500,grpc://b:8500"`` (or a list of such) into normalised targets:
-    ``grpc://host:port`` or ``http(s)://host:port``."""
+    ``grpc(s)://host:port`` or ``http(s)://host:port``."""
     items = [targets] if isinstance(targets, str) else list(targets)
     parsed = []
     for item in items:
@@ -101,6 +105,8 @@ def create_embedded_predictor(
 
     ``model_name`` defaults to the base path's directory name. A pinned ``model_version``
     loads just that version; otherwise the latest version is served and hot reloaded.
+    Fails fast: :class:`~streamserve.errors.ModelLoadFailed`, with the load error, when no
+    version is AVAILABLE after the first load attempt.
     """
     base_path = Path(model_base_path).resolve()
     if not base_path.is_dir():
@@ -113,6 +119,7 @@ def create_embedded_predictor(
     manager = ModelManager([config], file_system_poll_wait_seconds=file_system_poll_wait_s)
     manager.start()
     try:
+        require_available(manager)
         return EmbeddedPredictor(manager, name, model_version, mode=mode, owns_manager=True)
     except BaseException:
         manager.stop()
@@ -124,8 +131,8 @@ def _normalise_target(text: str) -> str:
     if not sep:
         scheme, rest = "grpc", text
     scheme = scheme.lower()
-    if scheme not in ("grpc", "http", "https"):
-        raise InvalidArgument(f"model server {text!r}: use grpc://, http:// or https://")
+    if scheme not in ("grpc", "grpcs", "http", "https"):
+        raise InvalidArgument(f"model server {text!r}: use grpc://, grpcs://, http:// or https://")
     address = rest.rstrip("/")
     host, colon, port = address.rpartition(":")
     if not colon or not host or not port.isdigit() or "/" in address:
@@ -134,7 +141,7 @@ def _normalise_target(text: str) -> str:
 
 
 def _remote(target: str, spec: PredictorSpec) -> TargetPredictor:
-    grpc = target.startswith("grpc://")
+    grpc = target.startswith(("grpc://", "grpcs://"))
     if spec.protocol == "v2":
         v2_type = V2GrpcPredictor if grpc else V2RestPredictor
         return v2_type(
@@ -143,6 +150,7 @@ def _remote(target: str, spec: PredictorSpec) -> TargetPredictor:
             model_version=spec.model_version,
             timeout_s=spec.timeout_s,
             per_call_channel=spec.per_call_channel,
+            security=spec.security,
         )
     tfs_type = TfServingGrpcPredictor if grpc else TfServingRestPredictor
     return tfs_type(
@@ -152,4 +160,5 @@ def _remote(target: str, spec: PredictorSpec) -> TargetPredictor:
         model_label=spec.model_label,
         timeout_s=spec.timeout_s,
         per_call_channel=spec.per_call_channel,
+        security=spec.security,
     )

@@ -12,6 +12,7 @@ matching the classic example's per-record channel for the benchmark baseline.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import orjson
 
 from streamserve.errors import InvalidArgument
+from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.predictors.status import error_from_http, error_from_transport
 
 DEFAULT_CONNECTIONS = 64
@@ -34,7 +36,8 @@ class HttpReply:
 
 
 class HttpTarget:
-    """Requests against ``base_url`` (``"http://host:port"``); non-2xx replies raise.
+    """Requests against ``base_url`` (``"http://host:port"``, or ``"https://..."`` with TLS
+    as ``security`` says); ``security.headers`` go with every request; non-2xx replies raise.
 
     Every failure becomes a ``StreamserveError`` via the status table: transport errors
     and timeouts are ``Unavailable``/``DeadlineExceeded``.
@@ -46,11 +49,17 @@ class HttpTarget:
         timeout_s: float = 10.0,
         per_call_channel: bool = False,
         max_connections: int = DEFAULT_CONNECTIONS,
+        *,
+        security: ClientSecurity = PLAINTEXT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._per_call_channel = per_call_channel
         self._max_connections = max_connections
+        self._headers = dict(security.headers)
+        self._ssl: ssl.SSLContext | bool = True
+        if self.base_url.startswith("https://"):
+            self._ssl = security.ssl_context()
         self._session: aiohttp.ClientSession | None = None
 
     async def request(
@@ -96,9 +105,13 @@ class HttpTarget:
         return self._session
 
     def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, ttl_dns_cache=60, ssl=self._ssl
+        )
         # trust_env=False: an environment proxy would put another hop before the server.
-        return aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
+        return aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, trust_env=False, headers=self._headers
+        )
 
 
 def dump_json(value: object, allow_nan: bool = False) -> bytes:

@@ -14,7 +14,8 @@ from google.protobuf import json_format
 
 from streamserve import tensors
 from streamserve.predictors.base import Prediction
-from streamserve.predictors.grpc_channel import GrpcTarget
+from streamserve.predictors.grpc_channel import GrpcTarget, split_grpc_target
+from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -32,7 +33,7 @@ Stub = prediction_service_pb2_grpc.PredictionServiceStub
 
 
 class TfServingGrpcPredictor:
-    """Predict via TF Serving gRPC on ``target`` (``"host:port"`` or ``"grpc://host:port"``)."""
+    """Predict via TF Serving gRPC on ``target`` (``"host:port"``, ``"grpc://host:port"``, TLS: ``"grpcs://host:port"``)."""
 
     mode = "remote"
 
@@ -44,16 +45,19 @@ class TfServingGrpcPredictor:
         model_label: str | None = None,
         timeout_s: float = 10.0,
         per_call_channel: bool = False,
+        security: ClientSecurity = PLAINTEXT,
     ) -> None:
         if model_version is not None and model_label is not None:
             raise ValueError("give a model version or a label, not both")
-        address = target.removeprefix("grpc://")
-        self.target = f"grpc://{address}"
+        address, secure = split_grpc_target(target)
         self.model_name = model_name
         self.model_version = model_version
         self.model_label = model_label
         self.timeout_s = timeout_s
-        self._grpc: GrpcTarget[Stub] = GrpcTarget(address, Stub, per_call_channel)
+        self._grpc: GrpcTarget[Stub] = GrpcTarget(
+            address, Stub, per_call_channel, secure=secure, security=security
+        )
+        self.target = self._grpc.url
         self._signatures = SignatureCache(self.target, self._fetch_signatures)
 
     async def predict(
@@ -73,6 +77,17 @@ class TfServingGrpcPredictor:
         version = self._version_of(response.model_spec)
         self._signatures.observe_version(version)
         return Prediction(outputs, self.model_name, version)
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: the server answers the model's
+        metadata (TF Serving's ``GetModelMetadata``; an unloaded model is an error)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.CopyFrom(self._request({}, None).model_spec)
+
+        async def invoke(stub: Stub) -> object:
+            return await stub.GetModelMetadata(request, timeout=self.timeout_s)
+
+        await self._grpc.call(invoke)
 
     async def close(self) -> None:
         await self._grpc.close()

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import numpy as np
 
 from streamserve import tensors
-from streamserve.errors import InvalidArgument
+from streamserve.errors import InvalidArgument, Unavailable
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.http_target import (
     HttpTarget,
@@ -25,6 +25,7 @@ from streamserve.predictors.http_target import (
     is_orjson_native,
     parse_json_object,
 )
+from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -37,7 +38,7 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class TfServingRestPredictor:
-    """Predict via TF Serving REST on ``target`` (``"http://host:port"``)."""
+    """Predict via TF Serving REST on ``target`` (``"http://host:port"`` or ``"https://host:port"``)."""
 
     mode = "remote"
 
@@ -49,6 +50,7 @@ class TfServingRestPredictor:
         model_label: str | None = None,
         timeout_s: float = 10.0,
         per_call_channel: bool = False,
+        security: ClientSecurity = PLAINTEXT,
     ) -> None:
         if model_version is not None and model_label is not None:
             raise ValueError("give a model version or a label, not both")
@@ -56,7 +58,7 @@ class TfServingRestPredictor:
         self.model_name = model_name
         self.model_version = model_version
         self.model_label = model_label
-        self._http = HttpTarget(self.target, timeout_s, per_call_channel)
+        self._http = HttpTarget(self.target, timeout_s, per_call_channel, security=security)
         self._model_path = _model_path(model_name, model_version, model_label)
         self._signatures = SignatureCache(self.target, self._fetch_signatures)
         self._metadata_version = 0
@@ -76,6 +78,13 @@ class TfServingRestPredictor:
         version = self._version(reply.headers.get(VERSION_HEADER))
         self._signatures.observe_version(version)
         return Prediction(outputs, self.model_name, version)
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: the model's status lists a
+        version AVAILABLE (TF Serving REST ``GET /v1/models/<name>``)."""
+        reply = await self._http.request("GET", self._model_path)
+        if b'"AVAILABLE"' not in reply.body:
+            raise Unavailable(f"{self.target}: model {self.model_name} has no AVAILABLE version")
 
     async def close(self) -> None:
         await self._http.close()

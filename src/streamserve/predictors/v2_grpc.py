@@ -11,9 +11,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from streamserve import tensors
-from streamserve.errors import InvalidArgument
+from streamserve.errors import InvalidArgument, Unavailable
 from streamserve.predictors.base import Prediction
-from streamserve.predictors.grpc_channel import GrpcTarget
+from streamserve.predictors.grpc_channel import GrpcTarget, split_grpc_target
+from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -31,7 +32,7 @@ SIGNATURE_PARAMETER = "signature_name"
 
 
 class V2GrpcPredictor:
-    """Infer via V2 gRPC on ``target`` (``"host:port"`` or ``"grpc://host:port"``)."""
+    """Infer via V2 gRPC on ``target`` (``"host:port"``, ``"grpc://host:port"``, TLS: ``"grpcs://host:port"``)."""
 
     mode = "remote"
 
@@ -42,13 +43,16 @@ class V2GrpcPredictor:
         model_version: int | None = None,
         timeout_s: float = 10.0,
         per_call_channel: bool = False,
+        security: ClientSecurity = PLAINTEXT,
     ) -> None:
-        address = target.removeprefix("grpc://")
-        self.target = f"grpc://{address}"
+        address, secure = split_grpc_target(target)
         self.model_name = model_name
         self.model_version = model_version
         self.timeout_s = timeout_s
-        self._grpc: GrpcTarget[Stub] = GrpcTarget(address, Stub, per_call_channel)
+        self._grpc: GrpcTarget[Stub] = GrpcTarget(
+            address, Stub, per_call_channel, secure=secure, security=security
+        )
+        self.target = self._grpc.url
         self._signatures = SignatureCache(self.target, self._fetch_signatures)
 
     async def predict(
@@ -69,6 +73,20 @@ class V2GrpcPredictor:
         return Prediction(
             _decode_outputs(response), response.model_name or self.model_name, version
         )
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: V2 ``ModelReady`` says ready."""
+        version = "" if self.model_version is None else str(self.model_version)
+        request = grpc_service_pb2.ModelReadyRequest(name=self.model_name, version=version)
+
+        async def invoke(stub: Stub) -> grpc_service_pb2.ModelReadyResponse:
+            reply: grpc_service_pb2.ModelReadyResponse = await stub.ModelReady(
+                request, timeout=self.timeout_s
+            )
+            return reply
+
+        if not (await self._grpc.call(invoke)).ready:
+            raise Unavailable(f"{self.target}: model {self.model_name} is not ready")
 
     async def close(self) -> None:
         await self._grpc.close()

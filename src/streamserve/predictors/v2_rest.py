@@ -23,6 +23,7 @@ from streamserve.predictors.http_target import (
     has_non_finite,
     parse_json_object,
 )
+from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -36,7 +37,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class V2RestPredictor:
-    """Infer via V2 REST on ``target`` (``"http://host:port"``)."""
+    """Infer via V2 REST on ``target`` (``"http://host:port"`` or ``"https://host:port"``)."""
 
     mode = "remote"
 
@@ -47,13 +48,14 @@ class V2RestPredictor:
         model_version: int | None = None,
         timeout_s: float = 10.0,
         per_call_channel: bool = False,
+        security: ClientSecurity = PLAINTEXT,
         binary: bool = True,
     ) -> None:
         self.target = target.rstrip("/")
         self.model_name = model_name
         self.model_version = model_version
         self.binary = binary
-        self._http = HttpTarget(self.target, timeout_s, per_call_channel)
+        self._http = HttpTarget(self.target, timeout_s, per_call_channel, security=security)
         path = f"/v2/models/{quote(model_name, safe='')}"
         if model_version is not None:
             path += f"/versions/{model_version}"
@@ -80,6 +82,10 @@ class V2RestPredictor:
         version = int(reported) if reported.isdigit() else self.model_version or 0
         self._signatures.observe_version(version)
         return Prediction(decoded, str(document.get("model_name") or self.model_name), version)
+
+    async def probe(self) -> None:
+        """:class:`~streamserve.predictors.base.Probeable`: V2 ``GET .../ready`` is 200."""
+        await self._http.request("GET", self._infer_path.removesuffix("/infer") + "/ready")
 
     async def close(self) -> None:
         await self._http.close()

@@ -72,8 +72,13 @@ class ModelRecord:
             del self.versions[version]
 
     def latest_available(self) -> VersionRecord | None:
-        available = [r for r in self.versions.values() if r.state == VersionState.AVAILABLE]
-        return max(available, key=lambda r: r.version, default=None)
+        latest = None
+        for record in self.versions.values():  # a loop: this runs on every request
+            if record.state == VersionState.AVAILABLE and (
+                latest is None or record.version > latest.version
+            ):
+                latest = record
+        return latest
 
 
 class Handle(Protocol):

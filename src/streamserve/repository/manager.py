@@ -40,9 +40,11 @@ from streamserve.repository.config import ModelConfig, validate_model_configs
 from streamserve.repository.events import EventDispatcher, Listener, StateEvent
 from streamserve.repository.handles import ModelRecord, ServableHandle, VersionRecord
 from streamserve.repository.routing import (
+    RoutingKey,
     choose_split_version,
     label_assignment_error,
     resolve_label,
+    resolve_routing_key,
 )
 from streamserve.repository.source import ScanResult, VersionSource
 from streamserve.repository.states import VersionState, VersionStatus
@@ -187,7 +189,7 @@ class ModelManager:
         name: str,
         version: int | None = None,
         label: str | None = None,
-        routing_key: str | bytes | None = None,
+        routing_key: RoutingKey = None,
     ) -> ServableHandle:
         """A handle on an AVAILABLE version; the version stays loaded until it is released.
 
@@ -265,7 +267,7 @@ class ModelManager:
         model: ModelRecord | None,
         name: str,
         version: int | None,
-        routing_key: str | bytes | None,
+        routing_key: RoutingKey,
     ) -> VersionRecord:
         if version is not None:
             record = model.versions.get(version) if model else None
@@ -275,7 +277,11 @@ class ModelManager:
         if model is not None:
             if model.split:
                 chosen = choose_split_version(
-                    model.split, model.labels, model.is_available, routing_key, self._rng
+                    model.split,
+                    model.labels,
+                    model.is_available,
+                    resolve_routing_key(routing_key),
+                    self._rng,
                 )
                 if chosen is not None:
                     return model.versions[chosen]

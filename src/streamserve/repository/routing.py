@@ -16,6 +16,14 @@ from collections.abc import Callable, Mapping
 from streamserve.errors import NotFound
 from streamserve.repository.config import ModelConfig, split_key_version
 
+RoutingKey = str | bytes | Callable[[], str | bytes | None] | None
+"""A request's sticky A/B key, or a function giving it: called only when the model has a
+traffic split (reading a key from request metadata costs something on every request)."""
+
+
+def resolve_routing_key(key: RoutingKey) -> str | bytes | None:
+    return key() if callable(key) else key
+
 
 def resolve_label(labels: Mapping[str, int], label: str) -> int:
     """Label → version; an unknown label is NotFound (404), like an unknown version.

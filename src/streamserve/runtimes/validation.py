@@ -7,6 +7,7 @@ Messages follow one pattern so clients can fix their request without reading our
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -60,21 +61,31 @@ def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None
     Dtypes are strict (no implicit casts, as in TF Serving); string specs accept object,
     ``bytes_`` and ``str_`` arrays (runtimes convert the elements themselves).
     """
+    specs = signature.inputs
+    if len(inputs) != len(specs) or not all(name in specs for name in inputs):
+        _raise_unexpected_or_missing(signature, inputs)
+    for name, spec in specs.items():
+        array = inputs[name]
+        if array is None:
+            _raise_unexpected_or_missing(signature, inputs)
+        if not isinstance(array, np.ndarray) or not _matches(spec, array):
+            raise InvalidArgument(_mismatch(signature, spec, array))
+
+
+def _raise_unexpected_or_missing(
+    signature: Signature, inputs: Mapping[str, np.ndarray]
+) -> NoReturn:
     for name in inputs:
         if name not in signature.inputs:
             raise InvalidArgument(
                 f"unexpected input '{name}' for signature '{signature.name}'; "
                 f"expected inputs: {describe_inputs(signature)}"
             )
-    for name, spec in signature.inputs.items():
-        array = inputs.get(name)
-        if array is None:
-            raise InvalidArgument(
-                f"missing input '{name}' for signature '{signature.name}'; "
-                f"expected inputs: {describe_inputs(signature)}"
-            )
-        if not isinstance(array, np.ndarray) or not _matches(spec, array):
-            raise InvalidArgument(_mismatch(signature, spec, array))
+    missing = [name for name in signature.inputs if inputs.get(name) is None]
+    raise InvalidArgument(
+        f"missing input '{missing[0] if missing else '?'}' for signature '{signature.name}'; "
+        f"expected inputs: {describe_inputs(signature)}"
+    )
 
 
 def _matches(spec: TensorSpec, array: np.ndarray) -> bool:
@@ -87,9 +98,10 @@ def _matches(spec: TensorSpec, array: np.ndarray) -> bool:
         return True
     if array.ndim != len(spec.shape):
         return False
-    return all(
-        want is None or want == got for want, got in zip(spec.shape, array.shape, strict=True)
-    )
+    for want, got in zip(spec.shape, array.shape, strict=True):
+        if want is not None and want != got:
+            return False
+    return True
 
 
 def _mismatch(signature: Signature, spec: TensorSpec, array: object) -> str:

@@ -20,6 +20,12 @@ registers gRPC servicers on ``context.grpc_server``, routes on ``context.rest_ap
 ``context.on_stop``. A configured adapter that is not installed, or whose ``install``
 fails, stops start-up with a :class:`~streamserve.errors.SetupError` naming it.
 
+Start-up order: the TLS config (``ssl_config_file``) is read first, then the models load;
+unless ``allow_partial_start``, a model without an AVAILABLE version stops start-up with
+:class:`~streamserve.errors.ModelLoadFailed` before any port opens. Health
+(:mod:`streamserve.server.health`) follows the models from then on; reflection lists the
+services the adapters registered.
+
 The model runner is chosen here too: the caller's, else a
 :class:`~streamserve.server.batching.BatchingRunner` with ``enable_batching``, else a
 :class:`~streamserve.server.core.ThreadPoolRunner`.
@@ -31,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -38,11 +45,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from streamserve.errors import InvalidArgument, SetupError, StreamserveError
 from streamserve.repository import ConfigFilePoller, ModelManager, VersionState
+from streamserve.repository.availability import require_available
 from streamserve.server import (
+    access_log,
     legacy_inception,
     tfserving_grpc,
     tfserving_rest,
@@ -57,6 +66,7 @@ from streamserve.server.batching import (
     per_model_parameters,
 )
 from streamserve.server.context import (
+    ACCESS_LOG_ADAPTER,
     DEFAULT_ADAPTERS,
     METRICS_ADAPTER,
     Adapter,
@@ -65,12 +75,14 @@ from streamserve.server.context import (
     ServerOptions,
 )
 from streamserve.server.core import InferenceCore, Runner, ThreadPoolRunner
+from streamserve.server.health import HealthReporter, enable_reflection
 from streamserve.server.http import App
 from streamserve.server.http_limits import (
     HttpLimits,
     guarded_protocol,
 )
 from streamserve.server.metrics import ServerMetrics
+from streamserve.server.tls import TlsConfig, load_ssl_config_file
 
 if TYPE_CHECKING:
     import uvicorn
@@ -84,6 +96,7 @@ INSTALLED_ADAPTERS: Mapping[str, Adapter] = {
     "v2_rest": v2_rest,
     "legacy_inception": legacy_inception,
     METRICS_ADAPTER: metrics_adapter,
+    ACCESS_LOG_ADAPTER: access_log,
 }
 _START_TIMEOUT_SECONDS = 60.0
 
@@ -197,8 +210,12 @@ class Server:
     async def _start_parts(self, stack: contextlib.AsyncExitStack) -> None:
         options = self.options
         adapters = _configured_adapters(options.adapters)
+        tls = load_ssl_config_file(options.ssl_config_file) if options.ssl_config_file else None
+        https = tls.ssl_context() if tls is not None and options.rest_port is not None else None
         metrics = ServerMetrics() if options.metrics_enabled else None
         manager = await self._start_manager(stack, metrics)
+        if not options.allow_partial_start:
+            require_available(manager, "--allow_partial_start serves anyway")
         core = InferenceCore(manager, self._build_runner(manager, metrics))
         stack.callback(core.close)
         stack.push_async_callback(core.drain, options.grace_seconds)  # after both servers stop
@@ -215,11 +232,12 @@ class Server:
         self.context = context
         stack.push_async_callback(_run_cleanups, context.on_stop)
         _install_adapters(adapters, context)
-        await self._start_grpc(stack, context)
+        enable_reflection(context)
+        await HealthReporter(health_servicer, manager).start()
+        await self._start_grpc(stack, context, tls)
         if rest_app is not None:
-            await self._start_rest(stack, rest_app)
+            await self._start_rest(stack, rest_app, https)
         self._start_config_poller(stack, manager)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
 
     async def _start_manager(
@@ -254,10 +272,16 @@ class Server:
             return ThreadPoolRunner(options.predict_threads)
         return _batching_runner(options, manager, metrics)
 
-    async def _start_grpc(self, stack: contextlib.AsyncExitStack, context: ServerContext) -> None:
+    async def _start_grpc(
+        self, stack: contextlib.AsyncExitStack, context: ServerContext, tls: TlsConfig | None
+    ) -> None:
         address = f"{_grpc_host(self.options.host)}:{self.options.grpc_port}"
+        server = context.grpc_server
         try:
-            port = context.grpc_server.add_insecure_port(address)
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, tls.grpc_credentials())
         except RuntimeError as exc:
             raise SetupError(f"cannot listen for gRPC on {address}: {exc}") from exc
         if port == 0:
@@ -266,10 +290,12 @@ class Server:
         self.grpc_port = port
         stack.push_async_callback(context.grpc_server.stop, self.options.grace_seconds)
 
-    async def _start_rest(self, stack: contextlib.AsyncExitStack, app: App) -> None:
+    async def _start_rest(
+        self, stack: contextlib.AsyncExitStack, app: App, https: ssl.SSLContext | None
+    ) -> None:
         import uvicorn
 
-        sock = _listen(self.options.host, self.options.rest_port or 0)
+        sock = _listen(self.options.host, self.options.rest_port or 0, self.options.reuse_port)
         stack.callback(sock.close)
         options = self.options
         limits = HttpLimits(
@@ -287,6 +313,9 @@ class Server:
             timeout_keep_alive=75,
             timeout_graceful_shutdown=int(self.options.grace_seconds) or None,
         )
+        if https is not None:
+            config.load()
+            config.ssl = https  # HTTPS with the gRPC port's certificate
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="rest-server")
         await _wait_started(server, task)
@@ -374,7 +403,7 @@ def _grpc_server_options(options: ServerOptions) -> list[tuple[str, int | str]]:
     args: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(options.reuse_port)),
     ]
     for item in filter(None, options.grpc_channel_arguments.split(",")):
         key, sep, value = item.partition("=")
@@ -388,10 +417,12 @@ def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # workers share the port; the kernel spreads connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -14,7 +14,15 @@ Once both servers listen, one line is printed to stdout::
 
     streamserve: serving gRPC on 0.0.0.0:8500, REST on 0.0.0.0:8501
 
+Start-up fails fast, as TF Serving's does: when a model given at start-up has no version
+AVAILABLE after its first load attempt, ``serve`` exits with status 6 and the load error
+on its ``error:`` line (``--allow_partial_start`` serves anyway; ``grpc.health.v1`` and
+``/v2/health/ready`` then say not serving until every model is AVAILABLE).
+
 SIGTERM or SIGINT stops the server gracefully (requests in flight finish).
+
+``--workers N`` runs N server processes sharing both ports under one supervisor (see
+:mod:`streamserve.server.workers`); the line above is printed once all of them serve.
 """
 
 from __future__ import annotations
@@ -73,6 +81,13 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: 
     _flag(parser, name, type=parse_bool, nargs="?", const=True, default=default, help=help)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
     _flag(parser, "rest_api_port", type=int, default=8501, help="HTTP/REST port (0 = no REST)")
@@ -85,6 +100,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="<version>/ dirs of model.py, model.onnx, saved_model.pb or model.joblib "
           "(env MODEL_BASE_PATH)")  # fmt: skip
     _flag(parser, "model_platform", default="", help="platform of the single model")
+    _bool_flag(parser, "allow_partial_start", False,
+               "serve even when an initial model fails to load (health says NOT_SERVING "
+               "until every model is AVAILABLE); default: exit with the load error")  # fmt: skip
+    _flag(parser, "ssl_config_file",
+          help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, "
+          "client_verify): TLS on the gRPC port and HTTPS on the REST port")  # fmt: skip
     _flag(parser, "model_config_file", help="TF Serving model_config_list text proto")
     _flag(parser, "model_config_file_poll_wait_seconds", type=float, default=0.0,
           help="re-read --model_config_file every N seconds (0 = once)")  # fmt: skip
@@ -123,7 +144,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
           help="ONNX Runtime intra-op threads per session (0 = runtime default)")  # fmt: skip
     _flag(parser, "tensorflow_inter_op_parallelism", type=int, default=0,
           help="ONNX Runtime inter-op threads per session (0 = runtime default)")  # fmt: skip
+    _flag(parser, "workers", type=_positive_int, default=1,
+          help="server processes sharing both ports (SO_REUSEPORT), for all cores")  # fmt: skip
     add_log_format_argument(parser)
+    _bool_flag(parser, "access_log", False,
+               "log one line per request: model, version, protocol, status, latency")  # fmt: skip
     _flag(parser, "model_control_mode", choices=["none", "explicit"], default="none",
           help="none (default): refuse load/unload/reload; explicit: allow them")  # fmt: skip
     _flag(parser, "model_repository_root", action="append", default=[],
@@ -150,7 +175,9 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         enable_model_warmup=args.enable_model_warmup,
+        allow_partial_start=args.allow_partial_start,
         host=args.host,
+        ssl_config_file=args.ssl_config_file,
         grpc_port=args.port,
         rest_port=args.rest_api_port or None,
         grpc_max_message_bytes=args.grpc_max_message_bytes,
@@ -172,22 +199,51 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         model_control_mode=args.model_control_mode,
         model_repository_roots=tuple(args.model_repository_root),
         model_control_token_file=args.model_control_token_file,
+        access_log=args.access_log,
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from streamserve.server.app import Server
+def ready_line(host: str, grpc_port: int, rest_port: int | None) -> str:
+    rest = f"REST on {host}:{rest_port}" if rest_port else "REST off"
+    return f"{SERVER_READY_PREFIX}{host}:{grpc_port}, {rest}"
 
-    server = Server(options_from_args(args))
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _run_workers(args)
+    from streamserve.server.app import Server
+
+    server = Server(options_from_args(args))
+    stop = _stop_on_signals()
     server.start()
     try:
-        rest = f"REST on {args.host}:{server.rest_port}" if server.rest_port else "REST off"
-        print(f"{SERVER_READY_PREFIX}{args.host}:{server.grpc_port}, {rest}", flush=True)
+        print(ready_line(args.host, server.grpc_port, server.rest_port), flush=True)
         stop.wait()
         print("streamserve: shutting down", file=sys.stderr, flush=True)
     finally:
         server.stop()
+    return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    from streamserve.server.workers import serve_workers
+
+    options = options_from_args(args)
+    options.model_configs()  # a configuration error stops here, once, not in every worker
+    stop = _stop_on_signals()
+
+    def announce(grpc_port: int, rest_port: int | None) -> None:
+        print(ready_line(args.host, grpc_port, rest_port), flush=True)
+
+    log_level = getattr(args, "log_level", None) or "INFO"  # as streamserve.cli.main
+    serve_workers(options, args.workers, stop, announce,
+                  log_level=log_level, log_format=args.log_format)  # fmt: skip
+    print("streamserve: stopped", file=sys.stderr, flush=True)
     return 0

@@ -28,6 +28,7 @@ from streamserve.server.metrics import ServerMetrics
 
 MiB = 1024 * 1024
 METRICS_ADAPTER = "metrics"
+ACCESS_LOG_ADAPTER = "access_log"
 DEFAULT_ADAPTERS = (
     "tfserving_grpc",
     "tfserving_rest",
@@ -35,6 +36,7 @@ DEFAULT_ADAPTERS = (
     "v2_rest",
     "legacy_inception",
     METRICS_ADAPTER,
+    ACCESS_LOG_ADAPTER,
 )
 
 Cleanup = Callable[[], Awaitable[None] | None]
@@ -55,8 +57,11 @@ class ServerOptions:
     file_system_poll_wait_seconds: float = 1.0
     allow_version_labels_for_unavailable_models: bool = False
     enable_model_warmup: bool = True
+    # start-up: refuse to serve unless every initial model has a version AVAILABLE
+    allow_partial_start: bool = False
     # network
     host: str = "0.0.0.0"
+    ssl_config_file: str | Path | None = None  # TF Serving SSLConfig: TLS on both ports
     grpc_port: int = 0  # 0 = pick a free port
     rest_port: int | None = 0  # 0 = pick a free port, None = no REST
     grpc_max_message_bytes: int = 64 * MiB
@@ -87,7 +92,10 @@ class ServerOptions:
     monitoring_config_file: str | Path | None = None
     # names of installed adapters (streamserve.server.app.INSTALLED_ADAPTERS), in order
     adapters: tuple[str, ...] = DEFAULT_ADAPTERS
+    access_log: bool = False  # one log line per request (the access_log adapter)
     grace_seconds: float = 5.0
+    # share both ports with other processes (SO_REUSEPORT): set for ``serve --workers N``
+    reuse_port: bool = False
     extra: dict[str, object] = field(default_factory=dict)  # flags for adapters
 
     @property
@@ -129,7 +137,8 @@ class ServerOptions:
 class ServerContext:
     """What an adapter's ``install`` gets: it registers gRPC servicers on
     ``grpc_server``, routes on ``rest_app`` (None when REST is off), request observers
-    on ``core``, and cleanups in ``on_stop`` (run in reverse order at stop)."""
+    on ``core``, and cleanups in ``on_stop`` (run in reverse order at stop). gRPC adapters
+    add the full names of the services they register to ``grpc_services`` (reflection)."""
 
     options: ServerOptions
     manager: ModelManager
@@ -138,6 +147,7 @@ class ServerContext:
     rest_app: App | None
     health: health.aio.HealthServicer
     metrics: ServerMetrics | None = None  # None when the metrics adapter is not configured
+    grpc_services: list[str] = field(default_factory=list)  # full names, for reflection
     on_stop: list[Cleanup] = field(default_factory=list)
 
 
@@ -148,6 +158,7 @@ class Adapter(Protocol):
 
 
 __all__ = [
+    "ACCESS_LOG_ADAPTER",
     "DEFAULT_ADAPTERS",
     "METRICS_ADAPTER",
     "Adapter",

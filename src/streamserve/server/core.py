@@ -34,6 +34,7 @@ import numpy as np
 
 from streamserve.errors import InvalidArgument
 from streamserve.repository import Handle, ModelConfig, ModelManager, VersionStatus
+from streamserve.repository.routing import RoutingKey
 from streamserve.runtimes.base import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -60,7 +61,7 @@ class ModelRef:
     name: str
     version: int | None = None
     label: str | None = None
-    routing_key: str | bytes | None = None
+    routing_key: RoutingKey = None  # or a function giving it, called only for A/B splits
 
 
 @dataclass(frozen=True)
@@ -111,38 +112,60 @@ class Runner(Protocol):
 # (eventfd, futex and a future per request cost more than a tiny model's predict).
 INLINE_MAX_SECONDS = 200e-6
 INLINE_MAX_INPUT_BYTES = 64 * 1024
+# How fast a call "is": the fastest recent call, drifting up by this factor per slower call,
+# so a few calls stretched by preemption on a busy host do not send a tiny model to threads.
+FLOOR_DRIFT = 1.05
+_NO_TIMES: dict[str, float] = {}
+
+
+class InlineRunner(Protocol):
+    """A :class:`Runner` that may run a call synchronously, on the event loop."""
+
+    def run_inline(
+        self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
+    ) -> Tensors | None:
+        """The outputs, or ``None`` (nothing run) when the call must go through ``run``."""
+        ...
 
 
 class ThreadPoolRunner:
     """The default runner: one call per request, in a bounded thread pool unless the
-    signature has proved fast (moving average under ``INLINE_MAX_SECONDS``) and the
-    inputs are small, in which case it runs inline on the event loop."""
+    signature has proved fast (its typical duration, see :data:`FLOOR_DRIFT`, under
+    ``INLINE_MAX_SECONDS``) and the inputs are small, in which case it runs inline on the
+    event loop."""
 
     def __init__(self, threads: int = 0) -> None:
         workers = threads or max(2, os.cpu_count() or 2)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
-        self._average_seconds: weakref.WeakKeyDictionary[object, dict[str, float]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # id(servable) → signature → typical seconds; an entry goes with its servable
+        self._typical_seconds: dict[int, dict[str, float]] = {}
 
     async def run(
         self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
     ) -> Tensors:
-        servable = handle.servable
-        call = (servable, inputs, signature_name, list(output_filter) or None)
-        if self._runs_fast(servable, signature_name, inputs):
-            return self._timed_predict(*call)
+        outputs = self.run_inline(handle, signature_name, inputs, output_filter)
+        if outputs is not None:
+            return outputs
+        call = (handle.servable, inputs, signature_name, list(output_filter) or None)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._timed_predict, *call)
 
+    def run_inline(
+        self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
+    ) -> Tensors | None:
+        servable = handle.servable
+        if not self._runs_fast(servable, signature_name, inputs):
+            return None
+        return self._timed_predict(servable, inputs, signature_name, list(output_filter) or None)
+
     def _runs_fast(self, servable: object, signature_name: str, inputs: Tensors) -> bool:
-        try:
-            average = self._average_seconds.get(servable, {}).get(signature_name)
-        except TypeError:  # a servable that cannot be weakly referenced
+        typical = self._typical_seconds.get(id(servable), _NO_TIMES).get(signature_name)
+        if typical is None or typical > INLINE_MAX_SECONDS:
             return False
-        if average is None or average > INLINE_MAX_SECONDS:
-            return False
-        return sum(array.nbytes for array in inputs.values()) <= INLINE_MAX_INPUT_BYTES
+        size = 0
+        for array in inputs.values():
+            size += array.nbytes
+        return size <= INLINE_MAX_INPUT_BYTES
 
     def _timed_predict(
         self, servable: Any, inputs: Tensors, signature_name: str, output_filter: list[str] | None
@@ -153,12 +176,16 @@ class ThreadPoolRunner:
         return outputs
 
     def _record(self, servable: object, signature_name: str, seconds: float) -> None:
-        try:
-            averages = self._average_seconds.setdefault(servable, {})
-        except TypeError:
-            return
-        previous = averages.get(signature_name)
-        averages[signature_name] = seconds if previous is None else 0.9 * previous + 0.1 * seconds
+        typical = self._typical_seconds.get(id(servable))
+        if typical is None:
+            try:
+                weakref.finalize(servable, self._typical_seconds.pop, id(servable), None)
+            except TypeError:  # a servable that cannot be weakly referenced: never inline
+                return
+            typical = self._typical_seconds[id(servable)] = {}
+        previous = typical.get(signature_name)
+        drifted = seconds if previous is None else previous * FLOOR_DRIFT
+        typical[signature_name] = min(seconds, drifted)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -168,6 +195,9 @@ class InferenceCore:
     def __init__(self, manager: ModelManager, runner: Runner | None = None) -> None:
         self.manager = manager
         self.runner: Runner = runner or ThreadPoolRunner()
+        self._run_inline: Callable[..., Tensors | None] | None = getattr(
+            self.runner, "run_inline", None
+        )  # see InlineRunner
         self._inflight: set[asyncio.Future[Any]] = set()
         self._observers: list[RequestObserver] = []
 
@@ -201,18 +231,32 @@ class InferenceCore:
         output_filter: Sequence[str] = (),
     ) -> PredictResult:
         """Run a signature. ``inputs`` may be a decoder called with the signature, for
-        wire formats (REST JSON) whose decoding needs the expected dtypes and shapes."""
+        wire formats (REST JSON) whose decoding needs the expected dtypes and shapes.
+
+        A call the runner can make inline (a small, proven-fast model) runs right here,
+        with no task or thread hop; any other runs off the loop holding its handle until
+        it ends (see :meth:`_until_done`)."""
         name = signature_name or DEFAULT_SIGNATURE
+        holder = self._handle(ref)
+        handle = holder.__enter__()
+        try:
+            arrays = _checked_inputs(handle, name, inputs, output_filter)
+            outputs = self._try_inline(handle, name, arrays, output_filter)
+        except BaseException:
+            holder.__exit__(None, None, None)
+            raise
+        if outputs is None:
+            outputs = await self._until_done(holder, self._run(handle, name, arrays, output_filter))
+        else:
+            holder.__exit__(None, None, None)
+        return PredictResult(outputs, handle.name, handle.version, name)
 
-        async def work(handle: Handle) -> PredictResult:
-            signature = get_signature(handle.servable.signatures, name)
-            arrays = dict(inputs(signature) if callable(inputs) else inputs)
-            check_inputs(signature, arrays)
-            resolve_outputs(signature, output_filter, [])
-            outputs = await self._run(handle, name, arrays, output_filter)
-            return PredictResult(outputs, handle.name, handle.version, name)
-
-        return await self._with_handle(ref, work)
+    def _try_inline(
+        self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
+    ) -> Tensors | None:
+        if self._run_inline is None:
+            return None
+        return self._run_inline(handle, signature_name, inputs, output_filter)
 
     async def _run(
         self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
@@ -298,12 +342,16 @@ class InferenceCore:
         )
 
     async def _with_handle(self, ref: ModelRef, work: Callable[[Handle], Awaitable[T]]) -> T:
-        """Run ``work`` holding a handle; release it when the work ends, not when the
-        caller stops waiting, so a cancelled request cannot unload a busy version."""
+        """Run ``work`` holding a handle (see :meth:`_until_done`)."""
         holder = self._handle(ref)
-        handle = holder.__enter__()
+        return await self._until_done(holder, work(holder.__enter__()))
+
+    async def _until_done(self, holder: AbstractContextManager[Handle], work: Awaitable[T]) -> T:
+        """Await ``work`` (its own task) and release the entered ``holder`` when the work
+        ends, not when the caller stops waiting, so a cancelled request cannot unload a
+        busy version."""
         try:
-            task: asyncio.Future[T] = asyncio.ensure_future(work(handle))
+            task: asyncio.Future[T] = asyncio.ensure_future(work)
         except BaseException:
             holder.__exit__(None, None, None)
             raise
@@ -317,3 +365,17 @@ class InferenceCore:
 
         task.add_done_callback(release)
         return await asyncio.shield(task)
+
+
+def _checked_inputs(
+    handle: Handle,
+    signature_name: str,
+    inputs: Mapping[str, np.ndarray] | InputDecoder,
+    output_filter: Sequence[str],
+) -> Tensors:
+    """The request's arrays, decoded if need be, checked against the signature."""
+    signature = get_signature(handle.servable.signatures, signature_name)
+    arrays = dict(inputs(signature) if callable(inputs) else inputs)
+    check_inputs(signature, arrays)
+    resolve_outputs(signature, output_filter, [])
+    return arrays

@@ -48,6 +48,7 @@ def install(context: ServerContext) -> None:
     inception_inference_pb2_grpc.add_InceptionServiceServicer_to_server(
         servicer, context.grpc_server
     )
+    context.grpc_services.append("tensorflow.serving.InceptionService")
 
 
 class InceptionService(inception_inference_pb2_grpc.InceptionServiceServicer):

@@ -17,6 +17,15 @@ Series (all prefixed ``streamserve_``):
   order, read at scrape time from the model manager.
 - ``process_*`` — CPU seconds and memory of the server process.
 
+With ``serve --workers N`` every worker process writes its series to files in
+``$PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, set up by the
+supervisor) and a scrape of any worker returns the sum over all of them: counters and
+histograms add up; ``model_version_state`` is the lowest state among live workers (a
+version reads AVAILABLE once every worker serves it); ``batch_queue_rows`` is the sum
+over live workers, sampled every :data:`QUEUE_SAMPLE_SECONDS`; ``process_*`` series are
+left out (they describe one process); ``model_execution_provider_info`` is the scraped
+worker's (all workers load the same versions the same way).
+
 Served on the REST port at TF Serving's ``/monitoring/prometheus/metrics`` (or the
 path of ``--monitoring_config_file``) and at ``/metrics``.
 """
@@ -24,6 +33,7 @@ path of ``--monitoring_config_file``) and at ``/metrics``.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +43,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from streamserve.errors import InvalidArgument, StreamserveError
@@ -45,6 +56,8 @@ if TYPE_CHECKING:
 TF_SERVING_METRICS_PATH = "/monitoring/prometheus/metrics"
 PLAIN_METRICS_PATH = "/metrics"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+QUEUE_SAMPLE_SECONDS = 1.0
 
 _REQUEST_LABELS = ("model", "version", "protocol", "api", "status")
 _LATENCY_BUCKETS = (
@@ -108,16 +121,17 @@ class _QueueDepthCollector(Collector):
         with self._lock:
             self._sources.pop((model, version), None)
 
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "streamserve_batch_queue_rows",
-            "Rows waiting in the dynamic batcher",
-            labels=["model", "version"],
-        )
+    def depths(self) -> list[tuple[str, str, int]]:
         with self._lock:
             sources = list(self._sources.items())
-        for (model, version), depth in sources:
-            family.add_metric([model, version], float(depth()))
+        return [(model, version, depth()) for (model, version), depth in sources]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "streamserve_batch_queue_rows", _QUEUE_HELP, labels=["model", "version"]
+        )
+        for model, version, depth in self.depths():
+            family.add_metric([model, version], float(depth))
         yield family
 
 
@@ -138,6 +152,43 @@ class _ProviderCollector(Collector):
                 for provider in providers:
                     family.add_metric([model, str(version), provider], 1.0)
         yield family
+
+
+_QUEUE_HELP = "Rows waiting in the dynamic batcher"
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess-mode folder of ``serve --workers N``, None in a lone server."""
+    return os.environ.get(MULTIPROCESS_DIR_ENV) or None
+
+
+class _QueueSampler:
+    """Multiprocess mode: copies this worker's queue depths into a file-backed gauge
+    every :data:`QUEUE_SAMPLE_SECONDS` (a scrape reaches one worker only)."""
+
+    def __init__(self, queues: _QueueDepthCollector) -> None:
+        self._queues = queues
+        self._gauge = Gauge(
+            "streamserve_batch_queue_rows",
+            _QUEUE_HELP,
+            ("model", "version"),
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="metrics-queues", daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        for model, version, depth in self._queues.depths():
+            self._gauge.labels(model, version).set(depth)
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(QUEUE_SAMPLE_SECONDS):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class ServerMetrics:
@@ -168,6 +219,7 @@ class ServerMetrics:
             "Model version state (TF Serving numbers: 30 = AVAILABLE, 50 = END)",
             ("model", "version"),
             registry=reg,
+            multiprocess_mode="livemin",  # workers: AVAILABLE once all of them serve it
         )
         self.load_seconds = Histogram(
             "streamserve_model_load_seconds",
@@ -177,12 +229,18 @@ class ServerMetrics:
             registry=reg,
         )
         self._queues = _QueueDepthCollector()
-        reg.register(self._queues)
-        if process:
+        self._multiprocess_dir = multiprocess_dir()
+        self._queue_sampler: _QueueSampler | None = None
+        if self._multiprocess_dir is None:
+            reg.register(self._queues)
+        else:
+            self._queue_sampler = _QueueSampler(self._queues)
+        if process and self._multiprocess_dir is None:
             ProcessCollector(namespace="streamserve", registry=reg)
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._followed: list[ModelManager] = []
-        reg.register(_ProviderCollector(self._followed))
+        self._providers = _ProviderCollector(self._followed)
+        reg.register(self._providers)
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -235,7 +293,19 @@ class ServerMetrics:
     # -- exposition -------------------------------------------------------------------------
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text; in multiprocess mode the sum over all workers."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        if self._queue_sampler is not None:
+            self._queue_sampler.sample()
+        workers = CollectorRegistry()
+        MultiProcessCollector(workers, self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        workers.register(self._providers)  # this worker's: every worker loads the same
+        return generate_latest(workers)
+
+    def close(self) -> None:
+        if self._queue_sampler is not None:
+            self._queue_sampler.stop()
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,6 +320,7 @@ def install(context: ServerContext) -> None:
         metrics = context.metrics = ServerMetrics()
     context.core.add_request_observer(metrics.observe_request)
     metrics.follow(context.manager)
+    context.on_stop.append(metrics.close)
     if context.rest_app is None:
         return
     paths = {PLAIN_METRICS_PATH, TF_SERVING_METRICS_PATH}

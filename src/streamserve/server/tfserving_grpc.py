@@ -15,6 +15,7 @@ follows TF Serving's ``prediction_service_impl.cc`` / ``model_service_impl.cc``:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,10 @@ def install(context: ServerContext) -> None:
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(context.core, control_for(context)), context.grpc_server
     )
+    context.grpc_services += [
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+    ]
 
 
 def model_ref(spec: Any, context: grpc.aio.ServicerContext | None = None) -> ModelRef:
@@ -62,7 +67,8 @@ def model_ref(spec: Any, context: grpc.aio.ServicerContext | None = None) -> Mod
     choice = spec.WhichOneof("version_choice")
     version = spec.version.value if choice == "version" else None
     label = spec.version_label if choice == "version_label" else None
-    return ModelRef(spec.name, version, label, _routing_key(context))
+    routing_key = None if context is None else functools.partial(_routing_key, context)
+    return ModelRef(spec.name, version, label, routing_key)  # metadata read for A/B only
 
 
 def _routing_key(context: grpc.aio.ServicerContext | None) -> str | None:
@@ -111,7 +117,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
         response = predict_pb2.PredictResponse()
         for name, array in result.outputs.items():
-            response.outputs[name].CopyFrom(numpy_to_tensor_proto(array))
+            numpy_to_tensor_proto(array, out=response.outputs[name], name=name)
         _fill_spec(response.model_spec, result.model_name, result.version, result.signature_name)
         return response
 

@@ -36,9 +36,10 @@ from streamserve.server.context import ServerContext
 from streamserve.server.grpc_errors import Method, grpc_errors, grpc_method
 from streamserve.server.model_control import ModelControl, control_for, grpc_authorization
 from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, V2Plane, plane_for
-from streamserve.tensors import infer_input_to_numpy, numpy_to_infer_output
+from streamserve.tensors import fill_infer_output, infer_input_to_numpy
 
 STREAM_WINDOW = 64  # requests of one stream in flight at once
+_NO_PARAMETERS: Mapping[str, Any] = {}  # no lookups into an empty protobuf map
 _RAW_ONLY = (np.dtype(np.float16),)
 
 
@@ -46,6 +47,7 @@ def install(context: ServerContext) -> None:
     """Adapter hook called by :class:`streamserve.server.app.Server`."""
     servicer = InferenceServicer(plane_for(context), control_for(context))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, context.grpc_server)
+    context.grpc_services.append("inference.GRPCInferenceService")
 
 
 def _model_of(request: Any) -> str:
@@ -113,23 +115,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("infer")
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._infer(request, _routing_key(context))
+        return await self._infer(request, lambda: _routing_key(context))
 
-    async def _infer(self, request: Any, metadata_key: str | None) -> Any:
+    async def _infer(self, request: Any, metadata_key: Callable[[], str | None]) -> Any:
+        """``metadata_key`` gives the ``x-routing-key`` metadata (read for A/B splits only)."""
         inputs = decode_inputs(request)
-        parameters = request.parameters
-        routing_key = metadata_key or _string_param(parameters, "routing_key")
-        ref = self.plane.ref(request.model_name, request.model_version, routing_key)
+        parameters = request.parameters or _NO_PARAMETERS
+        parameter_key = _string_param(parameters, "routing_key")
+        ref = self.plane.ref(
+            request.model_name, request.model_version, lambda: metadata_key() or parameter_key
+        )
         result = await self.core.predict(
             ref,
             inputs,
             _string_param(parameters, "signature_name") or "",
-            [output.name for output in request.outputs],
+            [output.name for output in request.outputs] if request.outputs else (),
         )
         raw = bool(request.raw_input_contents) or _bool_param(parameters, "binary_data_output")
-        response = pb.ModelInferResponse(
-            model_name=result.model_name, model_version=str(result.version), id=request.id
-        )
+        response = pb.ModelInferResponse()
+        response.model_name = result.model_name
+        response.model_version = str(result.version)
+        response.id = request.id
         encode_outputs(response, result.outputs, raw)
         return response
 
@@ -137,14 +143,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Pipelined: up to STREAM_WINDOW requests run at once, answers keep request order."""
-        metadata_key = _routing_key(context)
+        stream_key = _routing_key(context)
         pending: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read_requests() -> None:
             try:
                 async for request in request_iterator:
                     await pending.put(
-                        asyncio.ensure_future(self._stream_one(request, metadata_key))
+                        asyncio.ensure_future(self._stream_one(request, lambda: stream_key))
                     )
             finally:
                 await pending.put(None)
@@ -163,7 +169,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _stream_one(self, request: Any, metadata_key: str | None) -> Any:
+    async def _stream_one(self, request: Any, metadata_key: Callable[[], str | None]) -> Any:
         started = time.perf_counter()
         status, version = "OK", ""
         try:
@@ -235,11 +241,11 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
 
 def encode_outputs(response: Any, outputs: Mapping[str, np.ndarray], raw: bool) -> None:
     raw = raw or any(array.dtype in _RAW_ONLY for array in outputs.values())
+    tensors, raw_contents = response.outputs, response.raw_output_contents
     for name, array in outputs.items():
-        tensor, data = numpy_to_infer_output(name, array, raw)
-        response.outputs.append(tensor)
+        data = fill_infer_output(tensors.add(), name, array, raw)
         if data is not None:
-            response.raw_output_contents.append(data)
+            raw_contents.append(data)
 
 
 def _stream_error(request: Any, message: str) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import streamserve
 from streamserve.errors import InvalidArgument, NotFound, StreamserveError
 from streamserve.repository import ModelConfig, VersionState
+from streamserve.repository.routing import RoutingKey
 from streamserve.runtimes.base import DEFAULT_SIGNATURE, Signature, TensorSpec
 from streamserve.server.core import InferenceCore, ModelRef
 from streamserve.tensors import dtype_to_v2
@@ -75,7 +76,7 @@ class V2Plane:
     # -- addressing ---------------------------------------------------------------------
 
     @staticmethod
-    def ref(name: str, version: str, routing_key: str | None = None) -> ModelRef:
+    def ref(name: str, version: str, routing_key: RoutingKey = None) -> ModelRef:
         return ModelRef(name, parse_version(name, version), None, routing_key)
 
     # -- health -------------------------------------------------------------------------

@@ -50,6 +50,7 @@ ALARM_MARGIN_S = 2  # SIGALRM's default action ends the process even if Python c
 
 DEFAULT_FETCH_MAX_BYTES = 20_000_000
 DEFAULT_MAX_PIXELS = 40_000_000  # = streamserve.stream.assembly.DEFAULT_MAX_PIXELS
+DEFAULT_STALL_TIMEOUT_S = 30.0  # = streamserve.stream.health.DEFAULT_STALL_TIMEOUT_S
 
 
 REQUIRED = ("input_topic", "output_topic", "group_id")
@@ -116,7 +117,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model (embedded: --model-base-path; remote: --model-server)")
     where = model.add_mutually_exclusive_group()
     where.add_argument("--model-base-path", type=Path, help="model directory with version dirs")
-    where.add_argument("--model-server", help="grpc://h:8500 or http://h:8501, comma-separated")
+    where.add_argument(
+        "--model-server",
+        help="grpc://h:8500 or http://h:8501 (TLS: grpcs://, https://), comma-separated",
+    )
     model.add_argument("--model-name", help="default: the base path's directory name")
     pick = model.add_mutually_exclusive_group()
     pick.add_argument("--model-version", type=int)
@@ -130,6 +134,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="embedded model used while every remote breaker is open",
     )
     model.add_argument("--fallback-model-name", help="default: --model-name")
+    model.add_argument(
+        "--model-server-ca", type=Path, help="PEM CA to verify a grpcs:// or https:// server"
+    )
+    model.add_argument("--model-server-cert", type=Path, help="PEM client certificate (mTLS)")
+    model.add_argument("--model-server-key", type=Path, help="PEM client key (mTLS)")
+    model.add_argument(
+        "--model-server-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="header / gRPC metadata sent with every call (repeatable); keep secrets off "
+        "the command line with {env:VAR} or {file:PATH} in VALUE, e.g. "
+        "'authorization=Bearer {env:MODEL_TOKEN}'",
+    )
 
     flow = parser.add_argument_group("throughput and resilience")
     flow.add_argument("--max-batch-size", type=int, default=32)
@@ -187,7 +205,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     records.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
 
     ops = parser.add_argument_group("operations")
-    ops.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: any port)")
+    ops.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics, /healthz (liveness) and /readyz (readiness) (0: any port)",
+    )
+    ops.add_argument(
+        "--health-stall-timeout-s",
+        type=float,
+        help="/healthz fails once the event loop or the consume loop has made no progress "
+        f"for this long (default: {DEFAULT_STALL_TIMEOUT_S:g}, or 5 s more than a Kafka "
+        "call's deadline when --kafka-timeout-s makes that longer: a stuck Kafka call is "
+        "first recovered in-process)",
+    )
     add_log_format_argument(ops)
     parser.set_defaults(_stream_parser=parser, _stream_defaults=defer_defaults(parser))
 
@@ -302,8 +332,18 @@ def _print_ready(info: dict[str, Any]) -> None:
     print(f"{STREAM_READY_PREFIX} {fields}", flush=True)
 
 
+def _stall_timeout_s(args: argparse.Namespace) -> float:
+    """The liveness bound: given, else longer than the in-process recovery of a stuck call."""
+    from streamserve.stream.kafka_io import call_deadline
+
+    if args.health_stall_timeout_s is not None:
+        return float(args.health_stall_timeout_s)
+    return max(DEFAULT_STALL_TIMEOUT_S, call_deadline(args.kafka_timeout_s) + 5.0)
+
+
 def _processor_config(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> Any:
     from streamserve.stream.breaker import BreakerPolicy
+    from streamserve.stream.health import HealthPolicy
     from streamserve.stream.processor import ProcessorConfig
 
     return ProcessorConfig(
@@ -328,6 +368,7 @@ def _processor_config(args: argparse.Namespace, kafka: client_config.KafkaClient
         header_denylist=_names(args.header_denylist),
         create_missing_topics=not args.no_create_topics,
         metrics_port=args.metrics_port,
+        health=HealthPolicy(stall_timeout_s=_stall_timeout_s(args)),
         breaker=BreakerPolicy(
             args.breaker_failures,
             args.breaker_cooldown_s,
@@ -343,6 +384,7 @@ def _processor_config(args: argparse.Namespace, kafka: client_config.KafkaClient
 def _pipeline_spec(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> Any:
     from streamserve.errors import InvalidArgument
     from streamserve.predictors.factory import PredictorSpec
+    from streamserve.predictors.security import PLAINTEXT
     from streamserve.stream.assembly import PipelineSpec
 
     if args.model_base_path is None and not args.model_name:
@@ -356,6 +398,7 @@ def _pipeline_spec(args: argparse.Namespace, kafka: client_config.KafkaClientCon
         protocol=args.protocol,
         model_base_path=args.model_base_path,
         timeout_s=args.request_timeout_s,
+        security=_client_security(args) if remote else PLAINTEXT,
     )
     return PipelineSpec(
         processor=_processor_config(args, kafka),
@@ -364,6 +407,15 @@ def _pipeline_spec(args: argparse.Namespace, kafka: client_config.KafkaClientCon
         fallback_base_path=args.fallback_model_base_path,
         fallback_model_name=args.fallback_model_name,
     )
+
+
+def _client_security(args: argparse.Namespace) -> Any:
+    from streamserve.predictors.security import ClientSecurity
+
+    return ClientSecurity.from_files(
+        args.model_server_ca, args.model_server_cert, args.model_server_key,
+        args.model_server_header,
+    )  # fmt: skip
 
 
 def _codec_spec(args: argparse.Namespace) -> Any:

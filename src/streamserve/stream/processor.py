@@ -35,6 +35,11 @@ How a record's journey stays correct:
    the brokers are unreachable it keeps retrying; more than ``max_client_rebuilds``
    rebuilds within ``client_rebuild_window_s`` (e.g. two live instances sharing one
    ``instance_id`` fencing each other) end ``run`` with :class:`FatalStreamError`.
+7. **Health.** ``/healthz`` and ``/readyz`` beside ``/metrics`` on ``metrics_port``
+   (:mod:`~streamserve.stream.health`): live while the event loop and the consume loop make
+   progress (a client rebuild that keeps retrying counts as progress); ready while the
+   model answers, the group is joined (not while clients are rebuilt) and a breaker is
+   closed.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from streamserve.stream import kafka_io
 from streamserve.stream.batcher import MicroBatcher
 from streamserve.stream.breaker import BreakerPolicy
 from streamserve.stream.errors import RecordError
+from streamserve.stream.health import HealthPolicy, OperationsServer, StreamHealth
 from streamserve.stream.invoker import ModelInvoker, Outcome, RetryPolicy, build_invoker
 from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
 from streamserve.stream.output import HeaderPolicy, OutputWriter
@@ -118,7 +124,8 @@ class ProcessorConfig:
     header_allowlist: Sequence[str] | None = None
     header_denylist: Sequence[str] = ()
     create_missing_topics: bool = True
-    metrics_port: int | None = None
+    metrics_port: int | None = None  # also serves /healthz and /readyz
+    health: HealthPolicy = field(default_factory=HealthPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # librdkafka settings per client (security, tuning; bootstrap.servers may be repeated)
@@ -179,6 +186,9 @@ class StreamProcessor:
             predictors, fallback, config.breaker, config.retry, self.metrics
         )
         self.on_ready = on_ready
+        self.health = StreamHealth(config.health, self.invoker.degraded)
+        self._predictors = predictors
+        self._operations: OperationsServer | None = None
         self.book = PartitionBook()
         self.metrics_port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -257,7 +267,10 @@ class StreamProcessor:
             {topic: partitions[topic] for topic in routed},
         )
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port)
+            self._operations = OperationsServer(
+                self.metrics.registry, self.health, cfg.metrics_port
+            )
+            self.metrics_port = self._operations.port
         info = {
             "group": cfg.group_id,
             "instance": cfg.resolved_instance_id,
@@ -344,12 +357,14 @@ class StreamProcessor:
         self._committing = True  # nothing is produced until the new clients are ready
         self._generation += 1
         self._clients_ok = False
+        self.health.joined = False  # not ready until the new consumer joins
         # Nothing uncommitted survives: the new consumer starts from the committed offsets.
         self.book.remove([state.key for state in self.book])
         self._paused.clear()
         await self._close_clients(graceful=False, discard=True)
         attempts = 0
         while self._consuming and not self._clients_ok:
+            self.health.consume_round()  # retrying is progress: liveness holds
             attempts += 1
             try:
                 await self._connect()
@@ -379,6 +394,8 @@ class StreamProcessor:
             cfg.max_batch_delay_ms / 1000,
         )
         tasks = [asyncio.create_task(batcher.run(), name="batcher")]
+        if self._operations is not None:  # someone may ask: beat and probe the model
+            tasks.append(asyncio.create_task(self.health.watch(self._predictors), name="health"))
         tasks += [
             asyncio.create_task(self._decode_loop(), name=f"decode-{i}")
             for i in range(cfg.decode_concurrency)
@@ -432,6 +449,8 @@ class StreamProcessor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._close_clients(graceful)
+        if self._operations is not None:
+            await asyncio.to_thread(self._operations.close)
         log_event(log, "stream stopped", graceful=graceful)
 
     async def _close_clients(self, graceful: bool, discard: bool = False) -> None:
@@ -463,6 +482,7 @@ class StreamProcessor:
         next_checkpoint = time.monotonic() + interval
         next_lag_update = 0.0
         while self._consuming:
+            self.health.consume_round()
             try:
                 await self._apply_seeks()
                 await self._apply_flow_control()
@@ -491,6 +511,7 @@ class StreamProcessor:
                 # retried next round (nothing changed state), the processor does not die.
                 log_event(log, "consumer call failed", logging.WARNING, error=str(exc))
                 await asyncio.sleep(0.1)
+        self.health.consume_stopped()
 
     def _intake_batch(self, messages: list[Message]) -> None:
         """Queue a consumed batch; a codec with ``decode_batch`` decodes it right here in
@@ -603,6 +624,7 @@ class StreamProcessor:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self.health.joined = True  # called on joining, even with no partitions
         self._on_loop(self._assigned(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:

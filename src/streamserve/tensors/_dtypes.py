@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ except ImportError:  # optional: only needed to keep bfloat16 tensors as bfloat1
     BFLOAT16 = None
 
 OBJECT = np.dtype(object)
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
 
 _TF_TO_NUMPY: dict[types_pb2.DataType, np.dtype] = {
     types_pb2.DT_FLOAT: np.dtype(np.float32),
@@ -104,6 +106,9 @@ def tf_to_dtype(tf_type: types_pb2.DataType) -> np.dtype:
 
 def dtype_to_tf(dtype: np.dtype | type) -> types_pb2.DataType:
     """TF ``DataType`` value for a numpy dtype (bytes/str/object → DT_STRING)."""
+    known = _NUMPY_TO_TF.get(dtype) if isinstance(dtype, np.dtype) else None
+    if known is not None:  # the common case: a native-order numeric dtype
+        return known
     try:
         return _NUMPY_TO_TF[_canonical(dtype)]
     except KeyError:
@@ -121,6 +126,9 @@ def v2_to_dtype(datatype: str) -> np.dtype:
 
 def dtype_to_v2(dtype: np.dtype | type) -> str:
     """V2 datatype name for a numpy dtype (bytes/str/object → ``"BYTES"``)."""
+    known = _NUMPY_TO_V2.get(dtype) if isinstance(dtype, np.dtype) else None
+    if known is not None:  # the common case: a native-order numeric dtype
+        return known
     try:
         return _NUMPY_TO_V2[_canonical(dtype)]
     except KeyError:
@@ -171,9 +179,9 @@ def check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
         raise InvalidArgument(
             f"tensor '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are supported"
         )
-    if any(d < 0 for d in shape):
+    dims = tuple(map(int, shape))
+    if dims and min(dims) < 0:
         raise InvalidArgument(f"tensor '{name}' has a negative dimension in shape {list(shape)}")
-    dims = tuple(int(d) for d in shape)
     if element_count(dims) > MAX_ADDRESSABLE_ELEMENTS:
         raise InvalidArgument(
             f"tensor '{name}': shape {list(dims)} has {element_count(dims)} elements, "
@@ -273,10 +281,16 @@ def frombuffer(
 
 
 def little_endian(dtype: np.dtype) -> np.dtype:
-    return dtype.newbyteorder("<") if dtype.byteorder not in "<|" else dtype
+    if dtype.byteorder in "<|" or (_LITTLE_ENDIAN_HOST and dtype.byteorder == "="):
+        return dtype
+    return dtype.newbyteorder("<")
 
 
 def to_little_endian_bytes(array: np.ndarray) -> bytes:
+    """Row-major little-endian bytes (``tobytes`` is row-major whatever the layout)."""
+    dtype = array.dtype
+    if _LITTLE_ENDIAN_HOST and dtype.kind in "biuf" and dtype.byteorder in "=<|":
+        return array.tobytes()  # the common case: nothing to convert
     if array.dtype == BFLOAT16:
         return np.ascontiguousarray(array).view(np.uint16).astype("<u2", copy=False).tobytes()
     return np.ascontiguousarray(array, dtype=little_endian(array.dtype)).tobytes()

@@ -80,7 +80,7 @@ def tensor_proto_to_numpy(
     shape = _shape_of(proto, name)
     check_element_limit(element_count(shape), shape, name, max_elements)
     if proto.tensor_content:
-        if dtype == OBJECT:
+        if dtype is OBJECT:
             raise InvalidArgument(f"tensor '{name}': DT_STRING data must be in string_val")
         bfloat16 = proto.dtype == types_pb2.DT_BFLOAT16
         return frombuffer(proto.tensor_content, dtype, shape, name, bfloat16=bfloat16)
@@ -123,8 +123,8 @@ def numpy_to_tensor_proto(
 def _shape_of(proto: TensorProto, name: str) -> tuple[int, ...]:
     if proto.tensor_shape.unknown_rank:
         raise InvalidArgument(f"tensor '{name}': shape must be fully defined (unknown rank)")
-    shape = tuple(d.size for d in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape) and len(shape) <= MAX_RANK:
+    shape = tuple([d.size for d in proto.tensor_shape.dim])
+    if shape and min(shape) < 0 and len(shape) <= MAX_RANK:
         raise InvalidArgument(f"tensor '{name}': shape {list(shape)} must be fully defined")
     return check_shape(shape, name)
 

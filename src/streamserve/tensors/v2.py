@@ -96,6 +96,14 @@ def numpy_to_infer_output(
     return tensor, _fill(tensor, name, np.asarray(array), raw)
 
 
+def fill_infer_output(
+    tensor: InferOutputTensor, name: str, array: np.ndarray, raw: bool
+) -> bytes | None:
+    """Like :func:`numpy_to_infer_output`, into a tensor already in its response
+    (``response.outputs.add()``: no copy of the message)."""
+    return _fill(tensor, name, np.asarray(array), raw)
+
+
 def numpy_to_infer_input(
     name: str, array: np.ndarray, raw: bool
 ) -> tuple[InferInputTensor, bytes | None]:
@@ -224,6 +232,7 @@ def _dtype(datatype: str, name: str) -> np.dtype:
 __all__ = [
     "decode_raw",
     "encode_raw",
+    "fill_infer_output",
     "infer_input_to_numpy",
     "infer_output_to_numpy",
     "numpy_to_infer_input",
