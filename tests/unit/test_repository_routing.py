@@ -303,7 +303,15 @@ def served_version_of(manager: ModelManager, name: str) -> int:
 
 def write_config(path: Path, *models: tuple[str, Path]) -> None:
     entries = "".join(f'config {{ name: "{n}" base_path: "{p}" }} ' for n, p in models)
-    path.write_text(f"model_config_list {{ {entries}}}")
+    replace_file(path, f"model_config_list {{ {entries}}}")
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` as an operator's tooling should (atomically), so that the poller
+    never reads a half-written (e.g. empty) file."""
+    staged = path.with_suffix(".staged")
+    staged.write_text(text)
+    staged.replace(path)
 
 
 def test_config_file_poller_reloads_when_the_file_changes(
@@ -317,7 +325,7 @@ def test_config_file_poller_reloads_when_the_file_changes(
         write_config(config_file, ("a", a), ("b", b))
         assert eventually(lambda: manager.model_names() == ["a", "b"])
         with caplog.at_level("ERROR", logger="streamserve.repository.poller"):
-            config_file.write_text("improperly formatted file")
+            replace_file(config_file, "improperly formatted file")
             assert eventually(lambda: "Model config reload" in caplog.text)
         assert manager.model_names() == ["a", "b"]  # a bad file changes nothing
         write_config(config_file, ("b", b))
