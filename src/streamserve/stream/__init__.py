@@ -28,6 +28,7 @@ _HOMES = {
     "TensorJsonCodec": "streamserve.stream.records",
     "ImageCodec": "streamserve.stream.records",
     "CallableCodec": "streamserve.stream.records",
+    "OutputRecord": "streamserve.stream.records",
     "RecordError": "streamserve.stream.errors",
     "BreakerPolicy": "streamserve.stream.breaker",
     "RetryPolicy": "streamserve.stream.invoker",
