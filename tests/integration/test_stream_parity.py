@@ -139,6 +139,8 @@ def test_every_mode_gives_the_same_outputs_and_dlq_reasons(
     }
     assert embedded["integer JSON"][1]["y"] == [[2.0, 4.0, 6.0, 8.0]]
     assert embedded["b64 bytes"][1]["names_out"] == ["\x00\x01binary"]  # UTF-8: as text
+    for case, (kind, result) in embedded.items():
+        print(f"\n{case}: {kind}: {result}", end="")
     for protocol, transport in REMOTE_MODES:
         target = f"grpc://{server.grpc_target}" if transport == "grpc" else server.rest_url
         spec = PredictorSpec([target], model_name="multi", protocol=protocol)
@@ -150,3 +152,4 @@ def test_every_mode_gives_the_same_outputs_and_dlq_reasons(
                 assert remote[case][1] == expected, where
             else:
                 assert_same_outputs(remote[case][1], expected, where)
+        print(f"\n{protocol}-{transport}: the same {len(embedded)} results", end="")
