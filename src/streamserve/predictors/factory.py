@@ -18,6 +18,7 @@ from streamserve.errors import InvalidArgument
 from streamserve.predictors.balancer import BalancedPredictor, TargetPredictor
 from streamserve.predictors.base import Predictor
 from streamserve.predictors.embedded import EmbeddedPredictor
+from streamserve.predictors.remote import RemoteCall
 from streamserve.predictors.security import PLAINTEXT, ClientSecurity
 from streamserve.predictors.tfserving_grpc import TfServingGrpcPredictor
 from streamserve.predictors.tfserving_rest import TfServingRestPredictor
@@ -142,23 +143,14 @@ def _normalise_target(text: str) -> str:
 
 def _remote(target: str, spec: PredictorSpec) -> TargetPredictor:
     grpc = target.startswith(("grpc://", "grpcs://"))
-    if spec.protocol == "v2":
-        v2_type = V2GrpcPredictor if grpc else V2RestPredictor
-        return v2_type(
-            target,
-            spec.model_name,
-            model_version=spec.model_version,
-            timeout_s=spec.timeout_s,
-            per_call_channel=spec.per_call_channel,
-            security=spec.security,
-        )
-    tfs_type = TfServingGrpcPredictor if grpc else TfServingRestPredictor
-    return tfs_type(
-        target,
+    call = RemoteCall(
         spec.model_name,
         model_version=spec.model_version,
-        model_label=spec.model_label,
+        model_label=spec.model_label if spec.protocol != "v2" else None,
         timeout_s=spec.timeout_s,
         per_call_channel=spec.per_call_channel,
         security=spec.security,
     )
+    if spec.protocol == "v2":
+        return (V2GrpcPredictor if grpc else V2RestPredictor)(target, call)
+    return (TfServingGrpcPredictor if grpc else TfServingRestPredictor)(target, call)

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from streamserve import tensors
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.grpc_channel import GrpcTarget, split_grpc_target
-from streamserve.predictors.security import PLAINTEXT, ClientSecurity
+from streamserve.predictors.remote import RemoteCall, RemotePredictor
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -32,30 +32,14 @@ from streamserve.runtimes.base import DEFAULT_SIGNATURE
 Stub = prediction_service_pb2_grpc.PredictionServiceStub
 
 
-class TfServingGrpcPredictor:
+class TfServingGrpcPredictor(RemotePredictor):
     """Predict via TF Serving gRPC on ``target`` (``"host:port"``, ``"grpc://host:port"``, TLS: ``"grpcs://host:port"``)."""
 
-    mode = "remote"
-
-    def __init__(
-        self,
-        target: str,
-        model_name: str,
-        model_version: int | None = None,
-        model_label: str | None = None,
-        timeout_s: float = 10.0,
-        per_call_channel: bool = False,
-        security: ClientSecurity = PLAINTEXT,
-    ) -> None:
-        if model_version is not None and model_label is not None:
-            raise ValueError("give a model version or a label, not both")
+    def __init__(self, target: str, call: RemoteCall) -> None:
+        super().__init__(call)
         address, secure = split_grpc_target(target)
-        self.model_name = model_name
-        self.model_version = model_version
-        self.model_label = model_label
-        self.timeout_s = timeout_s
         self._grpc: GrpcTarget[Stub] = GrpcTarget(
-            address, Stub, per_call_channel, secure=secure, security=security
+            address, Stub, call.per_call_channel, secure=secure, security=call.security
         )
         self.target = self._grpc.url
         self._signatures = SignatureCache(self.target, self._fetch_signatures)

@@ -25,7 +25,7 @@ from streamserve.predictors.http_target import (
     is_orjson_native,
     parse_json_object,
 )
-from streamserve.predictors.security import PLAINTEXT, ClientSecurity
+from streamserve.predictors.remote import RemoteCall, RemotePredictor
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -37,29 +37,16 @@ VERSION_HEADER = "X-Model-Version"
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class TfServingRestPredictor:
+class TfServingRestPredictor(RemotePredictor):
     """Predict via TF Serving REST on ``target`` (``"http://host:port"`` or ``"https://host:port"``)."""
 
-    mode = "remote"
-
-    def __init__(
-        self,
-        target: str,
-        model_name: str,
-        model_version: int | None = None,
-        model_label: str | None = None,
-        timeout_s: float = 10.0,
-        per_call_channel: bool = False,
-        security: ClientSecurity = PLAINTEXT,
-    ) -> None:
-        if model_version is not None and model_label is not None:
-            raise ValueError("give a model version or a label, not both")
+    def __init__(self, target: str, call: RemoteCall) -> None:
+        super().__init__(call)
         self.target = target.rstrip("/")
-        self.model_name = model_name
-        self.model_version = model_version
-        self.model_label = model_label
-        self._http = HttpTarget(self.target, timeout_s, per_call_channel, security=security)
-        self._model_path = _model_path(model_name, model_version, model_label)
+        self._http = HttpTarget(
+            self.target, call.timeout_s, call.per_call_channel, security=call.security
+        )
+        self._model_path = _model_path(call.model_name, call.model_version, call.model_label)
         self._signatures = SignatureCache(self.target, self._fetch_signatures)
         self._metadata_version = 0
 

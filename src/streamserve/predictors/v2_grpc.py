@@ -14,7 +14,7 @@ from streamserve import tensors
 from streamserve.errors import InvalidArgument, Unavailable
 from streamserve.predictors.base import Prediction
 from streamserve.predictors.grpc_channel import GrpcTarget, split_grpc_target
-from streamserve.predictors.security import PLAINTEXT, ClientSecurity
+from streamserve.predictors.remote import RemoteCall, RemotePredictor
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -31,26 +31,14 @@ Stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub
 SIGNATURE_PARAMETER = "signature_name"
 
 
-class V2GrpcPredictor:
+class V2GrpcPredictor(RemotePredictor):
     """Infer via V2 gRPC on ``target`` (``"host:port"``, ``"grpc://host:port"``, TLS: ``"grpcs://host:port"``)."""
 
-    mode = "remote"
-
-    def __init__(
-        self,
-        target: str,
-        model_name: str,
-        model_version: int | None = None,
-        timeout_s: float = 10.0,
-        per_call_channel: bool = False,
-        security: ClientSecurity = PLAINTEXT,
-    ) -> None:
+    def __init__(self, target: str, call: RemoteCall) -> None:
+        super().__init__(call)
         address, secure = split_grpc_target(target)
-        self.model_name = model_name
-        self.model_version = model_version
-        self.timeout_s = timeout_s
         self._grpc: GrpcTarget[Stub] = GrpcTarget(
-            address, Stub, per_call_channel, secure=secure, security=security
+            address, Stub, call.per_call_channel, secure=secure, security=call.security
         )
         self.target = self._grpc.url
         self._signatures = SignatureCache(self.target, self._fetch_signatures)

@@ -23,7 +23,7 @@ from streamserve.predictors.http_target import (
     has_non_finite,
     parse_json_object,
 )
-from streamserve.predictors.security import PLAINTEXT, ClientSecurity
+from streamserve.predictors.remote import RemoteCall, RemotePredictor
 from streamserve.predictors.signatures import (
     ModelSignatures,
     SignatureCache,
@@ -36,29 +36,19 @@ from streamserve.runtimes.base import DEFAULT_SIGNATURE
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-class V2RestPredictor:
+class V2RestPredictor(RemotePredictor):
     """Infer via V2 REST on ``target`` (``"http://host:port"`` or ``"https://host:port"``)."""
 
-    mode = "remote"
-
-    def __init__(
-        self,
-        target: str,
-        model_name: str,
-        model_version: int | None = None,
-        timeout_s: float = 10.0,
-        per_call_channel: bool = False,
-        security: ClientSecurity = PLAINTEXT,
-        binary: bool = True,
-    ) -> None:
+    def __init__(self, target: str, call: RemoteCall, binary: bool = True) -> None:
+        super().__init__(call)
         self.target = target.rstrip("/")
-        self.model_name = model_name
-        self.model_version = model_version
         self.binary = binary
-        self._http = HttpTarget(self.target, timeout_s, per_call_channel, security=security)
-        path = f"/v2/models/{quote(model_name, safe='')}"
-        if model_version is not None:
-            path += f"/versions/{model_version}"
+        self._http = HttpTarget(
+            self.target, call.timeout_s, call.per_call_channel, security=call.security
+        )
+        path = f"/v2/models/{quote(call.model_name, safe='')}"
+        if call.model_version is not None:
+            path += f"/versions/{call.model_version}"
         self._metadata_path = path
         self._infer_path = path + "/infer"
         self._signatures = SignatureCache(self.target, self._fetch_signatures)
