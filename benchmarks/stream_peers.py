@@ -54,6 +54,7 @@ from benchmarks.stream_run import (
 )
 from benchmarks.stream_stats import check_values, summarize
 from streamserve.errors import FailedPrecondition
+from streamserve.kafka.admin import client_settings
 from streamserve.processes import ChildProcess
 
 PEERS_DIR = BENCHMARKS_DIR / "peers"
@@ -333,7 +334,8 @@ def run_system(
         processor, calls = worker, lambda: worker_calls(worker)
     else:
         model = (workload.base_path / "1" / "model.onnx").resolve()  # the peer runs elsewhere
-        command = setup.command(system, topics, ctx.bootstrap, model, guarantee)
+        bootstrap = str(client_settings(ctx.bootstrap)["bootstrap.servers"])  # peers: plaintext
+        command = setup.command(system, topics, bootstrap, model, guarantee)
         peer = StreamPeerProcess(command, ctx.logs_dir / f"{name}.log", f"{system} peer")
         peer.start()
         try:
