@@ -190,11 +190,28 @@ def read_topic(
         )
     )
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
+        consumer.assign(
+            [
+                TopicPartition(topic, p, OFFSET_BEGINNING)
+                for p in _partitions(kafka, topic, min_count)
+            ]
+        )
         return _consume_until_quiet(consumer, min_count, timeout, quiet_s)
     finally:
         consumer.close()
+
+
+def _partitions(kafka: Kafka, topic: str, min_count: int) -> range:
+    """The topic's partitions. When records are expected, wait until each has a leader:
+    right after a broker restart the metadata may list the topic with no partitions yet,
+    and a reader assigned to none would see nothing."""
+    from streamserve.kafka.admin import wait_for_topic
+
+    if min_count > 0:
+        return range(wait_for_topic(kafka, topic, timeout=60.0))
+    with contextlib.suppress(Exception):
+        return range(wait_for_topic(kafka, topic, timeout=5.0))
+    return range(0)
 
 
 def _consume_until_quiet(
