@@ -114,6 +114,85 @@ def batch_decoder(codec: object) -> BatchDecoder | None:
     return cast(BatchDecoder, decode_batch)
 
 
+class StackedBatch(NamedTuple):
+    """A consumed batch decoded in one call: per record its decoded form or why not, and,
+    when every decoded record's inputs are consecutive rows of one array per input (the
+    fast path), those arrays (``rows`` rows per record), so a model call needs no concat."""
+
+    records: list[DecodedRecord | RecordError]
+    stacked: dict[str, np.ndarray] | None = None
+    rows: int = 1
+
+
+StackedDecoder = Callable[[Sequence[InputRecord]], StackedBatch]
+
+
+def stacked_decoder(codec: object) -> StackedDecoder | None:
+    """The codec's ``decode_stacked`` (records plus their stacked inputs), else one made
+    of its synchronous ``decode_batch``; None when it has neither (per-record ``decode``)."""
+    decode_stacked = getattr(codec, "decode_stacked", None)
+    if decode_stacked is not None and not inspect.iscoroutinefunction(decode_stacked):
+        return cast(StackedDecoder, decode_stacked)
+    decode_batch = batch_decoder(codec)
+    if decode_batch is None:
+        return None
+    return lambda records: StackedBatch(decode_batch(records))
+
+
+BatchEncoder = Callable[
+    [
+        Sequence[DecodedRecord],
+        Mapping[str, np.ndarray],
+        Sequence[int],
+        str,
+        int,
+        Sequence[float],
+        str,
+    ],
+    "list[Encoded | RecordError]",
+]
+
+
+def batch_encoder(codec: RecordCodec) -> BatchEncoder:
+    """The codec's ``encode_batch``, or one that calls its ``encode`` per record."""
+    encode_batch = getattr(codec, "encode_batch", None)
+    if encode_batch is not None:
+        return cast(BatchEncoder, encode_batch)
+    return lambda *args: encode_each(codec, *args)
+
+
+def encode_each(
+    codec: RecordCodec,
+    decoded: Sequence[DecodedRecord],
+    outputs: Mapping[str, np.ndarray],
+    counts: Sequence[int],
+    model_name: str,
+    version: int,
+    latency_ms: Sequence[float],
+    mode: str,
+) -> list[Encoded | RecordError]:
+    """``encode_batch`` for a codec that encodes one record at a time: each record gets its
+    rows of the stacked ``outputs`` (``counts[i]`` rows for record i; a lone record gets
+    the outputs unsliced); an exception becomes that record's ``RecordError``."""
+    encoded: list[Encoded | RecordError] = []
+    start = 0
+    for record, count, latency in zip(decoded, counts, latency_ms, strict=True):
+        rows = (
+            outputs
+            if len(decoded) == 1
+            else {name: array[start : start + count] for name, array in outputs.items()}
+        )
+        start += count
+        try:
+            encoded.append(codec.encode(record, rows, model_name, version, latency, mode))
+        except RecordError as error:
+            encoded.append(error)
+        except Exception as error:
+            name = type(error).__name__
+            encoded.append(RecordError(ENCODE, str(error) or name, name))
+    return encoded
+
+
 @runtime_checkable
 class RecordCodec(Protocol):
     """Decode one record into tensors; encode one record's output rows into bytes (or an
@@ -255,16 +334,23 @@ class TensorJsonCodec:
         Records whose inputs agree in names and shapes are converted together, one numpy
         array per input for the whole batch (each record gets a view of its rows); any
         other record is decoded alone, with exactly the per-record rules and messages."""
-        parsed: list[tuple[RecordId, dict[str, Any]] | RecordError] = []
-        for record in records:
-            try:
-                parsed.append(self._parse(record))
-            except RecordError as error:
-                parsed.append(error)
+        return self.decode_stacked(records).records
+
+    def decode_stacked(self, records: Sequence[InputRecord]) -> StackedBatch:
+        """:meth:`decode_batch`, plus the stacked input arrays when the records agree."""
+        parsed = [self._parse_or_error(record) for record in records]
         stacked = self._stacked(parsed)
         if stacked is not None:
             return stacked
-        return [item if isinstance(item, RecordError) else self._tensors(*item) for item in parsed]
+        return StackedBatch(
+            [item if isinstance(item, RecordError) else self._tensors(*item) for item in parsed]
+        )
+
+    def _parse_or_error(self, record: InputRecord) -> tuple[RecordId, dict[str, Any]] | RecordError:
+        try:
+            return self._parse(record)
+        except RecordError as error:
+            return error
 
     def decode_now(self, record: InputRecord) -> DecodedRecord:
         return self._decode_parsed(*self._parse(record))
@@ -288,7 +374,7 @@ class TensorJsonCodec:
 
     def _stacked(
         self, parsed: Sequence[tuple[RecordId, dict[str, Any]] | RecordError]
-    ) -> list[DecodedRecord | RecordError] | None:
+    ) -> StackedBatch | None:
         """The fast path: every parsed record has the same input names and each input
         stacks into one rectangular numeric array of the per-record dtype; else None."""
         good = [item for item in parsed if not isinstance(item, RecordError)]
@@ -314,7 +400,9 @@ class TensorJsonCodec:
                 continue
             decoded.append(DecodedRecord(item[0], None, {n: c[index] for n, c in columns.items()}))
             index += 1
-        return decoded
+        (per_record,) = rows
+        stacked = {n: c.reshape(-1, *c.shape[2:]) for n, c in columns.items()}
+        return StackedBatch(decoded, stacked, per_record)
 
     def _stack_column(self, name: str, values: list[Any]) -> np.ndarray | None:
         dtype = self.dtypes.get(name)
@@ -355,6 +443,43 @@ class TensorJsonCodec:
                 "mode": mode,
             }
         )
+
+    def encode_batch(
+        self,
+        decoded: Sequence[DecodedRecord],
+        outputs: Mapping[str, np.ndarray],
+        counts: Sequence[int],
+        model_name: str,
+        version: int,
+        latency_ms: Sequence[float],
+        mode: str,
+    ) -> list[Encoded | RecordError]:
+        """:meth:`encode` for a whole micro-batch: the same bytes, one shared ``model``
+        object and no per-record method call; a record that cannot be encoded gets its
+        ``RecordError``."""
+        if len(decoded) == 1 or any(array.dtype == object for array in outputs.values()):
+            return encode_each(
+                self, decoded, outputs, counts, model_name, version, latency_ms, mode
+            )
+        model = {"name": model_name, "version": version}
+        items = list(outputs.items())
+        encoded: list[Encoded | RecordError] = []
+        start = 0
+        for record, count, latency in zip(decoded, counts, latency_ms, strict=True):
+            stop = start + count
+            document = {
+                "id": record.id,
+                "model": model,
+                "outputs": {name: array[start:stop] for name, array in items},
+                "latency_ms": round(latency, 3),
+                "mode": mode,
+            }
+            start = stop
+            try:
+                encoded.append(dumps(document))
+            except RecordError as error:
+                encoded.append(error)
+        return encoded
 
 
 def _check_rows(tensors: Mapping[str, np.ndarray]) -> None:
