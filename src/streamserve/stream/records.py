@@ -38,6 +38,7 @@ DECODE = "decode"
 ENCODE = "encode"
 
 RecordId = str | int | float | None
+_PLAIN_IDS = (str, int, float)  # an id of exactly these types needs no further check
 
 
 class InputRecord(NamedTuple):
@@ -338,13 +339,36 @@ class TensorJsonCodec:
 
     def decode_stacked(self, records: Sequence[InputRecord]) -> StackedBatch:
         """:meth:`decode_batch`, plus the stacked input arrays when the records agree."""
-        parsed = [self._parse_or_error(record) for record in records]
+        parsed = self._parse_all(records)
         stacked = self._stacked(parsed)
         if stacked is not None:
             return stacked
         return StackedBatch(
             [item if isinstance(item, RecordError) else self._tensors(*item) for item in parsed]
         )
+
+    def _parse_all(
+        self, records: Sequence[InputRecord]
+    ) -> list[tuple[RecordId, dict[str, Any]] | RecordError]:
+        """:meth:`_parse` of each record, with the common case inlined (this is the hot
+        path); anything unusual goes through :meth:`_parse` for its exact error."""
+        loads = orjson.loads
+        parsed: list[tuple[RecordId, dict[str, Any]] | RecordError] = []
+        for record in records:
+            try:
+                document = loads(cast(bytes, record.value))
+            except (orjson.JSONDecodeError, TypeError):
+                document = None
+            if type(document) is dict:
+                inputs = document.get("inputs")
+                record_id = document.get("id")
+                if record_id is None:
+                    record_id = record.position
+                if type(inputs) is dict and inputs and type(record_id) in _PLAIN_IDS:
+                    parsed.append((record_id, inputs))
+                    continue
+            parsed.append(self._parse_or_error(record))
+        return parsed
 
     def _parse_or_error(self, record: InputRecord) -> tuple[RecordId, dict[str, Any]] | RecordError:
         try:
@@ -380,8 +404,8 @@ class TensorJsonCodec:
         good = [item for item in parsed if not isinstance(item, RecordError)]
         if len(good) < 2:
             return None
-        names = list(good[0][1])
-        if any(list(inputs) != names for _, inputs in good):
+        names = good[0][1].keys()
+        if any(inputs.keys() != names for _, inputs in good):
             return None
         columns = {}
         for name in names:
@@ -393,13 +417,15 @@ class TensorJsonCodec:
         if len(rows) != 1 or 0 in rows:
             return None  # disagreeing or zero rows: the per-record path says which
         decoded: list[DecodedRecord | RecordError] = []
-        index = 0
-        for item in parsed:
+        column_names = list(columns)
+        views = iter(zip(*(list(column) for column in columns.values()), strict=True))
+        for item in parsed:  # each record's inputs are views of its rows (list() makes them fast)
             if isinstance(item, RecordError):
                 decoded.append(item)
-                continue
-            decoded.append(DecodedRecord(item[0], None, {n: c[index] for n, c in columns.items()}))
-            index += 1
+            else:
+                decoded.append(
+                    DecodedRecord(item[0], None, dict(zip(column_names, next(views), strict=True)))
+                )
         (per_record,) = rows
         stacked = {n: c.reshape(-1, *c.shape[2:]) for n, c in columns.items()}
         return StackedBatch(decoded, stacked, per_record)
@@ -454,31 +480,32 @@ class TensorJsonCodec:
         latency_ms: Sequence[float],
         mode: str,
     ) -> list[Encoded | RecordError]:
-        """:meth:`encode` for a whole micro-batch: the same bytes, one shared ``model``
-        object and no per-record method call; a record that cannot be encoded gets its
-        ``RecordError``."""
+        """:meth:`encode` for a whole micro-batch, byte for byte, with the document's
+        fixed parts written once per batch. Outputs of strings (object arrays) go through
+        :meth:`encode` per record."""
         if len(decoded) == 1 or any(array.dtype == object for array in outputs.values()):
             return encode_each(
                 self, decoded, outputs, counts, model_name, version, latency_ms, mode
             )
-        model = {"name": model_name, "version": version}
-        items = list(outputs.items())
+        opening = b',"model":' + dumps({"name": model_name, "version": version}) + b',"outputs":{'
+        names = [dumps(str(name)) + b":" for name in outputs]
+        names[1:] = [b"," + name for name in names[1:]]
+        columns = list(zip(names, outputs.values(), strict=True))
+        closing = b',"mode":' + dumps(mode) + b"}"
         encoded: list[Encoded | RecordError] = []
         start = 0
         for record, count, latency in zip(decoded, counts, latency_ms, strict=True):
             stop = start + count
-            document = {
-                "id": record.id,
-                "model": model,
-                "outputs": {name: array[start:stop] for name, array in items},
-                "latency_ms": round(latency, 3),
-                "mode": mode,
-            }
-            start = stop
             try:
-                encoded.append(dumps(document))
+                parts = [b'{"id":', dumps(record.id), opening]
+                for name, array in columns:
+                    parts += (name, dumps(array[start:stop]))
+                parts += (b'},"latency_ms":', dumps(round(latency, 3)), closing)
             except RecordError as error:
                 encoded.append(error)
+            else:
+                encoded.append(b"".join(parts))
+            start = stop
         return encoded
 
 
