@@ -65,12 +65,6 @@ class HeaderPolicy:
         ]
 
 
-def model_headers(work: Work) -> Headers:
-    if not work.model_name:
-        return []
-    return list(_model_headers(work.model_name, work.model_version, work.mode))
-
-
 @functools.lru_cache(maxsize=64)
 def _model_headers(name: str, version: int, mode: str) -> tuple[tuple[str, bytes], ...]:
     return (
@@ -93,8 +87,9 @@ def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
             histogram.observe(value)
         return
     indices = np.searchsorted(np.asarray(bounds), np.asarray(values), side="left")
-    for index, count in zip(*np.unique(indices, return_counts=True), strict=True):
-        buckets[int(index)].inc(int(count))
+    for index, count in enumerate(np.bincount(indices).tolist()):
+        if count:
+            buckets[index].inc(count)
     total.inc(float(sum(values)))
 
 
@@ -185,7 +180,15 @@ class OutputWriter:
                 return False
         else:
             value, key, topic, extra = output, record.key, self.output_topic, ()
-        headers = self._headers(work, extra)
+        model = (
+            _model_headers(work.model_name, work.model_version, work.mode)
+            if work.model_name
+            else ()
+        )
+        if record.headers or extra:  # carried input headers, streamserve.model.*, the codec's
+            headers: Headers | None = [*self.headers.carried(record.headers), *model, *extra]
+        else:
+            headers = list(model) or None
         partition = (
             None if self.partitioning == "key" else record.partition % self.partitions[topic]
         )
@@ -198,17 +201,6 @@ class OutputWriter:
             )
             return False
         return True
-
-    def _headers(self, work: Work, extra: Sequence[tuple[str, bytes]]) -> Headers | None:
-        """Carried input headers, then ``streamserve.model.*``, then the codec's."""
-        model = (
-            _model_headers(work.model_name, work.model_version, work.mode)
-            if work.model_name
-            else ()
-        )
-        if not work.record.headers and not extra:
-            return list(model) or None
-        return [*self.headers.carried(work.record.headers), *model, *extra]
 
     def _unpack(
         self, record: InputRecord, output: OutputRecord

@@ -520,9 +520,14 @@ class StreamProcessor:
         """Queue a consumed batch; a codec with ``decode_batch`` decodes it right here in
         one call (no decode task or queue hop per record), others via the decode workers."""
         works: list[Work] = []
+        intake = self.book.intake
+        received = time.perf_counter()
         try:
             for message in messages:
-                work = self._intake(message)
+                if message.error() is not None:
+                    self._consumer_error(message)
+                    continue
+                work = intake(input_record(message), received)
                 if work is not None:
                     works.append(work)
         finally:  # a fatal consumer error mid-batch: what came before it is still queued
@@ -558,15 +563,13 @@ class StreamProcessor:
         counts = [batch.rows] * len(decoded_works)
         self._batch_queue.put_nowait(Chunk.of(decoded_works, batch.stacked, counts))
 
-    def _intake(self, message: Message) -> Work | None:
+    def _consumer_error(self, message: Message) -> None:
         error = message.error()
-        if error is not None:
-            if kafka_io.is_fatal(error):  # never only a warning: the consumer is dead
-                raise FatalStreamError(f"consumer failed: {error.str()}")
-            if error.code() != KafkaError._PARTITION_EOF:
-                log_event(log, "consumer error", logging.WARNING, error=error.str())
-            return None
-        return self.book.intake(input_record(message))
+        assert error is not None
+        if kafka_io.is_fatal(error):  # never only a warning: the consumer is dead
+            raise FatalStreamError(f"consumer failed: {error.str()}")
+        if error.code() != KafkaError._PARTITION_EOF:
+            log_event(log, "consumer error", logging.WARNING, error=error.str())
 
     async def _apply_seeks(self) -> None:
         for state in self.book.seeks_due():
@@ -857,15 +860,15 @@ def input_record(message: Message) -> InputRecord:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     timestamp_type, timestamp = message.timestamp()
-    value, key = message.value(), message.key()
+    value, key, headers = message.value(), message.key(), message.headers()
     return InputRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key.encode() if isinstance(key, str) else key,
-        value=value.encode() if isinstance(value, str) else value,
-        headers=normalise_headers(message.headers()),
-        timestamp_ms=None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else timestamp,
+        topic,
+        partition,
+        offset,
+        key.encode() if isinstance(key, str) else key,
+        value.encode() if isinstance(value, str) else value,
+        normalise_headers(headers) if headers else [],
+        None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else timestamp,
     )
 
 
