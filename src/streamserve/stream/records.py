@@ -198,7 +198,12 @@ def encode_each(
 class RecordCodec(Protocol):
     """Decode one record into tensors; encode one record's output rows into bytes (or an
     :class:`OutputRecord` to set the output's key, headers or topic). A codec that routes
-    to other topics names them all in an ``output_topics`` attribute."""
+    to other topics names them all in an ``output_topics`` attribute.
+
+    Optional, for speed: a synchronous ``decode_batch`` (or ``decode_stacked``, see
+    :class:`StackedBatch`) decodes a consumed batch in one call, and ``encode_batch`` (see
+    :func:`encode_each`, what the processor uses without one) encodes a model call's
+    records in one call."""
 
     signature_name: str | None
 
