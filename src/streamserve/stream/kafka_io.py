@@ -182,7 +182,8 @@ class ConsumerThread:
         future: Future[T] = Future()
         self._calls.put((lambda: fn(*args, **kwargs), future))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), deadline_s)
+            async with asyncio.timeout(deadline_s):  # unlike wait_for, no task per call
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             name = getattr(fn, "__name__", repr(fn))
             raise ConsumerThreadStuck(
