@@ -260,9 +260,11 @@ def unstable_partitions(
 ) -> dict[int, tuple[int, int]]:
     """Partitions of ``topic`` whose last stable offset is behind the high watermark, as
     ``{partition: (last stable offset, high watermark)}``: an open (or hanging) transaction
-    holds back what read_committed readers see there. Empty when every partition is stable."""
+    holds back what read_committed readers see there. Empty when every partition is stable.
+    (The coordinator writes commit/abort markers after ending a transaction, so one that has
+    just ended can still show here for a moment.)"""
     client = _as_client(kafka)
-    partitions = [TopicPartition(topic, p) for p in range(wait_for_topic(client, topic, timeout))]
+    partitions = [TopicPartition(topic, p) for p in range(wait_for_topic(kafka, topic, timeout))]
     stable = _end_offsets(client, partitions, IsolationLevel.READ_COMMITTED, timeout)
     high = _end_offsets(client, partitions, IsolationLevel.READ_UNCOMMITTED, timeout)
     return {p: (stable[p], high[p]) for p in high if stable[p] < high[p]}
