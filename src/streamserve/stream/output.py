@@ -149,13 +149,47 @@ class OutputWriter:
         """Produce handled works in the order given; metrics are updated once per call."""
         produced: Counter[str] = Counter()
         latencies: list[float] = []
+        produce = self.sink.produce
+        carried = self.headers.carried
+        output_topic = self.output_topic
+        by_key = self.partitioning == "key"
+        partitions = self.output_partitions
+        model: tuple[tuple[str, bytes], ...] = ()
+        model_of: tuple[str, int, str] = ("", 0, "")
         try:
             for work in works:
                 record = work.record
+                output = work.output
                 if work.error is not None:
                     self.dead_letter(record, work.error)
-                elif self._output(work):
-                    produced[work.mode] += 1
+                elif type(output) is not bytes:  # an OutputRecord, or None (no value)
+                    if self._output(work):
+                        produced[work.mode] += 1
+                else:  # the common case of _output, inlined (this is the hot path)
+                    if (work.model_name, work.model_version, work.mode) != model_of:
+                        model_of = (work.model_name, work.model_version, work.mode)
+                        model = _model_headers(*model_of) if work.model_name else ()
+                    headers: Headers | None = (
+                        [*carried(record.headers), *model]
+                        if record.headers
+                        else (list(model) or None)
+                    )
+                    try:
+                        produce(
+                            output_topic,
+                            output,
+                            record.key,
+                            headers,
+                            None if by_key else record.partition % partitions,
+                        )
+                    except KafkaException as exc:  # e.g. larger than message.max.bytes
+                        error = exc.args[0] if exc.args else exc
+                        self.dead_letter(
+                            record,
+                            RecordError("produce", f"output refused: {error}", "KafkaException"),
+                        )
+                    else:
+                        produced[work.mode] += 1
                 if record.timestamp_ms is not None:
                     latencies.append(max(0.0, now_ms - record.timestamp_ms) / 1000)
         finally:

@@ -495,8 +495,56 @@ class TensorJsonCodec:
         opening = b',"model":' + dumps({"name": model_name, "version": version}) + b',"outputs":{'
         names = [dumps(str(name)) + b":" for name in outputs]
         names[1:] = [b"," + name for name in names[1:]]
-        columns = list(zip(names, outputs.values(), strict=True))
         closing = b',"mode":' + dumps(mode) + b"}"
+        rows = sum(counts)
+        split = [_split_rows(array, rows) for array in outputs.values()]
+        latencies = _split_numbers([round(latency, 3) for latency in latency_ms])
+        if len(latencies) != len(decoded) or None in split or min(counts) < 1:
+            # not cut into rows (shapes): one dumps per record and output
+            return self._encode_sliced(
+                decoded, outputs, counts, latency_ms, opening, names, closing
+            )
+        columns = [
+            (name, texts, brackets, separator, b"]" * len(brackets))
+            for name, (texts, brackets, separator) in zip(
+                names, cast(list[tuple[list[bytes], bytes, bytes]], split), strict=True
+            )
+        ]
+        encoded: list[Encoded | RecordError] = []
+        start = 0
+        for record, count, latency in zip(decoded, counts, latencies, strict=True):
+            stop = start + count
+            try:
+                parts = [b'{"id":', dumps(record.id), opening]
+                for name, texts, brackets, separator, closing_brackets in columns:
+                    if count == 1:
+                        parts += (name, brackets, texts[start], closing_brackets)
+                    else:
+                        parts += (
+                            name,
+                            brackets,
+                            separator.join(texts[start:stop]),
+                            closing_brackets,
+                        )
+                parts += (b'},"latency_ms":', latency, closing)
+            except RecordError as error:
+                encoded.append(error)
+            else:
+                encoded.append(b"".join(parts))
+            start = stop
+        return encoded
+
+    def _encode_sliced(
+        self,
+        decoded: Sequence[DecodedRecord],
+        outputs: Mapping[str, np.ndarray],
+        counts: Sequence[int],
+        latency_ms: Sequence[float],
+        opening: bytes,
+        names: list[bytes],
+        closing: bytes,
+    ) -> list[Encoded | RecordError]:
+        columns = list(zip(names, outputs.values(), strict=True))
         encoded: list[Encoded | RecordError] = []
         start = 0
         for record, count, latency in zip(decoded, counts, latency_ms, strict=True):
@@ -512,6 +560,31 @@ class TensorJsonCodec:
                 encoded.append(b"".join(parts))
             start = stop
         return encoded
+
+
+def _split_rows(array: np.ndarray, rows: int) -> tuple[list[bytes], bytes, bytes] | None:
+    """One ``dumps`` of a whole numeric output, cut into the text of each row:
+    ``(texts, brackets, separator)`` such that ``dumps(array[a:b])`` is exactly
+    ``brackets + separator.join(texts[a:b]) + closing brackets``. None when the array
+    cannot be cut this way (no rows, empty dimensions, strings)."""
+    if array.ndim == 0 or array.size == 0 or array.shape[0] != rows or array.dtype == object:
+        return None
+    depth = array.ndim
+    text = dumps(array)
+    # Numbers, true/false and null hold no brackets or commas: rows are separated by
+    # ``]...],[...[`` (depth - 1 brackets each side) and nothing else matches that.
+    separator = b"]" * (depth - 1) + b"," + b"[" * (depth - 1)
+    texts = text[depth:-depth].split(separator)
+    if len(texts) != rows:
+        return None
+    return texts, b"[" * depth, separator
+
+
+def _split_numbers(values: list[float]) -> list[bytes]:
+    """``dumps`` of each number, from one ``dumps`` of the list."""
+    if not values:
+        return []
+    return dumps(values)[1:-1].split(b",")
 
 
 def _check_rows(tensors: Mapping[str, np.ndarray]) -> None:
