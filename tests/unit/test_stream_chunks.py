@@ -114,6 +114,17 @@ def test_encode_batch_writes_what_encode_writes(outputs: Mapping[str, np.ndarray
     assert orjson.loads(batch[1])["outputs"].keys() == outputs.keys()
 
 
+@pytest.mark.parametrize("ids", [[1, 2, 3, 4], [1, 2**70, 3, -4]], ids=["ints", "huge int"])
+def test_encode_batch_writes_what_encode_writes_for_integer_ids(ids: list[int]) -> None:
+    codec = TensorJsonCodec()
+    outputs = OUTPUTS["floats"]
+    decoded = [DecodedRecord(i, None, {}) for i in ids]
+    counts, latencies = [1, 2, 1, 2], [0.5, 1.0, 2.25, 1e-4]
+    batch = codec.encode_batch(decoded, outputs, counts, "tiny", 3, latencies, "embedded")
+    alone = encode_each(codec, decoded, outputs, counts, "tiny", 3, latencies, "embedded")
+    assert [repr(item) for item in batch] == [repr(item) for item in alone]
+
+
 def test_a_codec_without_encode_batch_is_encoded_record_by_record() -> None:
     class Plain:
         signature_name = None

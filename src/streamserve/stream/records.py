@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -499,6 +500,11 @@ class TensorJsonCodec:
         rows = sum(counts)
         split = [_split_rows(array, rows) for array in outputs.values()]
         latencies = _split_numbers([round(latency, 3) for latency in latency_ms])
+        ids = [record.id for record in decoded]
+        id_texts: list[bytes | None] = [None] * len(ids)  # None: dumps per record
+        if all(type(i) is int for i in ids):  # integers (the usual ids) in one dumps
+            with contextlib.suppress(RecordError):  # beyond 64 bits: each record says so
+                id_texts[:] = _split_numbers(ids)
         if len(latencies) != len(decoded) or None in split or min(counts) < 1:
             # not cut into rows (shapes): one dumps per record and output
             return self._encode_sliced(
@@ -512,10 +518,12 @@ class TensorJsonCodec:
         ]
         encoded: list[Encoded | RecordError] = []
         start = 0
-        for record, count, latency in zip(decoded, counts, latencies, strict=True):
+        for record, id_text, count, latency in zip(
+            decoded, id_texts, counts, latencies, strict=True
+        ):
             stop = start + count
             try:
-                parts = [b'{"id":', dumps(record.id), opening]
+                parts = [b'{"id":', id_text or dumps(record.id), opening]
                 for name, texts, brackets, separator, closing_brackets in columns:
                     if count == 1:
                         parts += (name, brackets, texts[start], closing_brackets)
@@ -580,7 +588,7 @@ def _split_rows(array: np.ndarray, rows: int) -> tuple[list[bytes], bytes, bytes
     return texts, b"[" * depth, separator
 
 
-def _split_numbers(values: list[float]) -> list[bytes]:
+def _split_numbers(values: Sequence[float]) -> list[bytes]:
     """``dumps`` of each number, from one ``dumps`` of the list."""
     if not values:
         return []
