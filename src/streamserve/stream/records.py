@@ -504,7 +504,7 @@ class TensorJsonCodec:
         id_texts: list[bytes | None] = [None] * len(ids)  # None: dumps per record
         if all(type(i) is int for i in ids):  # integers (the usual ids) in one dumps
             with contextlib.suppress(RecordError):  # beyond 64 bits: each record says so
-                id_texts[:] = _split_numbers(ids)
+                id_texts[:] = _split_numbers(cast(list[int], ids))
         if len(latencies) != len(decoded) or None in split or min(counts) < 1:
             # not cut into rows (shapes): one dumps per record and output
             return self._encode_sliced(
