@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -35,7 +35,12 @@ from streamserve.runtimes.base import (
     Tensors,
     TensorSpec,
 )
-from streamserve.runtimes.providers import parse_providers, session_providers, warn_unavailable
+from streamserve.runtimes.providers import (
+    CPU,
+    parse_providers,
+    session_providers,
+    warn_unavailable,
+)
 from streamserve.runtimes.settings import section
 from streamserve.runtimes.validation import (
     SignatureServable,
@@ -173,8 +178,10 @@ class OnnxServable(SignatureServable):
     """One loaded ``model.onnx``. ``predict`` is thread-safe (ORT sessions are)."""
 
     def __init__(self, session: Any) -> None:
-        self._session = session
         self.execution_providers: tuple[str, ...] = tuple(session.get_providers())
+        self._session_run: Callable[..., list[np.ndarray]] | None = _session_run(
+            session, self.execution_providers
+        )
         signature = _signature_from_session(session)
         self._plan = _Plan(
             signature=signature,
@@ -196,23 +203,24 @@ class OnnxServable(SignatureServable):
         if plan.shared_dims:
             _check_shared_dims(plan.shared_dims, inputs)
         output_names = resolve_outputs(signature, output_filter, plan.output_names)
-        feeds = inputs if type(inputs) is dict else dict(inputs)
+        feeds = inputs if isinstance(inputs, dict) else dict(inputs)
         if plan.string_inputs:
             feeds = dict(inputs)
             for name in plan.string_inputs:
                 feeds[name] = to_str_array(name, inputs[name])
         results = self._run(output_names, feeds)
         outputs = dict(zip(output_names, results, strict=True))
-        for name in plan.string_outputs.intersection(outputs):
-            outputs[name] = to_bytes_array(outputs[name])
+        if plan.string_outputs:
+            for name in plan.string_outputs.intersection(outputs):
+                outputs[name] = to_bytes_array(outputs[name])
         return outputs
 
     def _run(self, output_names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        session = self._session
-        if session is None:
+        session_run = self._session_run
+        if session_run is None:
             raise FailedPrecondition("the ONNX servable was closed (model version unloaded)")
         try:
-            return session.run(output_names, feeds)  # type: ignore[no-any-return]
+            return session_run(output_names, feeds, None)  # None: no RunOptions
         except Exception as error:
             # ORT's own shape checks (e.g. inner dims it learns at run time) land here.
             if type(error).__name__ == "InvalidArgument":
@@ -220,7 +228,18 @@ class OnnxServable(SignatureServable):
             raise Internal(f"onnxruntime failed: {error}") from error
 
     def close(self) -> None:
-        self._session = None  # ORT frees the session when the last reference goes
+        self._session_run = None  # ORT frees the session when the last reference goes
+
+
+def _session_run(session: Any, providers: tuple[str, ...]) -> Callable[..., list[np.ndarray]]:
+    """``session.run``, or on CPU the C++ session's own ``run`` under it: ORT's Python
+    wrapper re-checks the input names (the signature check has done that, and the C++
+    side checks them again) and falls back to other providers on a provider failure,
+    which only a GPU (or other accelerator) provider can have."""
+    inner_run = getattr(getattr(session, "_sess", None), "run", None)
+    if providers == (CPU,) and callable(inner_run):
+        return inner_run  # type: ignore[no-any-return]
+    return session.run  # type: ignore[no-any-return]
 
 
 def _signature_from_session(session: Any) -> Signature:
