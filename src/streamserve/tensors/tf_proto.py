@@ -124,7 +124,7 @@ def numpy_to_tensor_proto(
     proto.dtype = dtype_to_tf(array.dtype)
     dims = proto.tensor_shape.dim
     for size in array.shape:
-        dims.add().size = size
+        dims.add(size=size)
     if proto.dtype == types_pb2.DT_STRING:
         proto.string_val.extend([as_bytes(v, name) for v in array.flat])
     elif use_tensor_content:
