@@ -474,3 +474,22 @@ def test_rest_row_format_needs_a_common_batch():
         tensors.numpy_to_rest_predictions({"a": np.zeros(2), "b": np.zeros(3)}, True)
     with pytest.raises(InvalidArgument, match="scalar"):
         tensors.numpy_to_rest_predictions({"a": np.float32(1)}, True)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.arange(6, dtype=">i4").reshape(3, 2),  # big-endian: converted
+        np.arange(6, dtype=np.int64).reshape(2, 3).T,  # not contiguous
+        np.array([b"ab", b""], dtype=object),
+        np.array([True, False]),
+    ],
+)
+def test_add_raw_output_matches_the_general_encoder(array):
+    response = v2.grpc_service_pb2.ModelInferResponse()
+    data = tensors.add_raw_output(response.outputs, "y", array)
+    tensor, expected = tensors.numpy_to_infer_output("y", array, raw=True)
+    assert response.outputs[0] == tensor and data == expected
+    decoded = tensors.infer_output_to_numpy(response.outputs[0], data)
+    np.testing.assert_array_equal(decoded, array)

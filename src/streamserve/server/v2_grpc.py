@@ -37,7 +37,7 @@ from streamserve.server.context import ServerContext
 from streamserve.server.grpc_errors import Method, grpc_errors, grpc_method
 from streamserve.server.model_control import ModelControl, control_for, grpc_authorization
 from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, V2Plane, plane_for
-from streamserve.tensors import fill_infer_output, infer_input_to_numpy
+from streamserve.tensors import add_raw_output, fill_infer_output, infer_input_to_numpy
 
 STREAM_WINDOW = 64  # requests of one stream in flight at once
 _RAW_ONLY = (np.dtype(np.float16),)
@@ -264,9 +264,10 @@ def encode_outputs(response: Any, outputs: Mapping[str, np.ndarray], raw: bool) 
     raw = raw or any(array.dtype in _RAW_ONLY for array in outputs.values())
     tensors, raw_contents = response.outputs, response.raw_output_contents
     for name, array in outputs.items():
-        data = fill_infer_output(tensors.add(), name, array, raw)
-        if data is not None:
-            raw_contents.append(data)
+        if raw:
+            raw_contents.append(add_raw_output(tensors, name, array))
+        else:
+            fill_infer_output(tensors.add(), name, array, raw=False)
 
 
 def _stream_error(request: Any, message: str) -> Any:

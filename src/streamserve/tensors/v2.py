@@ -9,6 +9,7 @@ every decoder here works for both directions (server and client).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,6 +97,25 @@ _RAW_STORAGE = {
     for datatype in (*_CONTENTS_FIELD, "FP16")
     if datatype != "BYTES"
 }
+
+
+# numpy dtypes whose tobytes() already is the raw layout (native order on a little-endian host)
+_PLAIN_DATATYPES = {
+    dtype: datatype
+    for datatype, dtype in _RAW_STORAGE.items()
+    if sys.byteorder == "little" and dtype.isnative
+}
+
+
+def add_raw_output(tensors: Any, name: str, array: np.ndarray) -> bytes:
+    """Append an output tensor (``response.outputs``) and return its raw contents."""
+    datatype = _PLAIN_DATATYPES.get(array.dtype)
+    if datatype is None:  # strings, bfloat16, big-endian: the general encoder
+        data = fill_infer_output(tensors.add(), name, array, raw=True)
+        assert data is not None  # raw=True always gives bytes
+        return data
+    tensors.add(name=name, datatype=datatype, shape=array.shape)
+    return array.tobytes()
 
 
 def _plain_raw(tensor: InferTensor, raw: bytes | memoryview) -> np.ndarray | None:
