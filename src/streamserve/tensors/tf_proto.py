@@ -14,7 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from streamserve.errors import InvalidArgument
-from streamserve.protos.gen.tensorflow.core.framework import tensor_pb2, types_pb2
+from streamserve.protos.gen.tensorflow.core.framework import (
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
 from streamserve.tensors._dtypes import (
     BFLOAT16,
     MAX_RANK,
@@ -122,15 +126,29 @@ def numpy_to_tensor_proto(
     proto = out if out is not None else TensorProto()
     proto.Clear()
     proto.dtype = dtype_to_tf(array.dtype)
-    dims = proto.tensor_shape.dim
-    for size in array.shape:
-        dims.add(size=size)
+    proto.tensor_shape.CopyFrom(_shape_proto(array.shape))
     if proto.dtype == types_pb2.DT_STRING:
         proto.string_val.extend([as_bytes(v, name) for v in array.flat])
     elif use_tensor_content:
         proto.tensor_content = to_little_endian_bytes(array)
     else:
         _write_typed_values(proto, array)
+    return proto
+
+
+_SHAPE_PROTOS: dict[tuple[int, ...], tensor_shape_pb2.TensorShapeProto] = {}
+_SHAPE_PROTOS_KEPT = 256
+
+
+def _shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
+    """A ``TensorShapeProto`` for ``shape``; the few shapes a server answers with are kept
+    (copying one is several times quicker than adding its dims one by one)."""
+    proto = _SHAPE_PROTOS.get(shape)
+    if proto is None:
+        Dim = tensor_shape_pb2.TensorShapeProto.Dim
+        proto = tensor_shape_pb2.TensorShapeProto(dim=[Dim(size=size) for size in shape])
+        if len(_SHAPE_PROTOS) < _SHAPE_PROTOS_KEPT:
+            _SHAPE_PROTOS[shape] = proto
     return proto
 
 
