@@ -20,6 +20,7 @@ from streamserve.runtimes import (
     registry,
     validation,
 )
+from streamserve.runtimes import onnx as onnx_runtime
 from streamserve.runtimes.base import LoadOptions
 from streamserve.runtimes.onnx import OnnxRuntime, _session_run, intra_op_threads
 
@@ -287,3 +288,28 @@ def test_cpu_sessions_skip_ort_python_wrapper_others_keep_it(tiny_dir: Path) -> 
     assert _session_run(session, ("CPUExecutionProvider",)) == session._sess.run
     gpu = ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert _session_run(session, gpu) == session.run  # keeps ORT's provider fallback
+
+
+def test_microsecond_models_get_one_intra_op_thread(
+    tiny_dir: Path, multi_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(onnx_runtime.THREADS_ENV, raising=False)
+    opened: list[int] = []
+    open_session = onnx_runtime._open_session
+
+    def recording(path: Path, options: LoadOptions) -> ort.InferenceSession:
+        opened.append(options.intra_op_threads)
+        return open_session(path, options)
+
+    monkeypatch.setattr(onnx_runtime, "_open_session", recording)
+    monkeypatch.setattr(onnx_runtime, "TINY_RUN_SECONDS", 1.0)  # any run counts as tiny
+    OnnxRuntime().load(tiny_dir)
+    assert opened == [0, 1]
+    opened.clear()
+    OnnxRuntime(LoadOptions(intra_op_threads=2)).load(tiny_dir)
+    assert opened == [2]  # an explicit thread count is kept
+    assert not onnx_runtime._runs_in_microseconds(raw_session(multi_dir))  # no made-up strings
+    monkeypatch.setattr(onnx_runtime, "TINY_RUN_SECONDS", 0.0)  # no run counts as tiny
+    opened.clear()
+    OnnxRuntime().load(tiny_dir)
+    assert opened == [0]
