@@ -405,9 +405,10 @@ def _print_comparison(by_mode: dict[str, ModeResult], args: argparse.Namespace) 
             f"{mode:<10} {p50:7.1f} {p95:7.1f} {p99:7.1f}   {inside:9.1f} {outside:6.1f}"
             f"   {result.records_per_second:15.1f}"
         )
+    waiting = ", and the wait for the commit" if args.guarantee == "exactly-once" else ""
     print(
         "(e2e: produced → seen by a read_committed consumer; processor: p50 of consumed → "
-        "encoded inside it; kafka: p50 of the rest, both hops through the broker)"
+        f"encoded inside it; kafka: p50 of the rest: both hops through the broker{waiting})"
     )
 
 
