@@ -8,11 +8,17 @@ through streamserve.
 
 from __future__ import annotations
 
+import json
 import textwrap
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from streamserve.testing import ModelServerProcess
+
+Server = TypeVar("Server", bound=ModelServerProcess)
 
 FEATURES = 4
 CLASSES = 3
@@ -91,6 +97,27 @@ def build_both(root: Path, versions: tuple[int, ...] = (1, 2)) -> dict[str, Path
         build_python_model(root / "pyiris" / str(version), version)
         build_sklearn_model(root / "skiris" / str(version), version)
     return {"pyiris": root / "pyiris", "skiris": root / "skiris"}
+
+
+def serve_both(
+    serve: Callable[..., Server],
+    folder: Path,
+    config: str,
+    split: Mapping[str, Mapping[str, int]] | None = None,
+) -> Server:
+    """``serve`` started with dynamic batching on the model config text ``config`` and, when
+    given, the traffic ``split`` (file polling off), both written to ``folder``; returned once
+    ``pyiris`` and ``skiris`` are ready."""
+    config_file = folder / "models.config"
+    config_file.write_text(config)
+    flags = [f"--model_config_file={config_file}", "--enable_batching"]
+    if split is not None:
+        split_file = folder / "split.json"
+        split_file.write_text(json.dumps(split))
+        flags += [f"--traffic_split_file={split_file}", "--file_system_poll_wait_seconds=0"]
+    process = serve(*flags)
+    process.wait_ready(model="pyiris")
+    return process.wait_ready(model="skiris")
 
 
 def sample_rows(count: int, seed: int = 11) -> np.ndarray:

@@ -25,6 +25,7 @@ from tests.custom_models import (
     expected_python,
     expected_sklearn,
     sample_rows,
+    serve_both,
 )
 
 if TYPE_CHECKING:
@@ -79,19 +80,12 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
     serve_process_module: Callable[..., ServerProcess],
 ) -> ServerProcess:
-    root = tmp_path_factory.mktemp("config")
-    config = root / "models.config"
-    config.write_text(CONFIG.format(pyiris=bases["pyiris"], skiris=bases["skiris"]))
-    split = root / "split.json"
-    split.write_text(json.dumps({name: {"stable": 50, "canary": 50} for name in MODELS}))
-    process = serve_process_module(
-        f"--model_config_file={config}",
-        f"--traffic_split_file={split}",
-        "--enable_batching",
-        "--file_system_poll_wait_seconds=0",
+    return serve_both(
+        serve_process_module,
+        tmp_path_factory.mktemp("config"),
+        CONFIG.format(**bases),
+        split={name: {"stable": 50, "canary": 50} for name in MODELS},
     )
-    process.wait_ready(model="pyiris")
-    return process.wait_ready(model="skiris")
 
 
 def expected(bases: dict[str, Path], model: str, version: int, x: np.ndarray) -> dict:

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from streamserve.kafka import admin, process
+from streamserve.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +22,11 @@ RECORDS = 10_000
 ABORTED = 500
 
 
-def _transactional_producer(bootstrap: str) -> Producer:
+def _transactional_producer(bootstrap: str, transactional_id: str | None = None) -> Producer:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "transactional.id": f"txn-{uuid.uuid4().hex}",
+            "transactional.id": transactional_id or f"txn-{uuid.uuid4().hex}",
             "linger.ms": 5,
         }
     )
@@ -94,6 +95,28 @@ def test_transaction_of_10000_records_is_read_back_exactly_with_read_committed(
     # The aborted records really are in the log: only the isolation level hides them.
     everything = _read_all(kafka_bootstrap, topic, partitions=3, isolation="read_uncommitted")
     assert sorted(everything) == sorted(committed + aborted)
+
+
+def test_the_same_transactional_id_aborts_what_its_predecessor_left_open(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """What the stream processor relies on when it rebuilds its clients (it keeps its
+    transactional.id): the new producer's init_transactions aborts the old producer's open
+    transaction, so read_committed readers are no longer held back by it."""
+    topic = topic_factory(partitions=2, prefix="reinit")
+    transactional_id = f"txn-{uuid.uuid4().hex}"
+    abandoned = _transactional_producer(kafka_bootstrap, transactional_id)
+    abandoned.begin_transaction()
+    abandoned.produce(topic, b"left open", partition=0)
+    assert abandoned.flush(30) == 0
+    assert admin.unstable_partitions(kafka_bootstrap, topic) == {0: (0, 1)}
+
+    _transactional_producer(kafka_bootstrap, transactional_id)  # the rebuilt client
+
+    wait_until(
+        lambda: not admin.unstable_partitions(kafka_bootstrap, topic), 30, "a stable partition 0"
+    )
+    assert _read_all(kafka_bootstrap, topic, partitions=2, isolation="read_committed") == []
 
 
 def test_kcat_lists_the_broker_and_topics(

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from streamserve.testing import StreamProcess, produce, read_topic
-from tests.custom_models import build_both, expected_python, expected_sklearn, sample_rows
+from tests.custom_models import (
+    build_both,
+    expected_python,
+    expected_sklearn,
+    sample_rows,
+    serve_both,
+)
 
 if TYPE_CHECKING:
     from .conftest import ServerProcess
@@ -44,11 +50,9 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
     serve_process_module: Callable[..., ServerProcess],
 ) -> ServerProcess:
-    config = tmp_path_factory.mktemp("config") / "models.config"
-    config.write_text(CONFIG.format(**{name: path for name, path in bases.items()}))
-    process = serve_process_module(f"--model_config_file={config}", "--enable_batching")
-    process.wait_ready(model="pyiris")
-    return process.wait_ready(model="skiris")
+    return serve_both(
+        serve_process_module, tmp_path_factory.mktemp("config"), CONFIG.format(**bases)
+    )
 
 
 def _records(model: str) -> tuple[list[tuple[int, bytes, bytes]], dict[int, np.ndarray]]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from streamserve.kafka import LocalKafka
+from streamserve.kafka import LocalKafka, admin
 from streamserve.kafka.cluster import LocalKafkaCluster
 from streamserve.processes import restartable_port
 from streamserve.stream.cli import STOP_GRACE_S
@@ -171,7 +171,27 @@ def _wait_mid_stream(stream: StreamProcess) -> float:
     return produced()
 
 
-def _check(outputs: list[ReadRecord], stream: StreamProcess, label: str, at_fault: float) -> None:
+def _open_transactions(bootstrap: str, sink: str) -> str:
+    """For a failure message: the sink's partitions that an open (or hanging) transaction
+    holds back from read_committed readers, with their last stable offset and high watermark."""
+    try:
+        unstable = admin.unstable_partitions(bootstrap, sink)
+    except Exception as exc:  # the message must not hide the failure it explains
+        return f"unknown ({exc})"
+    held = ", ".join(f"{p}: LSO {lso} < HW {hw}" for p, (lso, hw) in sorted(unstable.items()))
+    return held or "none (LSO = HW on every partition)"
+
+
+def _check(
+    outputs: list[ReadRecord],
+    stream: StreamProcess,
+    label: str,
+    at_fault: float,
+    *,
+    bootstrap: str,
+    sink: str,
+) -> None:
+    """``outputs``: what a read_committed reader got from ``sink``."""
     counts = Counter(output.json()["id"] for output in outputs)
     lost = [i for i in range(TOTAL) if counts[i] == 0]
     duplicated = {i: n for i, n in counts.items() if n > 1}
@@ -187,7 +207,8 @@ def _check(outputs: list[ReadRecord], stream: StreamProcess, label: str, at_faul
     assert at_fault < TOTAL, "the fault did not hit mid-stream"
     assert not lost and not duplicated, (
         f"{len(lost)} lost (e.g. {lost[:10]}), {len(duplicated)} duplicated "
-        f"(e.g. {list(duplicated.items())[:10]})\n{stream.log_tail()}"
+        f"(e.g. {list(duplicated.items())[:10]}); partitions held back by a transaction: "
+        f"{_open_transactions(bootstrap, sink)}\n{stream.log_tail()}"
     )
     assert len(outputs) == TOTAL
 
@@ -206,7 +227,7 @@ def test_single_broker_killed_and_restarted(
         single_broker.start()  # same data dir, same ports
         produce(bootstrap, source, _records(range(BEFORE, TOTAL)))
         outputs = read_topic(bootstrap, sink, TOTAL, timeout=240, quiet_s=2.0)
-        _check(outputs, stream, "single broker restart", at_fault)
+        _check(outputs, stream, "single broker restart", at_fault, bootstrap=bootstrap, sink=sink)
     finally:
         stream.stop()
 
@@ -237,7 +258,14 @@ def test_cluster_node_killed(
         assert producer.error is None and producer.produced == TOTAL, producer.error
         outputs = read_topic(bootstrap, sink, TOTAL, timeout=240, quiet_s=2.0)
         print(f"records produced when node {killed} was killed: {produced_at_fault}")
-        _check(outputs, stream, f"3 nodes, {victim} (node {killed}) killed", at_fault)
+        _check(
+            outputs,
+            stream,
+            f"3 nodes, {victim} (node {killed}) killed",
+            at_fault,
+            bootstrap=bootstrap,
+            sink=sink,
+        )
     finally:
         stream.stop()
         if killed is not None:
@@ -297,7 +325,7 @@ def test_fenced_clients_are_rebuilt(
             describe=stream.log_tail,
         )
         outputs = read_topic(bootstrap, sink, TOTAL, timeout=240, quiet_s=2.0)
-        _check(outputs, stream, f"fenced by a {intruder}", at_fault)
+        _check(outputs, stream, f"fenced by a {intruder}", at_fault, bootstrap=bootstrap, sink=sink)
     finally:
         stream.stop()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 from typing import Any, cast
 
@@ -18,7 +20,9 @@ from streamserve.stream.kafka_io import (
     Sink,
     TransactionalSink,
     is_fatal,
+    producer_settings,
 )
+from streamserve.stream.processor import ProcessorConfig
 
 
 class _Producer:
@@ -179,3 +183,18 @@ def test_consumer_calls_and_close_are_bounded() -> None:
         assert thread.closed
     finally:
         consumer.release.set()
+
+
+def test_rebuilt_clients_keep_the_transactional_id() -> None:
+    """Each rebuild reads it again: the same id (per process without --instance-id) makes the
+    new producer's init_transactions fence the old one and abort what it left open."""
+    config = ProcessorConfig("kafka:9092", "in", "out", "g")
+    per_process = f"streamserve-g-{socket.gethostname()}-{os.getpid()}"
+    assert config.transactional_id == config.transactional_id == per_process
+
+
+def test_a_transaction_left_open_under_another_id_is_bounded_by_its_timeout() -> None:
+    """A restarted process without --instance-id gets a new id; the coordinator aborts the
+    old one's open transaction once ``transaction.timeout.ms`` passes."""
+    settings = producer_settings("kafka:9092", "streamserve-g-host-1")
+    assert settings["transaction.timeout.ms"] == 30_000

@@ -11,11 +11,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported in its stubs
     AdminClient,
     ClusterMetadata,
     NewTopic,
+    OffsetSpec,
 )
 
 from streamserve.errors import DeadlineExceeded, InvalidArgument, KafkaConnectError, Unavailable
@@ -252,3 +253,34 @@ def _partitions_with_leaders(client: AdminClient, name: str) -> int:
     if topic is None or topic.error is not None or not topic.partitions:
         return 0
     return len(topic.partitions) if all(p.leader >= 0 for p in topic.partitions.values()) else 0
+
+
+def unstable_partitions(
+    kafka: Kafka | AdminClient, topic: str, timeout: float = 10.0
+) -> dict[int, tuple[int, int]]:
+    """Partitions of ``topic`` whose last stable offset is behind the high watermark, as
+    ``{partition: (last stable offset, high watermark)}``: an open (or hanging) transaction
+    holds back what read_committed readers see there. Empty when every partition is stable.
+    (The coordinator writes commit/abort markers after ending a transaction, so one that has
+    just ended can still show here for a moment.)"""
+    client = _as_client(kafka)
+    partitions = [TopicPartition(topic, p) for p in range(wait_for_topic(kafka, topic, timeout))]
+    stable = _end_offsets(client, partitions, IsolationLevel.READ_COMMITTED, timeout)
+    high = _end_offsets(client, partitions, IsolationLevel.READ_UNCOMMITTED, timeout)
+    return {p: (stable[p], high[p]) for p in high if stable[p] < high[p]}
+
+
+def _end_offsets(
+    client: AdminClient,
+    partitions: list[TopicPartition],
+    isolation: IsolationLevel,
+    timeout: float,
+) -> dict[int, int]:
+    """Each partition's end as a reader with ``isolation`` sees it."""
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in its stubs
+    futures = client.list_offsets(
+        dict.fromkeys(partitions, latest),
+        isolation_level=isolation,
+        request_timeout=timeout,
+    )
+    return {tp.partition: int(future.result().offset) for tp, future in futures.items()}

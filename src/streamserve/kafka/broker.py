@@ -338,28 +338,8 @@ class LocalKafka:
 
     def _format_storage_if_new(self, base: list[str], props_file: Path) -> None:
         assert self.data_dir is not None
-        if (self.data_dir / "kafka-logs" / "meta.properties").exists():
-            return  # formatted on an earlier start: keep its cluster id and data
-        # A short-lived tool: the quick JIT tier and serial GC make it start faster.
-        quick_jvm = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
-        command = [
-            *base[:1],
-            *quick_jvm,
-            *base[1:],
-            "kafka.tools.StorageTool",
-            "format",
-            "--cluster-id",
-            config.new_cluster_id(),
-            "--config",
-            str(props_file),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        if result.returncode != 0:
-            output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
-            raise SetupError(
-                f"formatting Kafka storage in {self.data_dir} failed "
-                f"(exit {result.returncode}):\n{output}"
-            )
+        if not _is_formatted(self.data_dir):
+            format_storage(base, props_file, config.new_cluster_id(), f"in {self.data_dir}")
 
     def _fail_start(self, log_offset: int) -> None:
         died = not self.is_running()
@@ -393,6 +373,35 @@ class LocalKafka:
     def _remove_owned_data_dir(self) -> None:
         if self._owns_data_dir and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _is_formatted(data_dir: Path) -> bool:
+    """Formatted on an earlier start: keep its cluster id and data."""
+    return (data_dir / "kafka-logs" / "meta.properties").exists()
+
+
+def format_storage(base: list[str], props_file: Path, cluster_id: str, where: str) -> None:
+    """Run Kafka's ``StorageTool format`` (``base``: java, its options and class path) for the
+    node configured by ``props_file``; ``SetupError`` naming ``where`` if it fails."""
+    # A short-lived tool: the quick JIT tier and serial GC make it start faster.
+    quick_jvm = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+    command = [
+        *base[:1],
+        *quick_jvm,
+        *base[1:],
+        "kafka.tools.StorageTool",
+        "format",
+        "--cluster-id",
+        cluster_id,
+        "--config",
+        str(props_file),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if result.returncode != 0:
+        output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+        raise SetupError(
+            f"formatting Kafka storage {where} failed (exit {result.returncode}):\n{output}"
+        )
 
 
 def _lock_data_dir(data_dir: Path) -> int:

@@ -165,7 +165,7 @@ def _start(args: argparse.Namespace) -> int:
         controller_port=args.controller_port,
         startup_timeout=args.timeout,
         detached=True,
-        extra_properties=_parse_overrides(args.override),
+        extra_properties=client_config.parse_key_values(args.override, "--override"),
         security=args.security,
     )
     kafka.start()
@@ -216,7 +216,7 @@ def _start_cluster(args: argparse.Namespace) -> int:
         host=args.host,
         startup_timeout=args.timeout,
         detached=True,
-        extra_properties=_parse_overrides(args.override),
+        extra_properties=client_config.parse_key_values(args.override, "--override"),
     )
     cluster.start()
     assert cluster.data_dir is not None
@@ -245,16 +245,6 @@ def _start_cluster(args: argparse.Namespace) -> int:
     print("stop it with: streamserve kafka stop")
     print(cluster.bootstrap_servers)
     return 0
-
-
-def _parse_overrides(pairs: list[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SetupError(f"--override wants KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = value.strip()
-    return overrides
 
 
 def _stop(args: argparse.Namespace) -> int:

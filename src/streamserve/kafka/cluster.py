@@ -42,8 +42,10 @@ from streamserve.kafka.broker import (
     JVM_OPTIONS,
     LOG_FILE,
     _failure_report,
+    _is_formatted,
     _lock_data_dir,
     _read_from,
+    format_storage,
 )
 from streamserve.kafka.java import require_java
 from streamserve.processes import restartable_port
@@ -149,27 +151,9 @@ class ClusterNode:
             os.close(lock_fd)  # the node holds its inherited copy for as long as it runs
 
     def _format_storage_if_new(self, base: list[str], props_file: Path, cluster_id: str) -> None:
-        if (self.data_dir / "kafka-logs" / "meta.properties").exists():
-            return
-        quick_jvm = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
-        command = [
-            *base[:1],
-            *quick_jvm,
-            *base[1:],
-            "kafka.tools.StorageTool",
-            "format",
-            "--cluster-id",
-            cluster_id,
-            "--config",
-            str(props_file),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        if result.returncode != 0:
-            output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
-            raise SetupError(
-                f"formatting Kafka storage of node {self.node_id} in {self.data_dir} failed "
-                f"(exit {result.returncode}):\n{output}"
-            )
+        if not _is_formatted(self.data_dir):
+            where = f"of node {self.node_id} in {self.data_dir}"
+            format_storage(base, props_file, cluster_id, where)
 
     def failure_report(self) -> str:
         return _failure_report(

@@ -19,7 +19,9 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from streamserve.errors import Code, InvalidArgument
+from streamserve.predictors.remote import RemoteCall, RemotePredictor
 from streamserve.predictors.security import PLAINTEXT, ClientSecurity
+from streamserve.predictors.signatures import ModelSignatures, SignatureCache
 from streamserve.predictors.status import error_from_code, error_from_transport
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -36,6 +38,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 
 Stub = TypeVar("Stub")
 Result = TypeVar("Result")
+Reply = TypeVar("Reply")
 GRPC_SCHEMES = ("grpc", "grpcs")
 
 
@@ -122,3 +125,39 @@ class GrpcTarget(Generic[Stub]):
         return grpc.aio.insecure_channel(
             self.target, options=self._options, interceptors=interceptors
         )
+
+
+class GrpcPredictor(RemotePredictor, Generic[Stub]):
+    """Base of the gRPC predictors: one :class:`GrpcTarget` on ``target`` (``"host:port"``,
+    ``"grpc://host:port"``, TLS: ``"grpcs://host:port"``) and the model's signature cache.
+
+    A subclass names its stub, calls its RPCs through :meth:`_unary` and converts the
+    messages; it supplies the signatures by overriding :meth:`_fetch_signatures`.
+    """
+
+    def __init__(
+        self, target: str, call: RemoteCall, stub_factory: Callable[[grpc.aio.Channel], Stub]
+    ) -> None:
+        super().__init__(call)
+        address, secure = split_grpc_target(target)
+        self._grpc: GrpcTarget[Stub] = GrpcTarget(
+            address, stub_factory, call.per_call_channel, secure=secure, security=call.security
+        )
+        self.target = self._grpc.url
+        self._signatures = SignatureCache(self.target, self._fetch_signatures)
+
+    async def close(self) -> None:
+        await self._grpc.close()
+
+    async def _unary(
+        self, rpc: Callable[[Stub], Callable[..., Awaitable[Reply]]], request: object
+    ) -> Reply:
+        """``rpc(stub)(request)`` within the call's deadline; errors as :meth:`GrpcTarget.call`."""
+
+        async def invoke(stub: Stub) -> Reply:
+            return await rpc(stub)(request, timeout=self.timeout_s)
+
+        return await self._grpc.call(invoke)
+
+    async def _fetch_signatures(self) -> ModelSignatures:
+        raise NotImplementedError

@@ -13,14 +13,9 @@ import numpy as np
 from streamserve import tensors
 from streamserve.errors import InvalidArgument, Unavailable
 from streamserve.predictors.base import Prediction
-from streamserve.predictors.grpc_channel import GrpcTarget, split_grpc_target
-from streamserve.predictors.remote import RemoteCall, RemotePredictor
-from streamserve.predictors.signatures import (
-    ModelSignatures,
-    SignatureCache,
-    conform_default,
-    signature_from_v2,
-)
+from streamserve.predictors.grpc_channel import GrpcPredictor
+from streamserve.predictors.remote import RemoteCall
+from streamserve.predictors.signatures import ModelSignatures, conform_default, signature_from_v2
 from streamserve.protos.gen.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from streamserve.runtimes.base import DEFAULT_SIGNATURE
 
@@ -31,31 +26,20 @@ Stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub
 SIGNATURE_PARAMETER = "signature_name"
 
 
-class V2GrpcPredictor(RemotePredictor):
+class V2GrpcPredictor(GrpcPredictor[Stub]):
     """Infer via V2 gRPC on ``target`` (``"host:port"``, ``"grpc://host:port"``, TLS: ``"grpcs://host:port"``)."""
 
     def __init__(self, target: str, call: RemoteCall) -> None:
-        super().__init__(call)
-        address, secure = split_grpc_target(target)
-        self._grpc: GrpcTarget[Stub] = GrpcTarget(
-            address, Stub, call.per_call_channel, secure=secure, security=call.security
-        )
-        self.target = self._grpc.url
-        self._signatures = SignatureCache(self.target, self._fetch_signatures)
+        super().__init__(target, call, Stub)
 
     async def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> Prediction:
         inputs = await conform_default(self._signatures, inputs, signature_name)
         request = self._request(inputs, signature_name)
-
-        async def invoke(stub: Stub) -> grpc_service_pb2.ModelInferResponse:
-            response: grpc_service_pb2.ModelInferResponse = await stub.ModelInfer(
-                request, timeout=self.timeout_s
-            )
-            return response
-
-        response = await self._grpc.call(invoke)
+        response: grpc_service_pb2.ModelInferResponse = await self._unary(
+            lambda stub: stub.ModelInfer, request
+        )
         version = _version(response.model_version, self.model_version)
         self._signatures.observe_version(version)
         return Prediction(
@@ -66,31 +50,19 @@ class V2GrpcPredictor(RemotePredictor):
         """:class:`~streamserve.predictors.base.Probeable`: V2 ``ModelReady`` says ready."""
         version = "" if self.model_version is None else str(self.model_version)
         request = grpc_service_pb2.ModelReadyRequest(name=self.model_name, version=version)
-
-        async def invoke(stub: Stub) -> grpc_service_pb2.ModelReadyResponse:
-            reply: grpc_service_pb2.ModelReadyResponse = await stub.ModelReady(
-                request, timeout=self.timeout_s
-            )
-            return reply
-
-        if not (await self._grpc.call(invoke)).ready:
+        reply: grpc_service_pb2.ModelReadyResponse = await self._unary(
+            lambda stub: stub.ModelReady, request
+        )
+        if not reply.ready:
             raise Unavailable(f"{self.target}: model {self.model_name} is not ready")
-
-    async def close(self) -> None:
-        await self._grpc.close()
 
     async def _fetch_signatures(self) -> ModelSignatures:
         request = grpc_service_pb2.ModelMetadataRequest(name=self.model_name)
         if self.model_version is not None:
             request.version = str(self.model_version)
-
-        async def invoke(stub: Stub) -> grpc_service_pb2.ModelMetadataResponse:
-            response: grpc_service_pb2.ModelMetadataResponse = await stub.ModelMetadata(
-                request, timeout=self.timeout_s
-            )
-            return response
-
-        response = await self._grpc.call(invoke)
+        response: grpc_service_pb2.ModelMetadataResponse = await self._unary(
+            lambda stub: stub.ModelMetadata, request
+        )
         signature = signature_from_v2(list(response.inputs), list(response.outputs))
         return ModelSignatures({DEFAULT_SIGNATURE: signature}, self.model_version or 0)
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from streamserve.errors import InvalidArgument
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 VERSION_KEY_PREFIX = "version:"
 _VERSION_KEY = re.compile(r"version:(\d+)")
 _TF_MODEL_TYPE_TENSORFLOW = 1  # deprecated ModelConfig.model_type enum value
+Parsed = TypeVar("Parsed")
 
 
 # ---------------------------------------------------------------------------
@@ -205,12 +206,20 @@ def parse_model_config_text(text: str, base_dir: Path | None = None) -> list[Mod
 def parse_model_config_file(path: str | Path) -> list[ModelConfig]:
     """Read a ``--model_config_file``; relative base paths resolve against the file's folder."""
     path = Path(path)
+    base_dir = path.resolve().parent
+    return _parse_file(
+        path, "model config file", lambda text: parse_model_config_text(text, base_dir=base_dir)
+    )
+
+
+def _parse_file(path: Path, what: str, parse: Callable[[str], Parsed]) -> Parsed:
+    """``parse`` of the file's text; either failure is an InvalidArgument naming ``path``."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"Cannot read model config file {path}: {exc}") from exc
+        raise InvalidArgument(f"Cannot read {what} {path}: {exc}") from exc
     try:
-        return parse_model_config_text(text, base_dir=path.resolve().parent)
+        return parse(text)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{path}: {exc.message}") from exc
 
@@ -332,15 +341,7 @@ def parse_traffic_split_text(text: str) -> dict[str, dict[str, float]]:
 
 
 def parse_traffic_split_file(path: str | Path) -> dict[str, dict[str, float]]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"Cannot read traffic split file {path}: {exc}") from exc
-    try:
-        return parse_traffic_split_text(text)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{path}: {exc.message}") from exc
+    return _parse_file(Path(path), "traffic split file", parse_traffic_split_text)
 
 
 def apply_traffic_splits(
