@@ -205,13 +205,38 @@ class _OutputReader:
                 }
             )
         )
-        assigned = []
-        for partition in range(partitions):
-            _, high = self.consumer.get_watermark_offsets(
-                TopicPartition(OUTPUT_TOPIC, partition), timeout=10
-            )
-            assigned.append(TopicPartition(OUTPUT_TOPIC, partition, high))
-        self.consumer.assign(assigned)
+        ends = [self._end_offset(partition) for partition in range(partitions)]
+        self.consumer.assign(
+            [TopicPartition(OUTPUT_TOPIC, partition, end) for partition, end in enumerate(ends)]
+        )
+
+    def _end_offset(self, partition: int, timeout_s: float = 30.0) -> int:
+        """The partition's high watermark; retried while the new topic's leader settles
+        (the metadata can name a leader a moment before it answers offset requests)."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        settling = {
+            KafkaError.NOT_LEADER_FOR_PARTITION,
+            KafkaError.LEADER_NOT_AVAILABLE,
+            KafkaError.UNKNOWN_TOPIC_OR_PART,
+        }
+
+        def lookup() -> tuple[int] | None:  # a tuple: truthy for wait_until even at offset 0
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(OUTPUT_TOPIC, partition), timeout=10
+                )
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() in settling or error.retriable():
+                    return None
+                raise
+            return (int(high),)
+
+        what = f"the end offset of {OUTPUT_TOPIC}[{partition}]"
+        found = wait_until(lookup, timeout_s, what, interval=0.2)
+        assert found is not None  # wait_until returns only a truthy value
+        return found[0]
 
     def collect(
         self, record_ids: list[str], sent: dict[str, Sent], timeout_s: float, mode: str
