@@ -9,8 +9,10 @@
    paths; prints each source's top-3 labels and end-to-end latency.
 4. Runs the same images through embedded mode and prints both modes' paced end-to-end
    latency percentiles (records sent at ``--rate`` per second) and burst throughput side by
-   side, under the chosen delivery ``--guarantee``.
+   side, under the chosen delivery ``--guarantee``. (``--mode remote|embedded`` runs one;
+   embedded alone starts no model server.)
 
+The processor runs with latency-friendly settings (:data:`LOW_LATENCY_ARGS`).
 Everything it starts is stopped on exit, Ctrl-C included.
 """
 
