@@ -55,6 +55,7 @@ class WorkerSpec:
     kafka_config: str | None = None
     kafka_role_flags: dict[str, list[str]] = field(default_factory=dict)
     guarantee: str = "exactly-once"  # or "at-least-once"
+    settle_heap: bool = True  # gc settings of ``streamserve stream`` (see settle_heap)
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -153,7 +154,7 @@ def _print_ready(info: dict[str, Any]) -> None:
 
 
 async def run_worker(spec: WorkerSpec) -> None:
-    from streamserve.stream.assembly import assemble
+    from streamserve.stream.assembly import assemble, settle_heap
 
     timed: list[TimedPredictor] = []
 
@@ -166,6 +167,8 @@ async def run_worker(spec: WorkerSpec) -> None:
             processor = await assemble(
                 _pipeline_spec(spec), stack, wrap=timing, on_ready=_print_ready
             )
+            if spec.settle_heap:  # as ``streamserve stream`` does
+                settle_heap()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, processor.stop)

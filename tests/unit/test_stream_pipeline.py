@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from streamserve.stream.batcher import MicroBatcher, batch_key
+from streamserve.stream.batcher import Chunk, MicroBatcher, batch_key
 from streamserve.stream.errors import RecordError
 from streamserve.stream.pipeline import PartitionBook, Work
 from streamserve.stream.records import DecodedRecord, InputRecord
@@ -94,17 +94,17 @@ def decoded_work(book: PartitionBook, offset: int, shape=(1, 4), dtype=np.float3
 
 def run_batcher(works: list[Work], max_size: int, delay_s: float) -> list[list[int]]:
     async def scenario() -> list[list[int]]:
-        queue: asyncio.Queue[Work] = asyncio.Queue()
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
         batches: list[list[int]] = []
         all_emitted = asyncio.Event()
 
-        async def emit(batch: list[Work]) -> None:
-            batches.append([w.record.offset for w in batch])
+        async def emit(batch: list[Chunk]) -> None:
+            batches.append([w.record.offset for chunk in batch for w in chunk.works])
             if sum(map(len, batches)) == len(works):
                 all_emitted.set()
 
         for work in works:
-            queue.put_nowait(work)
+            queue.put_nowait(Chunk.of_works([work]))
         task = asyncio.create_task(MicroBatcher(queue, emit, max_size, delay_s).run())
         await asyncio.wait_for(all_emitted.wait(), timeout=10)
         task.cancel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,22 @@ class PipelineSpec:
     codec: CodecSpec = field(default_factory=CodecSpec)
     fallback_base_path: str | Path | None = None
     fallback_model_name: str | None = None
+
+
+YOUNG_COLLECTION_EVERY = 20_000  # container allocations between young collections
+
+
+def settle_heap() -> None:
+    """For a process that runs one assembled stream processor, before it runs: what is
+    alive now (modules, the model, the clients) lives as long as the process, so the
+    collector stops scanning it (``gc.freeze``), and young collections run every
+    :data:`YOUNG_COLLECTION_EVERY` allocations instead of 700 (each record allocates a
+    dozen short-lived containers; the default made full collections of the whole heap
+    part of every few thousand records' cost)."""
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, YOUNG_COLLECTION_EVERY), middle, old)
 
 
 def _unwrapped(predictor: Predictor) -> Predictor:

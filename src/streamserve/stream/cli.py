@@ -311,10 +311,11 @@ class StopWatchdog:
 
 
 async def _run(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> None:
-    from streamserve.stream.assembly import assemble
+    from streamserve.stream.assembly import assemble, settle_heap
 
     async with contextlib.AsyncExitStack() as stack:
         processor = await assemble(_pipeline_spec(args, kafka), stack, on_ready=_print_ready)
+        settle_heap()
         watchdog = StopWatchdog(args.shutdown_timeout_s + STOP_GRACE_S)
 
         def stop() -> None:

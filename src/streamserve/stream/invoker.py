@@ -114,6 +114,34 @@ class Outcome:
     error: RecordError | None = None
 
 
+@dataclass(slots=True)
+class Part:
+    """Consecutive records of one micro-batch with one fate: ``outputs`` holds their rows
+    stacked along dim 0 (``counts[i]`` rows for record i), or ``error`` says why none."""
+
+    records: int
+    counts: Sequence[int]
+    outputs: dict[str, np.ndarray] | None = None
+    model_name: str = ""
+    model_version: int = 0
+    mode: str = ""
+    error: RecordError | None = None
+
+    def per_record(self) -> list[dict[str, np.ndarray]]:
+        """Each record's rows of the outputs (a lone record gets the outputs unsliced)."""
+        assert self.outputs is not None
+        if self.records == 1:
+            return [self.outputs]
+        split: list[dict[str, np.ndarray]] = []
+        start = 0
+        for count in self.counts:
+            split.append(
+                {name: array[start : start + count] for name, array in self.outputs.items()}
+            )
+            start += count
+        return split
+
+
 class ModelInvoker:
     def __init__(
         self,
@@ -222,16 +250,44 @@ class ModelInvoker:
         self, records: Sequence[DecodedRecord], signature_name: str | None = None
     ) -> list[Outcome]:
         """One outcome per record. A rejected batch is bisected down to the poison records."""
-        inputs = concat_inputs(records)
+        counts = [record.rows for record in records]
+        parts = await self.predict_rows(concat_inputs(records), counts, signature_name)
+        outcomes: list[Outcome] = []
+        for part in parts:
+            if part.error is not None or part.outputs is None:
+                outcomes += [Outcome(error=part.error)] * part.records
+                continue
+            outcomes += [
+                Outcome(rows, part.model_name, part.model_version, part.mode)
+                for rows in part.per_record()
+            ]
+        return outcomes
+
+    async def predict_rows(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        counts: Sequence[int],
+        signature_name: str | None = None,
+    ) -> list[Part]:
+        """Predict records whose inputs are stacked in ``inputs`` (``counts[i]`` rows for
+        record i, in order): one :class:`Part` when the model takes the whole batch; when it
+        rejects it, the batch is bisected down to the poison records, and the parts (in
+        record order) cover every record once."""
         try:
             prediction, mode = await self.predict(inputs, signature_name)
-            return split_rows(prediction, records, mode)
+            return [whole_part(prediction, counts, mode)]
         except Exception as exc:
-            if len(records) == 1:
-                return [Outcome(error=_rejection(exc))]
-        middle = len(records) // 2
-        first = await self.predict_each(records[:middle], signature_name)
-        return first + await self.predict_each(records[middle:], signature_name)
+            if len(counts) == 1:
+                return [Part(1, counts, error=_rejection(exc))]
+        middle = len(counts) // 2
+        split = sum(counts[:middle])
+        first = await self.predict_rows(
+            slice_rows(inputs, 0, split), counts[:middle], signature_name
+        )
+        second = await self.predict_rows(
+            slice_rows(inputs, split, None), counts[middle:], signature_name
+        )
+        return first + second
 
     async def close(self) -> None:
         """Close the predictors this invoker calls (guards close their wrapped ones)."""
@@ -254,6 +310,27 @@ def concat_inputs(records: Sequence[DecodedRecord]) -> dict[str, np.ndarray]:
         return records[0].inputs
     names = records[0].inputs.keys()
     return {name: np.concatenate([r.inputs[name] for r in records]) for name in names}
+
+
+def slice_rows(
+    inputs: Mapping[str, np.ndarray], start: int, stop: int | None
+) -> dict[str, np.ndarray]:
+    return {name: array[start:stop] for name, array in inputs.items()}
+
+
+def whole_part(prediction: Prediction, counts: Sequence[int], mode: str) -> Part:
+    """The model's answer for a whole batch (raises if its rows do not add up)."""
+    outputs = prediction.outputs
+    if len(counts) > 1:
+        total = sum(counts)
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != total:
+                raise RecordError(
+                    PREDICT, f"output {name!r} has shape {array.shape}, expected {total} rows"
+                )
+    return Part(
+        len(counts), counts, dict(outputs), prediction.model_name, prediction.model_version, mode
+    )
 
 
 def split_rows(

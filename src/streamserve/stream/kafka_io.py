@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -49,6 +49,7 @@ Headers = list[tuple[str, bytes]]
 
 KAFKA_TIMEOUT_S = 5.0  # each transactional call (init, send offsets, commit, abort)
 CLOSE_TIMEOUT_S = 5.0  # closing a consumer+producer pair, in all
+UNASSIGNED = -1  # librdkafka's "no partition given": the partitioner picks one
 COMMIT_ATTEMPTS = 2  # commit_transaction tries on a retriable error (e.g. a leader moving)
 
 
@@ -107,6 +108,9 @@ def producer_settings(
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
+        # Failed deliveries are what a sink counts; the client then calls back into Python
+        # for those only (it settles the successful ones itself: no call per record).
+        "delivery.report.only.error": True,
     }
     if transactional_id:
         settings["transactional.id"] = transactional_id
@@ -178,7 +182,8 @@ class ConsumerThread:
         future: Future[T] = Future()
         self._calls.put((lambda: fn(*args, **kwargs), future))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), deadline_s)
+            async with asyncio.timeout(deadline_s):  # unlike wait_for, no task per call
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             name = getattr(fn, "__name__", repr(fn))
             raise ConsumerThreadStuck(
@@ -246,24 +251,53 @@ class _Sink:
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
-        if headers:
-            kwargs["headers"] = headers
-        if partition is not None:
-            kwargs["partition"] = partition
+        if self.broken is not None:
+            return
+        partition = UNASSIGNED if partition is None else partition
+        try:  # the hot path: one call, no retry bookkeeping
+            self.producer.produce(
+                topic,
+                value,
+                key,
+                partition=partition,
+                on_delivery=self._on_delivery,
+                headers=cast(Any, headers) or None,  # list invariance vs the stubs
+            )
+        except BufferError:
+            self._produce_when_room(topic, value, key, headers, partition)
+        except KafkaException as exc:
+            if not self._broke(exc):
+                raise  # about this record (e.g. too large): the caller dead-letters it
+
+    def _produce_when_room(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        partition: int,
+    ) -> None:
+        """The producer queue is full: serve deliveries and retry, up to ``timeout_s``."""
         deadline = time.monotonic() + self.timeout_s
         while self.broken is None:
+            self.poll(0.05)
             try:
-                self.producer.produce(topic, value, key, **kwargs)
+                self.producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=partition,
+                    on_delivery=self._on_delivery,
+                    headers=cast(Any, headers) or None,
+                )
                 return
             except BufferError:
                 if time.monotonic() > deadline:  # nothing delivers: redo this cycle
                     self.broken = KafkaError(KafkaError._QUEUE_FULL, "producer queue full")
                     return
-                self.poll(0.05)  # queue full: serve deliveries, then retry
             except KafkaException as exc:
                 if not self._broke(exc):
-                    raise  # about this record (e.g. too large): the caller dead-letters it
+                    raise
 
     def poll(self, timeout_s: float = 0) -> None:
         try:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from confluent_kafka import KafkaException
+from prometheus_client import Histogram
 
 from streamserve.stream.errors import RecordError
 from streamserve.stream.kafka_io import Headers, Sink
@@ -63,12 +65,6 @@ class HeaderPolicy:
         ]
 
 
-def model_headers(work: Work) -> Headers:
-    if not work.model_name:
-        return []
-    return list(_model_headers(work.model_name, work.model_version, work.mode))
-
-
 @functools.lru_cache(maxsize=64)
 def _model_headers(name: str, version: int, mode: str) -> tuple[tuple[str, bytes], ...]:
     return (
@@ -76,6 +72,25 @@ def _model_headers(name: str, version: int, mode: str) -> tuple[tuple[str, bytes
         (f"{MODEL_HEADER_PREFIX}version", str(version).encode()),
         (f"{MODEL_HEADER_PREFIX}mode", mode.encode()),
     )
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe`` for each value, in one pass: the buckets and the sum are
+    incremented once per call (prometheus_client's observe costs a lock per value)."""
+    if not values:
+        return
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if buckets is None or bounds is None or total is None:  # another client version
+        for value in values:
+            histogram.observe(value)
+        return
+    indices = np.searchsorted(np.asarray(bounds), np.asarray(values), side="left")
+    for index, count in enumerate(np.bincount(indices).tolist()):
+        if count:
+            buckets[index].inc(count)
+    total.inc(float(sum(values)))
 
 
 def exception_name(error: RecordError) -> str:
@@ -131,8 +146,9 @@ class OutputWriter:
         self.write_all([work], now_ms)
 
     def write_all(self, works: Iterable[Work], now_ms: float) -> None:
-        """Produce handled works in the order given; counters are updated once per call."""
+        """Produce handled works in the order given; metrics are updated once per call."""
         produced: Counter[str] = Counter()
+        latencies: list[float] = []
         try:
             for work in works:
                 record = work.record
@@ -141,9 +157,10 @@ class OutputWriter:
                 elif self._output(work):
                     produced[work.mode] += 1
                 if record.timestamp_ms is not None:
-                    self.metrics.e2e_latency.observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
+                    latencies.append(max(0.0, now_ms - record.timestamp_ms) / 1000)
         finally:
             self._count(produced)
+            observe_all(self.metrics.e2e_latency, latencies)
 
     def _count(self, produced: Counter[str]) -> None:
         for mode, count in produced.items():
@@ -154,16 +171,29 @@ class OutputWriter:
     def _output(self, work: Work) -> bool:
         """Produce the output (True), or dead-letter it when it cannot be (False)."""
         record = work.record
-        value, key, topic, extra = self._unpack(work)
-        if topic not in self.partitions:
-            reason = f"the codec routed the output to {topic!r}, not in its output_topics"
-            self.dead_letter(record, RecordError("route", reason))
-            return False
-        headers = [*self.headers.carried(record.headers), *model_headers(work), *extra]
+        output = work.output
+        if isinstance(output, OutputRecord):
+            value, key, topic, extra = self._unpack(record, output)
+            if topic not in self.partitions:
+                reason = f"the codec routed the output to {topic!r}, not in its output_topics"
+                self.dead_letter(record, RecordError("route", reason))
+                return False
+        else:
+            value, key, topic, extra = output, record.key, self.output_topic, ()
+        model = (
+            _model_headers(work.model_name, work.model_version, work.mode)
+            if work.model_name
+            else ()
+        )
+        if record.headers or extra:  # carried input headers, streamserve.model.*, the codec's
+            headers: Headers | None = [*self.headers.carried(record.headers), *model, *extra]
+        else:
+            headers = list(model) or None
+        partition = (
+            None if self.partitioning == "key" else record.partition % self.partitions[topic]
+        )
         try:
-            self.sink.produce(
-                topic, value, key, headers or None, partition=self._partition(record, topic)
-            )
+            self.sink.produce(topic, value, key, headers, partition)
         except KafkaException as exc:  # e.g. the output is larger than message.max.bytes
             error = exc.args[0] if exc.args else exc
             self.dead_letter(
@@ -173,14 +203,11 @@ class OutputWriter:
         return True
 
     def _unpack(
-        self, work: Work
-    ) -> tuple[bytes | None, bytes | None, str, list[tuple[str, bytes]]]:
-        """(value, key, topic, codec headers) of the codec's output."""
-        output = work.output
-        if not isinstance(output, OutputRecord):
-            return output, work.record.key, self.output_topic, []
-        key = work.record.key if output.key is SameKey.INPUT else output.key
-        return output.value, key, output.topic or self.output_topic, list(output.headers)
+        self, record: InputRecord, output: OutputRecord
+    ) -> tuple[bytes | None, bytes | None, str, Sequence[tuple[str, bytes]]]:
+        """(value, key, topic, codec headers) of an :class:`OutputRecord`."""
+        key = record.key if output.key is SameKey.INPUT else output.key
+        return output.value, key, output.topic or self.output_topic, output.headers
 
     def _partition(self, record: InputRecord, topic: str) -> int | None:
         if self.partitioning == "key":

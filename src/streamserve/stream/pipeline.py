@@ -118,8 +118,9 @@ class PartitionBook:
 
     # ------------------------------------------------------------------ flow
 
-    def intake(self, record: InputRecord) -> Work | None:
-        """Queue a consumed record; None when it must be ignored (see module docstring)."""
+    def intake(self, record: InputRecord, received: float | None = None) -> Work | None:
+        """Queue a consumed record; None when it must be ignored (see module docstring).
+        ``received``: when it was consumed (``time.perf_counter()``; default: now)."""
         state = self._states.get((record.topic, record.partition))
         if state is None or state.seek_to is not None:
             return None
@@ -128,7 +129,9 @@ class PartitionBook:
         if state.committed_next is None:
             state.committed_next = record.offset  # where this assignment started
         state.next_offset = record.offset + 1
-        work = Work(record, state, state.epoch)
+        work = Work(
+            record, state, state.epoch, time.perf_counter() if received is None else received
+        )
         state.pending.append(work)
         self.buffered += 1
         return work

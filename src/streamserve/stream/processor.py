@@ -67,19 +67,21 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from streamserve.kafka.admin import new_client
 from streamserve.predictors.base import Predictor
 from streamserve.stream import kafka_io
-from streamserve.stream.batcher import MicroBatcher
+from streamserve.stream.batcher import Chunk, MicroBatcher, chunks_of, merge
 from streamserve.stream.breaker import BreakerPolicy
 from streamserve.stream.errors import RecordError
 from streamserve.stream.health import HealthPolicy, OperationsServer, StreamHealth
-from streamserve.stream.invoker import ModelInvoker, Outcome, RetryPolicy, build_invoker
+from streamserve.stream.invoker import ModelInvoker, Part, RetryPolicy, build_invoker
 from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
 from streamserve.stream.output import HeaderPolicy, OutputWriter
 from streamserve.stream.pipeline import PartitionBook, Work
 from streamserve.stream.records import (
     InputRecord,
     RecordCodec,
-    batch_decoder,
+    StackedBatch,
+    batch_encoder,
     declared_output_topics,
+    stacked_decoder,
 )
 from streamserve.stream.telemetry import StreamMetrics, log_event
 from streamserve.stream.topics import ensure_topics
@@ -179,7 +181,8 @@ class StreamProcessor:
     ) -> None:
         self.config = config
         self.codec = codec
-        self._decode_batch = batch_decoder(codec)
+        self._decode_stacked = stacked_decoder(codec)
+        self._encode_batch = batch_encoder(codec)
         self.metrics = metrics or StreamMetrics()
         predictors = [predictor] if not isinstance(predictor, Sequence) else list(predictor)
         self.invoker: ModelInvoker = build_invoker(
@@ -196,8 +199,8 @@ class StreamProcessor:
         self._ready = asyncio.Event()
         self._committing = False
         self._decode_queue: asyncio.Queue[Work] = asyncio.Queue()
-        self._batch_queue: asyncio.Queue[Work] = asyncio.Queue()
-        self._call_queue: asyncio.Queue[list[Work]] = asyncio.Queue(maxsize=1)
+        self._batch_queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        self._call_queue: asyncio.Queue[list[Chunk]] = asyncio.Queue(maxsize=1)
         self._paused: set[tuple[str, int]] = set()
         self._pause_reason = ""
         self._consuming = True
@@ -521,9 +524,14 @@ class StreamProcessor:
         """Queue a consumed batch; a codec with ``decode_batch`` decodes it right here in
         one call (no decode task or queue hop per record), others via the decode workers."""
         works: list[Work] = []
+        intake = self.book.intake
+        received = time.perf_counter()
         try:
             for message in messages:
-                work = self._intake(message)
+                if message.error() is not None:
+                    self._consumer_error(message)
+                    continue
+                work = intake(input_record(message), received)
                 if work is not None:
                     works.append(work)
         finally:  # a fatal consumer error mid-batch: what came before it is still queued
@@ -533,27 +541,39 @@ class StreamProcessor:
         if not works:
             return
         self._records_in.inc(len(works))
-        decode_batch = self._decode_batch
-        if decode_batch is None:
+        decode_stacked = self._decode_stacked
+        if decode_stacked is None:
             for work in works:
                 self._decode_queue.put_nowait(work)
             return
-        for work, decoded in zip(works, decode_batch([w.record for w in works]), strict=True):
+        self._queue_decoded(works, decode_stacked([w.record for w in works]))
+
+    def _queue_decoded(self, works: list[Work], batch: StackedBatch) -> None:
+        """Failed records are finished (DLQ); the rest go to the batcher as chunks: one
+        when the codec stacked their inputs, else one per run of stackable records."""
+        decoded_works: list[Work] = []
+        for work, decoded in zip(works, batch.records, strict=True):
             if isinstance(decoded, RecordError):
                 self._finish_failed(work, decoded)
             else:
                 work.decoded = decoded
-                self._batch_queue.put_nowait(work)
+                decoded_works.append(work)
+        if not decoded_works:
+            return
+        if batch.stacked is None:
+            for chunk in chunks_of(decoded_works):
+                self._batch_queue.put_nowait(chunk)
+            return
+        counts = [batch.rows] * len(decoded_works)
+        self._batch_queue.put_nowait(Chunk.of(decoded_works, batch.stacked, counts))
 
-    def _intake(self, message: Message) -> Work | None:
+    def _consumer_error(self, message: Message) -> None:
         error = message.error()
-        if error is not None:
-            if kafka_io.is_fatal(error):  # never only a warning: the consumer is dead
-                raise FatalStreamError(f"consumer failed: {error.str()}")
-            if error.code() != KafkaError._PARTITION_EOF:
-                log_event(log, "consumer error", logging.WARNING, error=error.str())
-            return None
-        return self.book.intake(input_record(message))
+        assert error is not None
+        if kafka_io.is_fatal(error):  # never only a warning: the consumer is dead
+            raise FatalStreamError(f"consumer failed: {error.str()}")
+        if error.code() != KafkaError._PARTITION_EOF:
+            log_event(log, "consumer error", logging.WARNING, error=error.str())
 
     async def _apply_seeks(self) -> None:
         for state in self.book.seeks_due():
@@ -718,49 +738,58 @@ class StreamProcessor:
                 self._finish_failed(work, RecordError("decode", str(exc) or name, name))
                 continue
             if not work.stale:
-                self._batch_queue.put_nowait(work)
+                self._batch_queue.put_nowait(Chunk.of_works([work]))
 
     async def _call_loop(self) -> None:
         while True:
-            batch = [work for work in await self._call_queue.get() if not work.stale]
-            if not batch:
+            chunks = [c for c in map(Chunk.live, await self._call_queue.get()) if c is not None]
+            if not chunks:
                 continue
-            self.metrics.batch_size.observe(len(batch))
+            batch = merge(chunks)
+            self.metrics.batch_size.observe(len(batch.works))
             self.metrics.in_flight.inc()
             try:
-                outcomes = await self.invoker.predict_each(
-                    [work.decoded for work in batch if work.decoded is not None],
-                    self.codec.signature_name,
+                parts = await self.invoker.predict_rows(
+                    batch.inputs, batch.counts, self.codec.signature_name
                 )
             finally:
                 self.metrics.in_flight.dec()
-            for work, outcome in zip(batch, outcomes, strict=True):
-                self._finish(work, outcome)
+            start = 0
+            for part in parts:
+                self._finish(batch.works[start : start + part.records], part)
+                start += part.records
             self._ready.set()
 
-    def _finish(self, work: Work, outcome: Outcome) -> None:
-        if outcome.error is not None or outcome.rows is None or work.decoded is None:
-            work.fail(outcome.error or RecordError("predict", "no output rows"))
+    def _finish(self, works: list[Work], part: Part) -> None:
+        """Encode one part of a model call's outputs (one call) and finish its works."""
+        if part.error is not None or part.outputs is None:
+            error = part.error or RecordError("predict", "no output rows")
+            for work in works:
+                work.fail(error)
             return
-        latency_ms = (time.perf_counter() - work.received) * 1000
+        now = time.perf_counter()
+        decoded = [work.decoded for work in works if work.decoded is not None]
+        latencies = [(now - work.received) * 1000 for work in works]
         try:
-            value = self.codec.encode(
-                work.decoded,
-                outcome.rows,
-                outcome.model_name,
-                outcome.model_version,
-                latency_ms,
-                outcome.mode,
+            encoded = self._encode_batch(
+                decoded,
+                part.outputs,
+                part.counts,
+                part.model_name,
+                part.model_version,
+                latencies,
+                part.mode,
             )
-        except RecordError as exc:
-            work.fail(exc)
-            return
-        except Exception as exc:
+        except Exception as exc:  # a codec's own encode_batch failed as a whole
             name = type(exc).__name__
-            work.fail(RecordError("encode", str(exc) or name, name))
-            return
-        work.decoded = None  # free the inputs (images) early
-        work.succeed(value, outcome.mode, outcome.model_name, outcome.model_version)
+            encoded = [RecordError("encode", str(exc) or name, name)] * len(works)
+        name, version, mode = part.model_name, part.model_version, part.mode
+        for work, value in zip(works, encoded, strict=True):
+            if isinstance(value, RecordError):
+                work.fail(value)
+            else:
+                work.decoded = None  # free the inputs (images) early
+                work.succeed(value, mode, name, version)
 
     def _finish_failed(self, work: Work, error: RecordError) -> None:
         work.fail(error)
@@ -835,15 +864,15 @@ def input_record(message: Message) -> InputRecord:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     timestamp_type, timestamp = message.timestamp()
-    value, key = message.value(), message.key()
+    value, key, headers = message.value(), message.key(), message.headers()
     return InputRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key.encode() if isinstance(key, str) else key,
-        value=value.encode() if isinstance(value, str) else value,
-        headers=normalise_headers(message.headers()),
-        timestamp_ms=None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else timestamp,
+        topic,
+        partition,
+        offset,
+        key.encode() if isinstance(key, str) else key,
+        value.encode() if isinstance(value, str) else value,
+        normalise_headers(headers) if headers else [],
+        None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else timestamp,
     )
 
 

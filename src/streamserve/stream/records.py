@@ -38,6 +38,7 @@ DECODE = "decode"
 ENCODE = "encode"
 
 RecordId = str | int | float | None
+_PLAIN_IDS = (str, int, float)  # an id of exactly these types needs no further check
 
 
 class InputRecord(NamedTuple):
@@ -114,11 +115,95 @@ def batch_decoder(codec: object) -> BatchDecoder | None:
     return cast(BatchDecoder, decode_batch)
 
 
+class StackedBatch(NamedTuple):
+    """A consumed batch decoded in one call: per record its decoded form or why not, and,
+    when every decoded record's inputs are consecutive rows of one array per input (the
+    fast path), those arrays (``rows`` rows per record), so a model call needs no concat."""
+
+    records: list[DecodedRecord | RecordError]
+    stacked: dict[str, np.ndarray] | None = None
+    rows: int = 1
+
+
+StackedDecoder = Callable[[Sequence[InputRecord]], StackedBatch]
+
+
+def stacked_decoder(codec: object) -> StackedDecoder | None:
+    """The codec's ``decode_stacked`` (records plus their stacked inputs), else one made
+    of its synchronous ``decode_batch``; None when it has neither (per-record ``decode``)."""
+    decode_stacked = getattr(codec, "decode_stacked", None)
+    if decode_stacked is not None and not inspect.iscoroutinefunction(decode_stacked):
+        return cast(StackedDecoder, decode_stacked)
+    decode_batch = batch_decoder(codec)
+    if decode_batch is None:
+        return None
+    return lambda records: StackedBatch(decode_batch(records))
+
+
+BatchEncoder = Callable[
+    [
+        Sequence[DecodedRecord],
+        Mapping[str, np.ndarray],
+        Sequence[int],
+        str,
+        int,
+        Sequence[float],
+        str,
+    ],
+    "list[Encoded | RecordError]",
+]
+
+
+def batch_encoder(codec: RecordCodec) -> BatchEncoder:
+    """The codec's ``encode_batch``, or one that calls its ``encode`` per record."""
+    encode_batch = getattr(codec, "encode_batch", None)
+    if encode_batch is not None:
+        return cast(BatchEncoder, encode_batch)
+    return lambda *args: encode_each(codec, *args)
+
+
+def encode_each(
+    codec: RecordCodec,
+    decoded: Sequence[DecodedRecord],
+    outputs: Mapping[str, np.ndarray],
+    counts: Sequence[int],
+    model_name: str,
+    version: int,
+    latency_ms: Sequence[float],
+    mode: str,
+) -> list[Encoded | RecordError]:
+    """``encode_batch`` for a codec that encodes one record at a time: each record gets its
+    rows of the stacked ``outputs`` (``counts[i]`` rows for record i; a lone record gets
+    the outputs unsliced); an exception becomes that record's ``RecordError``."""
+    encoded: list[Encoded | RecordError] = []
+    start = 0
+    for record, count, latency in zip(decoded, counts, latency_ms, strict=True):
+        rows = (
+            outputs
+            if len(decoded) == 1
+            else {name: array[start : start + count] for name, array in outputs.items()}
+        )
+        start += count
+        try:
+            encoded.append(codec.encode(record, rows, model_name, version, latency, mode))
+        except RecordError as error:
+            encoded.append(error)
+        except Exception as error:
+            name = type(error).__name__
+            encoded.append(RecordError(ENCODE, str(error) or name, name))
+    return encoded
+
+
 @runtime_checkable
 class RecordCodec(Protocol):
     """Decode one record into tensors; encode one record's output rows into bytes (or an
     :class:`OutputRecord` to set the output's key, headers or topic). A codec that routes
-    to other topics names them all in an ``output_topics`` attribute."""
+    to other topics names them all in an ``output_topics`` attribute.
+
+    Optional, for speed: a synchronous ``decode_batch`` (or ``decode_stacked``, see
+    :class:`StackedBatch`) decodes a consumed batch in one call, and ``encode_batch`` (see
+    :func:`encode_each`, what the processor uses without one) encodes a model call's
+    records in one call."""
 
     signature_name: str | None
 
@@ -255,16 +340,46 @@ class TensorJsonCodec:
         Records whose inputs agree in names and shapes are converted together, one numpy
         array per input for the whole batch (each record gets a view of its rows); any
         other record is decoded alone, with exactly the per-record rules and messages."""
-        parsed: list[tuple[RecordId, dict[str, Any]] | RecordError] = []
-        for record in records:
-            try:
-                parsed.append(self._parse(record))
-            except RecordError as error:
-                parsed.append(error)
+        return self.decode_stacked(records).records
+
+    def decode_stacked(self, records: Sequence[InputRecord]) -> StackedBatch:
+        """:meth:`decode_batch`, plus the stacked input arrays when the records agree."""
+        parsed = self._parse_all(records)
         stacked = self._stacked(parsed)
         if stacked is not None:
             return stacked
-        return [item if isinstance(item, RecordError) else self._tensors(*item) for item in parsed]
+        return StackedBatch(
+            [item if isinstance(item, RecordError) else self._tensors(*item) for item in parsed]
+        )
+
+    def _parse_all(
+        self, records: Sequence[InputRecord]
+    ) -> list[tuple[RecordId, dict[str, Any]] | RecordError]:
+        """:meth:`_parse` of each record, with the common case inlined (this is the hot
+        path); anything unusual goes through :meth:`_parse` for its exact error."""
+        loads = orjson.loads
+        parsed: list[tuple[RecordId, dict[str, Any]] | RecordError] = []
+        for record in records:
+            try:
+                document = loads(cast(bytes, record.value))
+            except (orjson.JSONDecodeError, TypeError):
+                document = None
+            if type(document) is dict:
+                inputs = document.get("inputs")
+                record_id = document.get("id")
+                if record_id is None:
+                    record_id = record.position
+                if type(inputs) is dict and inputs and type(record_id) in _PLAIN_IDS:
+                    parsed.append((record_id, inputs))
+                    continue
+            parsed.append(self._parse_or_error(record))
+        return parsed
+
+    def _parse_or_error(self, record: InputRecord) -> tuple[RecordId, dict[str, Any]] | RecordError:
+        try:
+            return self._parse(record)
+        except RecordError as error:
+            return error
 
     def decode_now(self, record: InputRecord) -> DecodedRecord:
         return self._decode_parsed(*self._parse(record))
@@ -288,14 +403,14 @@ class TensorJsonCodec:
 
     def _stacked(
         self, parsed: Sequence[tuple[RecordId, dict[str, Any]] | RecordError]
-    ) -> list[DecodedRecord | RecordError] | None:
+    ) -> StackedBatch | None:
         """The fast path: every parsed record has the same input names and each input
         stacks into one rectangular numeric array of the per-record dtype; else None."""
         good = [item for item in parsed if not isinstance(item, RecordError)]
         if len(good) < 2:
             return None
-        names = list(good[0][1])
-        if any(list(inputs) != names for _, inputs in good):
+        names = good[0][1].keys()
+        if any(inputs.keys() != names for _, inputs in good):
             return None
         columns = {}
         for name in names:
@@ -307,14 +422,18 @@ class TensorJsonCodec:
         if len(rows) != 1 or 0 in rows:
             return None  # disagreeing or zero rows: the per-record path says which
         decoded: list[DecodedRecord | RecordError] = []
-        index = 0
-        for item in parsed:
+        column_names = list(columns)
+        views = iter(zip(*(list(column) for column in columns.values()), strict=True))
+        for item in parsed:  # each record's inputs are views of its rows (list() makes them fast)
             if isinstance(item, RecordError):
                 decoded.append(item)
-                continue
-            decoded.append(DecodedRecord(item[0], None, {n: c[index] for n, c in columns.items()}))
-            index += 1
-        return decoded
+            else:
+                decoded.append(
+                    DecodedRecord(item[0], None, dict(zip(column_names, next(views), strict=True)))
+                )
+        (per_record,) = rows
+        stacked = {n: c.reshape(-1, *c.shape[2:]) for n, c in columns.items()}
+        return StackedBatch(decoded, stacked, per_record)
 
     def _stack_column(self, name: str, values: list[Any]) -> np.ndarray | None:
         dtype = self.dtypes.get(name)
@@ -355,6 +474,44 @@ class TensorJsonCodec:
                 "mode": mode,
             }
         )
+
+    def encode_batch(
+        self,
+        decoded: Sequence[DecodedRecord],
+        outputs: Mapping[str, np.ndarray],
+        counts: Sequence[int],
+        model_name: str,
+        version: int,
+        latency_ms: Sequence[float],
+        mode: str,
+    ) -> list[Encoded | RecordError]:
+        """:meth:`encode` for a whole micro-batch, byte for byte, with the document's
+        fixed parts written once per batch. Outputs of strings (object arrays) go through
+        :meth:`encode` per record."""
+        if len(decoded) == 1 or any(array.dtype == object for array in outputs.values()):
+            return encode_each(
+                self, decoded, outputs, counts, model_name, version, latency_ms, mode
+            )
+        opening = b',"model":' + dumps({"name": model_name, "version": version}) + b',"outputs":{'
+        names = [dumps(str(name)) + b":" for name in outputs]
+        names[1:] = [b"," + name for name in names[1:]]
+        columns = list(zip(names, outputs.values(), strict=True))
+        closing = b',"mode":' + dumps(mode) + b"}"
+        encoded: list[Encoded | RecordError] = []
+        start = 0
+        for record, count, latency in zip(decoded, counts, latency_ms, strict=True):
+            stop = start + count
+            try:
+                parts = [b'{"id":', dumps(record.id), opening]
+                for name, array in columns:
+                    parts += (name, dumps(array[start:stop]))
+                parts += (b'},"latency_ms":', dumps(round(latency, 3)), closing)
+            except RecordError as error:
+                encoded.append(error)
+            else:
+                encoded.append(b"".join(parts))
+            start = stop
+        return encoded
 
 
 def _check_rows(tensors: Mapping[str, np.ndarray]) -> None:
