@@ -154,12 +154,20 @@ def compute_ratios(
         if minimal_uvloop and tf_grpc:
             add("req/s streamserve TF Predict / minimal V2 on uvloop", "tf-grpc", batch,
                 ratio(tf_grpc["rps"], minimal_uvloop["rps"]), GOAL_VS_MINIMAL_UVLOOP)  # fmt: skip
+        for ours in (v2_grpc, tf_grpc):
+            if minimal_uvloop and ours:  # what req/s would be with a core to itself
+                add("srv CPU/req minimal V2 on uvloop / streamserve", ours["scenario"], batch,
+                    ratio(minimal_uvloop["server_cpu_ms_per_request"],
+                          ours["server_cpu_ms_per_request"]), None)  # fmt: skip
         for scenario in WORKERS_SCENARIOS:
             one = find_row(rows, "streamserve", scenario, batch)
             two = find_row(rows, WORKERS_TARGET, scenario, batch)
             if one and two:
                 add("req/s streamserve --workers 2 / --workers 1", scenario, batch,
                     ratio(two["rps"], one["rps"]), GOAL_WORKERS_2_VS_1)  # fmt: skip
+                add("srv CPU/req streamserve --workers 2 / --workers 1", scenario, batch,
+                    ratio(two["server_cpu_ms_per_request"], one["server_cpu_ms_per_request"]),
+                    None)  # fmt: skip
     if heavy and heavy.get("server") and heavy.get("raw"):
         add("images/s streamserve (dynamic batching) / raw onnxruntime batched", "heavy", None,
             ratio(heavy["server"]["images_per_s"], heavy["raw"]["images_per_s"]),

@@ -1,4 +1,5 @@
-"""``streamserve demo`` end to end, and Ctrl-C in its middle leaves nothing behind."""
+"""``streamserve demo`` end to end (both guarantees), and Ctrl-C in its middle leaves nothing
+behind."""
 
 from __future__ import annotations
 
@@ -123,3 +124,22 @@ def test_demo_classifies_sample_photos_in_both_modes(imagenet_base: Path, tmp_pa
         flower = next(line for line in section.splitlines() if "flower.jpg" in line)
         assert "palace" in china, section
         assert "daisy" in flower, section
+
+
+def test_demo_at_least_once_names_the_guarantee(imagenet_base: Path, tmp_path: Path) -> None:
+    demo = _Demo(
+        imagenet_base,
+        tmp_path,
+        "--guarantee=at-least-once",
+        "--mode=embedded",
+        "--rounds=1",
+        "--rate=20",
+    )
+    code = demo.wait(300)
+    output = demo.output()
+    assert code == 0, output
+    assert "== embedded mode, at-least-once: 28/28 predictions" in output, output
+    assert "guarantee at-least-once" in output, output
+    assert "== remote mode" not in output, output
+    row = next(line for line in output.splitlines() if line.startswith("embedded "))
+    assert len(row.split()) == 7, row  # mode, p50, p95, p99, processor, kafka, records/s

@@ -207,6 +207,8 @@ def test_ratios_against_goals() -> None:
     assert minimal.value == pytest.approx(0.8) and minimal.passed is False
     on_uvloop = by_name[("req/s streamserve / minimal grpc.aio on uvloop", "v2-grpc")]
     assert on_uvloop.value == pytest.approx(0.64) and on_uvloop.passed is False
+    cpu_bound = by_name[("srv CPU/req minimal V2 on uvloop / streamserve", "v2-grpc")]
+    assert cpu_bound.value == pytest.approx(0.12 / 0.25) and cpu_bound.passed is None
     rest = by_name[("req/s streamserve / MLServer", "v2-rest")]
     assert rest.value == pytest.approx(1.5) and rest.passed is None
     rest_cpu = by_name[("server CPU per request streamserve / MLServer", "v2-rest")]

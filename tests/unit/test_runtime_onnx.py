@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ from streamserve.runtimes import (
     Servable,
     load_servable,
     registry,
+    validation,
 )
+from streamserve.runtimes import onnx as onnx_runtime
 from streamserve.runtimes.base import LoadOptions
-from streamserve.runtimes.onnx import OnnxRuntime, intra_op_threads
+from streamserve.runtimes.onnx import OnnxRuntime, _session_run, intra_op_threads
 
 OBJ = np.dtype(object)
 
@@ -259,3 +262,54 @@ def test_registry_errors_name_the_directory(
 def test_runtime_can_load(tiny_dir: Path, tmp_path: Path) -> None:
     assert OnnxRuntime().can_load(tiny_dir)
     assert not OnnxRuntime().can_load(tmp_path)
+
+
+def test_inputs_checked_for_the_signature_are_not_checked_again(
+    multi_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servable = load_servable(multi_dir)
+    signature = servable.signatures[DEFAULT_SIGNATURE]
+    marked = validation.checked_inputs(signature, multi_inputs())
+    checks: list[object] = []
+    monkeypatch.setattr(validation, "check_inputs", lambda *args: checks.append(args))
+    expected = servable.predict(multi_inputs())
+    assert len(checks) == 1
+    outputs = servable.predict(marked)
+    assert len(checks) == 1  # the mark spared the second check
+    for name, array in expected.items():
+        assert np.array_equal(outputs[name], array)
+    renamed = replace(signature, name="other")  # equal, but not the servable's signature
+    servable.predict(validation.CheckedInputs(renamed, multi_inputs()))
+    assert len(checks) == 2
+
+
+def test_cpu_sessions_skip_ort_python_wrapper_others_keep_it(tiny_dir: Path) -> None:
+    session = raw_session(tiny_dir)
+    assert _session_run(session, ("CPUExecutionProvider",)) == session._sess.run
+    gpu = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert _session_run(session, gpu) == session.run  # keeps ORT's provider fallback
+
+
+def test_microsecond_models_get_one_intra_op_thread(
+    tiny_dir: Path, multi_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(onnx_runtime.THREADS_ENV, raising=False)
+    opened: list[int] = []
+    open_session = onnx_runtime._open_session
+
+    def recording(path: Path, options: LoadOptions) -> ort.InferenceSession:
+        opened.append(options.intra_op_threads)
+        return open_session(path, options)
+
+    monkeypatch.setattr(onnx_runtime, "_open_session", recording)
+    monkeypatch.setattr(onnx_runtime, "TINY_RUN_SECONDS", 1.0)  # any run counts as tiny
+    OnnxRuntime().load(tiny_dir)
+    assert opened == [0, 1]
+    opened.clear()
+    OnnxRuntime(LoadOptions(intra_op_threads=2)).load(tiny_dir)
+    assert opened == [2]  # an explicit thread count is kept
+    assert not onnx_runtime._runs_in_microseconds(raw_session(multi_dir))  # no made-up strings
+    monkeypatch.setattr(onnx_runtime, "TINY_RUN_SECONDS", 0.0)  # no run counts as tiny
+    opened.clear()
+    OnnxRuntime().load(tiny_dir)
+    assert opened == [0]

@@ -186,6 +186,8 @@ def test_fill_scalar_and_empty(proto, expected):
         (_typed(DT.DT_STRING, [2**62, 2**62], string_val=[b"a"]), "more than any tensor"),
         (_typed(DT.DT_FLOAT, [1] * 1000, float_val=[1.0]), "1000 dimensions; at most 32"),
         (_typed(DT.DT_FLOAT, [1] * 1000, tensor_content=b"\0" * 4), "1000 dimensions"),
+        (_typed(DT.DT_FLOAT, [-1, -1], tensor_content=b"\0" * 4), "fully defined"),
+        (_typed(DT.DT_FLOAT, [2, 2], tensor_content=b"\0" * 12), "12 bytes"),
     ],
 )
 def test_bad_tensor_protos_name_the_tensor(proto, message):
@@ -200,6 +202,7 @@ def test_bad_tensor_protos_name_the_tensor(proto, message):
         _typed(DT.DT_FLOAT, [4194304, 64], float_val=[1.0]),
         _typed(DT.DT_STRING, [4194304, 64], string_val=[b"a"]),
         _typed(DT.DT_FLOAT, [1001], float_val=[1.0] * 1001),
+        _typed(DT.DT_FLOAT, [1001], tensor_content=b"\0" * 4004),
     ],
 )
 def test_element_limit_is_checked_before_allocating(proto):
@@ -285,6 +288,7 @@ def _input(datatype: str, shape: list[int], **contents):
         (_input("BYTES", [1]), b"\x01\x00", "truncated"),
         (_input("FP33", [1]), b"", "unsupported datatype 'FP33'"),
         (_input("FP32", [-1]), b"", "negative dimension"),
+        (_input("FP32", [-1, -1]), b"\0" * 4, "negative dimension"),
         (_input("FP32", [1] * 1000, fp32_contents=[1.0]), None, "1000 dimensions"),
         (_input("FP32", [1] * 1000), b"\0" * 4, "1000 dimensions"),
         (_input("FP32", [2**62, 2**62]), b"\0" * 4, "more than any tensor can hold"),
@@ -470,3 +474,22 @@ def test_rest_row_format_needs_a_common_batch():
         tensors.numpy_to_rest_predictions({"a": np.zeros(2), "b": np.zeros(3)}, True)
     with pytest.raises(InvalidArgument, match="scalar"):
         tensors.numpy_to_rest_predictions({"a": np.float32(1)}, True)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.arange(6, dtype=">i4").reshape(3, 2),  # big-endian: converted
+        np.arange(6, dtype=np.int64).reshape(2, 3).T,  # not contiguous
+        np.array([b"ab", b""], dtype=object),
+        np.array([True, False]),
+    ],
+)
+def test_add_raw_output_matches_the_general_encoder(array):
+    response = v2.grpc_service_pb2.ModelInferResponse()
+    data = tensors.add_raw_output(response.outputs, "y", array)
+    tensor, expected = tensors.numpy_to_infer_output("y", array, raw=True)
+    assert response.outputs[0] == tensor and data == expected
+    decoded = tensors.infer_output_to_numpy(response.outputs[0], data)
+    np.testing.assert_array_equal(decoded, array)

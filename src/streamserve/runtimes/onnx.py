@@ -17,8 +17,10 @@ is ``INVALID_ARGUMENT``. Both messages name the file and carry ORT's own error.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -35,7 +37,12 @@ from streamserve.runtimes.base import (
     Tensors,
     TensorSpec,
 )
-from streamserve.runtimes.providers import parse_providers, session_providers, warn_unavailable
+from streamserve.runtimes.providers import (
+    CPU,
+    parse_providers,
+    session_providers,
+    warn_unavailable,
+)
 from streamserve.runtimes.settings import section
 from streamserve.runtimes.validation import (
     SignatureServable,
@@ -46,6 +53,9 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 THREADS_ENV = "STREAMSERVE_ORT_THREADS"
+# A model whose batch-1 run is this fast gets one intra-op thread (see _runs_in_microseconds)
+TINY_RUN_SECONDS = 50e-6
+TINY_RUN_TRIES = 5
 
 _ORT_TENSOR_TYPES: dict[str, np.dtype] = {
     f"tensor({onnx_name})": np.dtype(numpy_name)
@@ -97,7 +107,13 @@ class OnnxRuntime:
 
     def load(self, version_dir: Path) -> OnnxServable:
         options = model_options(self._options or LoadOptions(), version_dir)
-        return OnnxServable(_open_session(version_dir / MODEL_FILE, options))
+        path = version_dir / MODEL_FILE
+        session = _open_session(path, options)
+        if intra_op_threads(options) == 0 and _runs_in_microseconds(session):
+            log.info("ONNX model %s runs in microseconds: one intra-op thread", path)
+            session = _open_session(path, replace(options, intra_op_threads=1))
+        log.info("ONNX model %s runs on %s", path, ", ".join(session.get_providers()))
+        return OnnxServable(session)
 
 
 def model_options(options: LoadOptions, version_dir: Path) -> LoadOptions:
@@ -133,6 +149,33 @@ def _session_options(options: LoadOptions) -> Any:
     return session_options
 
 
+def _runs_in_microseconds(session: Any) -> bool:
+    """Whether a CPU session's batch-1 run of zeros takes under :data:`TINY_RUN_SECONDS`.
+
+    For such a model, ORT handing part of each run to its intra-op pool (whose threads
+    sleep between runs, see ``allow_spinning``) costs more than it saves: measured on the
+    benchmark's 64x64 model at batch 32, one thread ran in 12 us against 21 us with two.
+    Inputs it cannot make up (strings, unknown rank) or a failing run: False."""
+    if tuple(session.get_providers()) != (CPU,):
+        return False
+    feeds = {}
+    for arg in session.get_inputs():
+        dtype = _ORT_TENSOR_TYPES.get(arg.type)
+        if dtype is None or dtype == _OBJECT or arg.shape is None:
+            return False
+        shape = [dim if isinstance(dim, int) and dim >= 0 else 1 for dim in arg.shape]
+        feeds[arg.name] = np.zeros(shape, dtype)
+    fastest = math.inf
+    try:
+        for _ in range(TINY_RUN_TRIES):
+            started = time.perf_counter()
+            session.run(None, feeds)
+            fastest = min(fastest, time.perf_counter() - started)
+    except Exception:  # a model zeros do not suit: keep ORT's own choice
+        return False
+    return fastest < TINY_RUN_SECONDS
+
+
 def _open_session(path: Path, options: LoadOptions) -> Any:
     import onnxruntime as ort
 
@@ -142,7 +185,6 @@ def _open_session(path: Path, options: LoadOptions) -> Any:
     used = list(session.get_providers())
     if requested:
         warn_unavailable(requested, used, str(path))
-    log.info("ONNX model %s runs on %s", path, ", ".join(used))
     return session
 
 
@@ -173,8 +215,10 @@ class OnnxServable(SignatureServable):
     """One loaded ``model.onnx``. ``predict`` is thread-safe (ORT sessions are)."""
 
     def __init__(self, session: Any) -> None:
-        self._session = session
         self.execution_providers: tuple[str, ...] = tuple(session.get_providers())
+        self._session_run: Callable[..., list[np.ndarray]] | None = _session_run(
+            session, self.execution_providers
+        )
         signature = _signature_from_session(session)
         self._plan = _Plan(
             signature=signature,
@@ -196,23 +240,24 @@ class OnnxServable(SignatureServable):
         if plan.shared_dims:
             _check_shared_dims(plan.shared_dims, inputs)
         output_names = resolve_outputs(signature, output_filter, plan.output_names)
-        feeds = inputs if type(inputs) is dict else dict(inputs)
+        feeds = inputs if isinstance(inputs, dict) else dict(inputs)
         if plan.string_inputs:
             feeds = dict(inputs)
             for name in plan.string_inputs:
                 feeds[name] = to_str_array(name, inputs[name])
         results = self._run(output_names, feeds)
         outputs = dict(zip(output_names, results, strict=True))
-        for name in plan.string_outputs.intersection(outputs):
-            outputs[name] = to_bytes_array(outputs[name])
+        if plan.string_outputs:
+            for name in plan.string_outputs.intersection(outputs):
+                outputs[name] = to_bytes_array(outputs[name])
         return outputs
 
     def _run(self, output_names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        session = self._session
-        if session is None:
+        session_run = self._session_run
+        if session_run is None:
             raise FailedPrecondition("the ONNX servable was closed (model version unloaded)")
         try:
-            return session.run(output_names, feeds)  # type: ignore[no-any-return]
+            return session_run(output_names, feeds, None)  # None: no RunOptions
         except Exception as error:
             # ORT's own shape checks (e.g. inner dims it learns at run time) land here.
             if type(error).__name__ == "InvalidArgument":
@@ -220,7 +265,18 @@ class OnnxServable(SignatureServable):
             raise Internal(f"onnxruntime failed: {error}") from error
 
     def close(self) -> None:
-        self._session = None  # ORT frees the session when the last reference goes
+        self._session_run = None  # ORT frees the session when the last reference goes
+
+
+def _session_run(session: Any, providers: tuple[str, ...]) -> Callable[..., list[np.ndarray]]:
+    """``session.run``, or on CPU the C++ session's own ``run`` under it: ORT's Python
+    wrapper re-checks the input names (the signature check has done that, and the C++
+    side checks them again) and falls back to other providers on a provider failure,
+    which only a GPU (or other accelerator) provider can have."""
+    inner_run = getattr(getattr(session, "_sess", None), "run", None)
+    if providers == (CPU,) and callable(inner_run):
+        return inner_run  # type: ignore[no-any-return]
+    return session.run  # type: ignore[no-any-return]
 
 
 def _signature_from_session(session: Any) -> Signature:

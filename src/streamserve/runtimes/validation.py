@@ -62,14 +62,32 @@ def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None
     ``bytes_`` and ``str_`` arrays (runtimes convert the elements themselves).
     """
     specs = signature.inputs
-    if len(inputs) != len(specs) or not all(name in specs for name in inputs):
+    if len(inputs) != len(specs):
         _raise_unexpected_or_missing(signature, inputs)
-    for name, spec in specs.items():
-        array = inputs[name]
+    for name, spec in specs.items():  # as many names as specs, all found: the same names
+        array = inputs.get(name)
         if array is None:
             _raise_unexpected_or_missing(signature, inputs)
         if not isinstance(array, np.ndarray) or not _matches(spec, array):
             raise InvalidArgument(_mismatch(signature, spec, array))
+
+
+class CheckedInputs(dict[str, np.ndarray]):
+    """Inputs already checked against ``signature`` (by :func:`checked_inputs`): a
+    servable given them for that very signature object skips its own check."""
+
+    __slots__ = ("signature",)
+
+    def __init__(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
+        super().__init__(inputs)
+        self.signature = signature
+
+
+def checked_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> CheckedInputs:
+    """``inputs`` checked against ``signature`` (see :func:`check_inputs`), marked so
+    that the servable running them does not check them again."""
+    check_inputs(signature, inputs)
+    return CheckedInputs(signature, inputs)
 
 
 def _raise_unexpected_or_missing(
@@ -141,5 +159,6 @@ class SignatureServable:
     def checked_signature(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Signature:
         """The named signature, once ``inputs`` match it (else InvalidArgument)."""
         signature = get_signature(self._signatures, signature_name)
-        check_inputs(signature, inputs)
+        if type(inputs) is not CheckedInputs or inputs.signature is not signature:
+            check_inputs(signature, inputs)
         return signature

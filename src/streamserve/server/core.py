@@ -28,12 +28,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
 from streamserve.errors import InvalidArgument
-from streamserve.repository import Handle, ModelConfig, ModelManager, VersionStatus
+from streamserve.repository import (
+    Handle,
+    ModelConfig,
+    ModelManager,
+    ServableHandle,
+    VersionStatus,
+)
 from streamserve.repository.routing import RoutingKey
 from streamserve.runtimes.base import (
     CLASSIFY_METHOD,
@@ -43,7 +49,12 @@ from streamserve.runtimes.base import (
     Tensors,
     platform_of,
 )
-from streamserve.runtimes.validation import check_inputs, get_signature, resolve_outputs
+from streamserve.runtimes.validation import (
+    check_inputs,
+    checked_inputs,
+    get_signature,
+    resolve_outputs,
+)
 from streamserve.server import examples as ex
 
 log = logging.getLogger(__name__)
@@ -54,8 +65,7 @@ RequestObserver = Callable[[str, str, str, str, str, float], None]
 InputDecoder = Callable[[Signature], Mapping[str, np.ndarray]]
 
 
-@dataclass(frozen=True)
-class ModelRef:
+class ModelRef(NamedTuple):  # NamedTuple: one per request, built faster than a dataclass
     """Which model a request addresses: a version, a label, or neither (latest / A-B split)."""
 
     name: str
@@ -64,8 +74,7 @@ class ModelRef:
     routing_key: RoutingKey = None  # or a function giving it, called only for A/B splits
 
 
-@dataclass(frozen=True)
-class PredictResult:
+class PredictResult(NamedTuple):  # one per request, as ModelRef
     outputs: Tensors
     model_name: str
     version: int
@@ -154,18 +163,12 @@ class ThreadPoolRunner:
         self, handle: Handle, signature_name: str, inputs: Tensors, output_filter: Sequence[str]
     ) -> Tensors | None:
         servable = handle.servable
-        if not self._runs_fast(servable, signature_name, inputs):
-            return None
-        return self._timed_predict(servable, inputs, signature_name, list(output_filter) or None)
-
-    def _runs_fast(self, servable: object, signature_name: str, inputs: Tensors) -> bool:
         typical = self._typical_seconds.get(id(servable), _NO_TIMES).get(signature_name)
         if typical is None or typical > INLINE_MAX_SECONDS:
-            return False
-        size = 0
-        for array in inputs.values():
-            size += array.nbytes
-        return size <= INLINE_MAX_INPUT_BYTES
+            return None
+        if _nbytes(inputs) > INLINE_MAX_INPUT_BYTES:
+            return None
+        return self._timed_predict(servable, inputs, signature_name, list(output_filter) or None)
 
     def _timed_predict(
         self, servable: Any, inputs: Tensors, signature_name: str, output_filter: list[str] | None
@@ -189,6 +192,13 @@ class ThreadPoolRunner:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _nbytes(inputs: Tensors) -> int:
+    size = 0
+    for array in inputs.values():
+        size += array.nbytes
+    return size
 
 
 class InferenceCore:
@@ -237,18 +247,17 @@ class InferenceCore:
         with no task or thread hop; any other runs off the loop holding its handle until
         it ends (see :meth:`_until_done`)."""
         name = signature_name or DEFAULT_SIGNATURE
-        holder = self._handle(ref)
-        handle = holder.__enter__()
+        handle = self._handle(ref)
         try:
             arrays = _checked_inputs(handle, name, inputs, output_filter)
             outputs = self._try_inline(handle, name, arrays, output_filter)
         except BaseException:
-            holder.__exit__(None, None, None)
+            handle.release()
             raise
         if outputs is None:
-            outputs = await self._until_done(holder, self._run(handle, name, arrays, output_filter))
+            outputs = await self._until_done(handle, self._run(handle, name, arrays, output_filter))
         else:
-            holder.__exit__(None, None, None)
+            handle.release()
         return PredictResult(outputs, handle.name, handle.version, name)
 
     def _try_inline(
@@ -336,7 +345,7 @@ class InferenceCore:
 
     # -- handles ---------------------------------------------------------------------------
 
-    def _handle(self, ref: ModelRef) -> AbstractContextManager[Handle]:
+    def _handle(self, ref: ModelRef) -> ServableHandle:
         return self.manager.handle(
             ref.name, version=ref.version, label=ref.label, routing_key=ref.routing_key
         )
@@ -373,9 +382,10 @@ def _checked_inputs(
     inputs: Mapping[str, np.ndarray] | InputDecoder,
     output_filter: Sequence[str],
 ) -> Tensors:
-    """The request's arrays, decoded if need be, checked against the signature."""
+    """The request's arrays, decoded if need be, checked against the signature (and
+    marked checked: the servable does not check them again)."""
     signature = get_signature(handle.servable.signatures, signature_name)
-    arrays = dict(inputs(signature) if callable(inputs) else inputs)
-    check_inputs(signature, arrays)
-    resolve_outputs(signature, output_filter, [])
+    arrays = checked_inputs(signature, inputs(signature) if callable(inputs) else inputs)
+    if output_filter:
+        resolve_outputs(signature, output_filter, [])
     return arrays

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import grpc
@@ -95,6 +96,10 @@ def _response_version(response: Any) -> str:
     return str(response.model_spec.version.value) if response.HasField("model_spec") else ""
 
 
+def _predicted_version(response: Any) -> str:
+    return str(response.model_spec.version.value)  # Predict always answers with model_spec
+
+
 def _rpc(api: str) -> Callable[[Method], Method]:
     return grpc_method(PROTOCOL, api, _request_model, _response_version)
 
@@ -104,14 +109,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.core = core
         self.max_tensor_elements = max_tensor_elements  # per request tensor; None: no limit
 
-    @_rpc("predict")
+    @grpc_method(PROTOCOL, "predict", attrgetter("model_spec.name"), _predicted_version)
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ref = model_ref(request.model_spec, context)
         limit = self.max_tensor_elements
-        inputs = {
-            name: tensor_proto_to_numpy(proto, name, limit)
-            for name, proto in request.inputs.items()
-        }
+        protos = request.inputs  # by key: a protobuf map's items() is a slow Python view
+        inputs = {name: tensor_proto_to_numpy(protos[name], name, limit) for name in protos}
         result = await self.core.predict(
             ref, inputs, request.model_spec.signature_name, list(request.output_filter)
         )

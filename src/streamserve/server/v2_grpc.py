@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -36,10 +37,9 @@ from streamserve.server.context import ServerContext
 from streamserve.server.grpc_errors import Method, grpc_errors, grpc_method
 from streamserve.server.model_control import ModelControl, control_for, grpc_authorization
 from streamserve.server.v2_plane import PROTOCOL, ROUTING_KEY_HEADER, V2Plane, plane_for
-from streamserve.tensors import fill_infer_output, infer_input_to_numpy
+from streamserve.tensors import add_raw_output, fill_infer_output, infer_input_to_numpy
 
 STREAM_WINDOW = 64  # requests of one stream in flight at once
-_NO_PARAMETERS: Mapping[str, Any] = {}  # no lookups into an empty protobuf map
 _RAW_ONLY = (np.dtype(np.float16),)
 
 
@@ -113,30 +113,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ------------------------------------------------------------------------
 
-    @_rpc("infer")
+    @grpc_method(PROTOCOL, "infer", attrgetter("model_name"), attrgetter("model_version"))
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._infer(request, lambda: _routing_key(context))
 
     async def _infer(self, request: Any, metadata_key: Callable[[], str | None]) -> Any:
         """``metadata_key`` gives the ``x-routing-key`` metadata (read for A/B splits only)."""
-        inputs = decode_inputs(request)
-        parameters = request.parameters or _NO_PARAMETERS
-        parameter_key = _string_param(parameters, "routing_key")
+        raws = request.raw_input_contents
+        inputs = decode_inputs(request.inputs, raws)
+        options = _infer_options(request.parameters)
+        parameter_key = options.routing_key
         ref = self.plane.ref(
             request.model_name, request.model_version, lambda: metadata_key() or parameter_key
         )
+        requested = request.outputs
         result = await self.core.predict(
             ref,
             inputs,
-            _string_param(parameters, "signature_name") or "",
-            [output.name for output in request.outputs] if request.outputs else (),
+            options.signature_name,
+            [output.name for output in requested] if requested else (),
         )
-        raw = bool(request.raw_input_contents) or _bool_param(parameters, "binary_data_output")
-        response = pb.ModelInferResponse()
-        response.model_name = result.model_name
-        response.model_version = str(result.version)
-        response.id = request.id
-        encode_outputs(response, result.outputs, raw)
+        response = pb.ModelInferResponse(
+            model_name=result.model_name, model_version=str(result.version), id=request.id
+        )
+        encode_outputs(response, result.outputs, bool(raws) or options.binary_output)
         return response
 
     async def ModelStreamInfer(
@@ -222,30 +222,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 # -- translation helpers ------------------------------------------------------------------
 
 
-def decode_inputs(request: Any) -> dict[str, np.ndarray]:
-    tensors = request.inputs
+def decode_inputs(tensors: Sequence[Any], raws: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """A request's ``inputs`` with its ``raw_input_contents`` → arrays by name."""
     if not tensors:
         raise InvalidArgument("The inference request has no inputs")
-    raws = request.raw_input_contents
     if raws and len(raws) != len(tensors):
         raise InvalidArgument(
             f"Expected {len(tensors)} raw_input_contents entries (one per input), got {len(raws)}"
         )
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(tensors):
-        if tensor.name in arrays:
-            raise InvalidArgument(f"Input {tensor.name!r} is given more than once")
-        arrays[tensor.name] = infer_input_to_numpy(tensor, raws[index] if raws else None)
+        name = tensor.name
+        if name in arrays:
+            raise InvalidArgument(f"Input {name!r} is given more than once")
+        arrays[name] = infer_input_to_numpy(tensor, raws[index] if raws else None)
     return arrays
+
+
+class InferOptions(NamedTuple):
+    """What a ``ModelInferRequest``'s ``parameters`` ask for."""
+
+    signature_name: str = ""
+    routing_key: str | None = None
+    binary_output: bool = False
+
+
+_DEFAULT_OPTIONS = InferOptions()
+
+
+def _infer_options(parameters: Mapping[str, Any]) -> InferOptions:
+    if not parameters:  # the common case: no lookups into an empty protobuf map
+        return _DEFAULT_OPTIONS
+    return InferOptions(
+        _string_param(parameters, "signature_name") or "",
+        _string_param(parameters, "routing_key"),
+        _bool_param(parameters, "binary_data_output"),
+    )
 
 
 def encode_outputs(response: Any, outputs: Mapping[str, np.ndarray], raw: bool) -> None:
     raw = raw or any(array.dtype in _RAW_ONLY for array in outputs.values())
     tensors, raw_contents = response.outputs, response.raw_output_contents
     for name, array in outputs.items():
-        data = fill_infer_output(tensors.add(), name, array, raw)
-        if data is not None:
-            raw_contents.append(data)
+        if raw:
+            raw_contents.append(add_raw_output(tensors, name, array))
+        else:
+            fill_infer_output(tensors.add(), name, array, raw=False)
 
 
 def _stream_error(request: Any, message: str) -> Any:

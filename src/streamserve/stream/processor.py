@@ -495,7 +495,11 @@ class StreamProcessor:
                     await asyncio.sleep(BUFFER_FULL_WAIT_S)
                     messages = []
                 else:
-                    messages = await self._kafka.consume(self.config.consume_batch_size, 0.1)
+                    # wait no longer than the next checkpoint: on a quiet topic a longer
+                    # wait would hold finished outputs (exactly-once: invisible until the
+                    # commit) past the commit interval
+                    wait_s = min(0.1, max(0.0, next_checkpoint - time.monotonic()))
+                    messages = await self._kafka.consume(self.config.consume_batch_size, wait_s)
                 self._intake_batch(messages)
                 if time.monotonic() >= next_checkpoint:
                     await self._checkpoint()

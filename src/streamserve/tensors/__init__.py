@@ -22,6 +22,7 @@ from streamserve.tensors.rest import (
 )
 from streamserve.tensors.tf_proto import numpy_to_tensor_proto, tensor_proto_to_numpy
 from streamserve.tensors.v2 import (
+    add_raw_output,
     fill_infer_output,
     infer_input_to_numpy,
     infer_output_to_numpy,
@@ -34,6 +35,7 @@ from streamserve.tensors.v2 import (
 
 __all__ = [
     "BFLOAT16",
+    "add_raw_output",
     "dtype_to_tf",
     "dtype_to_v2",
     "fill_infer_output",

@@ -8,12 +8,17 @@ Encoding writes ``tensor_content`` for numeric tensors (what TF Serving itself s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from streamserve.errors import InvalidArgument
-from streamserve.protos.gen.tensorflow.core.framework import tensor_pb2, types_pb2
+from streamserve.protos.gen.tensorflow.core.framework import (
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
 from streamserve.tensors._dtypes import (
     BFLOAT16,
     MAX_RANK,
@@ -27,6 +32,7 @@ from streamserve.tensors._dtypes import (
     dtype_to_tf,
     element_count,
     frombuffer,
+    little_endian,
     tf_dtype_name,
     tf_to_dtype,
     to_little_endian_bytes,
@@ -59,6 +65,15 @@ _VALUE_FIELD: dict[int, str] = {
     types_pb2.DT_COMPLEX128: "dcomplex_val",
 }
 _HALF_BITS = (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
+# little-endian storage of the dtypes whose ``tensor_content`` is plain numbers
+_CONTENT_STORAGE: dict[int, np.dtype] = {
+    tf_type: little_endian(tf_to_dtype(tf_type))
+    for tf_type in (
+        types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BOOL,
+        types_pb2.DT_INT8, types_pb2.DT_INT16, types_pb2.DT_INT32, types_pb2.DT_INT64,
+        types_pb2.DT_UINT8, types_pb2.DT_UINT16, types_pb2.DT_UINT32, types_pb2.DT_UINT64,
+    )
+}  # fmt: skip
 _COMPLEX: dict[int, np.dtype] = {
     types_pb2.DT_COMPLEX64: np.dtype(np.float32),
     types_pb2.DT_COMPLEX128: np.dtype(np.float64),
@@ -74,6 +89,9 @@ def tensor_proto_to_numpy(
     before allocating): one value with a large shape means "fill", so a tiny request could
     otherwise expand to any size. Servers pass their limit; ``None`` means no limit.
     """
+    array = _plain_content(proto, max_elements)
+    if array is not None:
+        return array
     if proto.dtype not in _VALUE_FIELD:
         raise InvalidArgument(f"tensor '{name}': unsupported dtype {tf_dtype_name(proto.dtype)}")
     dtype = tf_to_dtype(proto.dtype)
@@ -108,9 +126,7 @@ def numpy_to_tensor_proto(
     proto = out if out is not None else TensorProto()
     proto.Clear()
     proto.dtype = dtype_to_tf(array.dtype)
-    dims = proto.tensor_shape.dim
-    for size in array.shape:
-        dims.add().size = size
+    proto.tensor_shape.CopyFrom(_shape_proto(array.shape))
     if proto.dtype == types_pb2.DT_STRING:
         proto.string_val.extend([as_bytes(v, name) for v in array.flat])
     elif use_tensor_content:
@@ -118,6 +134,43 @@ def numpy_to_tensor_proto(
     else:
         _write_typed_values(proto, array)
     return proto
+
+
+_SHAPE_PROTOS: dict[tuple[int, ...], tensor_shape_pb2.TensorShapeProto] = {}
+_SHAPE_PROTOS_KEPT = 256
+
+
+def _shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
+    """A ``TensorShapeProto`` for ``shape``; the few shapes a server answers with are kept
+    (copying one is several times quicker than adding its dims one by one)."""
+    proto = _SHAPE_PROTOS.get(shape)
+    if proto is None:
+        Dim = tensor_shape_pb2.TensorShapeProto.Dim
+        proto = tensor_shape_pb2.TensorShapeProto(dim=[Dim(size=size) for size in shape])
+        if len(_SHAPE_PROTOS) < _SHAPE_PROTOS_KEPT:
+            _SHAPE_PROTOS[shape] = proto
+    return proto
+
+
+def _plain_content(proto: TensorProto, max_elements: int | None) -> np.ndarray | None:
+    """The common case on its own: numbers in ``tensor_content`` that fit the shape
+    exactly; ``None`` for anything else (the full decoder then explains what is wrong)."""
+    storage = _CONTENT_STORAGE.get(proto.dtype)
+    if storage is None:
+        return None
+    content = proto.tensor_content
+    shape_proto = proto.tensor_shape
+    if not content or shape_proto.unknown_rank:
+        return None
+    shape = tuple([dim.size for dim in shape_proto.dim])
+    if len(shape) > MAX_RANK or (shape and min(shape) < 0):
+        return None
+    count = math.prod(shape)
+    if count * storage.itemsize != len(content) or (
+        max_elements is not None and count > max_elements
+    ):
+        return None
+    return np.frombuffer(content, storage).reshape(shape)
 
 
 def _shape_of(proto: TensorProto, name: str) -> tuple[int, ...]:

@@ -8,6 +8,8 @@ every decoder here works for both directions (server and client).
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 from streamserve.errors import InvalidArgument
 from streamserve.protos.gen.inference import grpc_service_pb2
 from streamserve.tensors._dtypes import (
+    MAX_RANK,
     OBJECT,
     array_from_values,
     as_bytes,
@@ -24,6 +27,7 @@ from streamserve.tensors._dtypes import (
     dtype_to_v2,
     element_count,
     frombuffer,
+    little_endian,
     pack_length_prefixed,
     to_little_endian_bytes,
     unpack_length_prefixed,
@@ -57,6 +61,10 @@ BINARY_DATA_SIZE = "binary_data_size"
 
 def infer_input_to_numpy(tensor: InferTensor, raw: bytes | memoryview | None = None) -> np.ndarray:
     """Decode one gRPC tensor; ``raw`` is its ``raw_input_contents`` entry, if used."""
+    if raw is not None:
+        array = _plain_raw(tensor, raw)
+        if array is not None:
+            return array
     name = tensor.name
     dtype = _dtype(tensor.datatype, name)
     shape = check_shape(tensor.shape, name)
@@ -82,6 +90,46 @@ def infer_input_to_numpy(tensor: InferTensor, raw: bytes | memoryview | None = N
 
 
 infer_output_to_numpy = infer_input_to_numpy
+
+# little-endian storage of the datatypes whose raw bytes are plain numbers
+_RAW_STORAGE = {
+    datatype: little_endian(v2_to_dtype(datatype))
+    for datatype in (*_CONTENTS_FIELD, "FP16")
+    if datatype != "BYTES"
+}
+
+
+# numpy dtypes whose tobytes() already is the raw layout (native order on a little-endian host)
+_PLAIN_DATATYPES = {
+    dtype: datatype
+    for datatype, dtype in _RAW_STORAGE.items()
+    if sys.byteorder == "little" and dtype.isnative
+}
+
+
+def add_raw_output(tensors: Any, name: str, array: np.ndarray) -> bytes:
+    """Append an output tensor (``response.outputs``) and return its raw contents."""
+    datatype = _PLAIN_DATATYPES.get(array.dtype)
+    if datatype is None:  # strings, bfloat16, big-endian: the general encoder
+        data = fill_infer_output(tensors.add(), name, array, raw=True)
+        assert data is not None  # raw=True always gives bytes
+        return data
+    tensors.add(name=name, datatype=datatype, shape=array.shape)
+    return array.tobytes()
+
+
+def _plain_raw(tensor: InferTensor, raw: bytes | memoryview) -> np.ndarray | None:
+    """The common case on its own: numbers in raw contents that fit the shape exactly;
+    ``None`` for anything else (the full decoder then explains what is wrong)."""
+    storage = _RAW_STORAGE.get(tensor.datatype)
+    if storage is None:
+        return None
+    dims = tensor.shape[:]  # a list: the quickest copy out of a repeated field
+    if len(dims) > MAX_RANK or (dims and min(dims) < 0):
+        return None
+    if math.prod(dims) * storage.itemsize != len(raw) or tensor.HasField("contents"):
+        return None
+    return np.frombuffer(raw, storage).reshape(dims)
 
 
 def numpy_to_infer_output(
