@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 IMAGE_PROCESSING = {
     "signatures": {
@@ -42,6 +43,15 @@ IMAGE_PROCESSING = {
     "raw_signature_name": "tensor",
 }
 COLOR_LABELS = ("red", "green", "blue")
+
+
+def build_tiny_model(tmp_path_factory: pytest.TempPathFactory, width: int) -> Path:
+    """A fresh model base path holding version 1 of the tiny model (x[N,width] -> y)."""
+    from streamserve.models.toy import build_tiny
+
+    base = tmp_path_factory.mktemp("models") / "tiny"
+    build_tiny(base / "1", width=width)
+    return base
 
 
 def build_image_classifier(version_dir: Path) -> Path:

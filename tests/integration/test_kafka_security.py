@@ -30,6 +30,7 @@ from streamserve.kafka import LocalKafka, admin
 from streamserve.kafka.security import BrokerSecurity
 from streamserve.processes import streamserve_command
 from streamserve.testing import StreamProcess, free_port, produce, read_topic, unique_topic
+from tests.helpers import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +50,7 @@ def secured(request: pytest.FixtureRequest) -> Iterator[LocalKafka]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streamserve.models.toy import build_tiny
-
-    base = tmp_path_factory.mktemp("models") / "tiny"
-    build_tiny(base / "1", width=WIDTH)
-    return base
+    return build_tiny_model(tmp_path_factory, width=WIDTH)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 
 from streamserve.testing import StreamProcess, produce, read_topic
 from streamserve.waiting import wait_until
+from tests.helpers import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +28,7 @@ PARTITIONS = 4
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streamserve.models.toy import build_tiny
-
-    base = tmp_path_factory.mktemp("models") / "tiny"
-    build_tiny(base / "1", width=16)
-    return base
+    return build_tiny_model(tmp_path_factory, width=16)
 
 
 def _record(i: int) -> tuple[int, bytes, bytes]:

@@ -39,6 +39,7 @@ from streamserve.processes import restartable_port
 from streamserve.stream.cli import STOP_GRACE_S
 from streamserve.testing import ReadRecord, StreamProcess, produce, read_topic
 from streamserve.waiting import wait_until
+from tests.helpers import build_tiny_model
 
 # One retry per test: a broker SIGKILL is a real fault with real timing, and on a loaded
 # 2-core machine one run in several has seen a read_committed reader get nothing back within
@@ -56,11 +57,7 @@ MID_STREAM = 500  # outputs produced before the fault is injected
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streamserve.models.toy import build_tiny
-
-    base = tmp_path_factory.mktemp("models") / "tiny"
-    build_tiny(base / "1", width=16)
-    return base
+    return build_tiny_model(tmp_path_factory, width=16)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 
 from streamserve import testing
 from streamserve.testing import StreamProcess, produce, read_topic
+from tests.helpers import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +27,7 @@ WIDTH = 64
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streamserve.models.toy import build_tiny
-
-    base = tmp_path_factory.mktemp("models") / "tiny"
-    build_tiny(base / "1", width=WIDTH)
-    return base
+    return build_tiny_model(tmp_path_factory, width=WIDTH)
 
 
 @pytest.fixture(scope="module")
