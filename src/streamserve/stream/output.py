@@ -149,7 +149,7 @@ class OutputWriter:
         """Produce handled works in the order given; metrics are updated once per call."""
         produced: Counter[str] = Counter()
         latencies: list[float] = []
-        produce = self.sink.produce
+        produce = self._produce
         carried = self.headers.carried
         output_topic = self.output_topic
         by_key = self.partitioning == "key"
@@ -174,21 +174,8 @@ class OutputWriter:
                         if record.headers
                         else (list(model) or None)
                     )
-                    try:
-                        produce(
-                            output_topic,
-                            output,
-                            record.key,
-                            headers,
-                            None if by_key else record.partition % partitions,
-                        )
-                    except KafkaException as exc:  # e.g. larger than message.max.bytes
-                        error = exc.args[0] if exc.args else exc
-                        self.dead_letter(
-                            record,
-                            RecordError("produce", f"output refused: {error}", "KafkaException"),
-                        )
-                    else:
+                    partition = None if by_key else record.partition % partitions
+                    if produce(record, output_topic, output, record.key, headers, partition):
                         produced[work.mode] += 1
                 if record.timestamp_ms is not None:
                     latencies.append(max(0.0, now_ms - record.timestamp_ms) / 1000)
@@ -223,9 +210,18 @@ class OutputWriter:
             headers: Headers | None = [*self.headers.carried(record.headers), *model, *extra]
         else:
             headers = list(model) or None
-        partition = (
-            None if self.partitioning == "key" else record.partition % self.partitions[topic]
-        )
+        return self._produce(record, topic, value, key, headers, self._partition(record, topic))
+
+    def _produce(
+        self,
+        record: InputRecord,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        partition: int | None,
+    ) -> bool:
+        """Produce one output (True), or dead-letter its input when Kafka refuses it."""
         try:
             self.sink.produce(topic, value, key, headers, partition)
         except KafkaException as exc:  # e.g. the output is larger than message.max.bytes
