@@ -255,19 +255,29 @@ class _Sink:
             return
         partition = UNASSIGNED if partition is None else partition
         try:  # the hot path: one call, no retry bookkeeping
-            self.producer.produce(
-                topic,
-                value,
-                key,
-                partition=partition,
-                on_delivery=self._on_delivery,
-                headers=cast(Any, headers) or None,  # list invariance vs the stubs
-            )
+            self._send(topic, value, key, headers, partition)
         except BufferError:
             self._produce_when_room(topic, value, key, headers, partition)
         except KafkaException as exc:
             if not self._broke(exc):
                 raise  # about this record (e.g. too large): the caller dead-letters it
+
+    def _send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        partition: int,
+    ) -> None:
+        self.producer.produce(
+            topic,
+            value,
+            key,
+            partition=partition,
+            on_delivery=self._on_delivery,
+            headers=cast(Any, headers) or None,  # list invariance vs the stubs
+        )
 
     def _produce_when_room(
         self,
@@ -282,14 +292,7 @@ class _Sink:
         while self.broken is None:
             self.poll(0.05)
             try:
-                self.producer.produce(
-                    topic,
-                    value,
-                    key,
-                    partition=partition,
-                    on_delivery=self._on_delivery,
-                    headers=cast(Any, headers) or None,
-                )
+                self._send(topic, value, key, headers, partition)
                 return
             except BufferError:
                 if time.monotonic() > deadline:  # nothing delivers: redo this cycle
