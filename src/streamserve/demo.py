@@ -339,18 +339,29 @@ class ModeResult:
         return len(self.burst) / self.burst_seconds if self.burst_seconds else 0.0
 
 
-def _kafka_args(kafka: KafkaClientConfig, args: argparse.Namespace) -> list[str]:
-    """The processor's Kafka flags: the demo's own (secrets stay in the file or the
-    environment, which the processor inherits) or the local broker's address, and the
-    per-role client settings given to the demo."""
+def _kafka_args(
+    kafka: KafkaClientConfig, args: argparse.Namespace
+) -> tuple[list[str], dict[str, str]]:
+    """The processor's Kafka flags and environment: the demo's own flags (secrets in the
+    file or the environment, which the processor inherits) or the local broker's address,
+    and the per-role client settings given to the demo. A secret among those reaches the
+    processor as ``STREAMSERVE_KAFKA_<NAME>`` (for every role), never in its argv."""
     flags = []
+    env: dict[str, str] = {}
     if args.bootstrap_servers or not args.kafka_config:
         flags.append(f"--bootstrap-servers={args.bootstrap_servers or kafka.require_bootstrap()}")
     if args.kafka_config:
         flags.append(f"--kafka-config={args.kafka_config}")
     for role in client_config.ROLES:
-        flags += [f"--{role}-config={pair}" for pair in getattr(args, f"{role}_config")]
-    return flags
+        flag = f"--{role}-config"
+        for name, value in client_config.parse_key_values(
+            getattr(args, f"{role}_config"), flag
+        ).items():
+            if client_config.is_secret(name):
+                env[client_config.ENV_PREFIX + name.upper().replace(".", "_")] = value
+            else:
+                flags.append(f"{flag}={name}={value}")
+    return flags, env
 
 
 def _run_mode(
@@ -367,9 +378,11 @@ def _run_mode(
     reader = _OutputReader(kafka, args.partitions)
     writer = _InputWriter(kafka, mode)
     count = len(sources) * args.rounds
+    kafka_flags, kafka_env = _kafka_args(kafka, args)
     processor = StreamProcess(
-        _processor_args(_kafka_args(kafka, args), mode, model_args, roots, args),
+        _processor_args(kafka_flags, mode, model_args, roots, args),
         work_dir / f"processor-{mode}.log",
+        env=kafka_env,
     )
     try:
         with processor:

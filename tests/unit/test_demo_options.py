@@ -20,8 +20,8 @@ def _args(*argv: str) -> argparse.Namespace:
 def _processor_args(*argv: str) -> list[str]:
     args = _args(*argv)
     kafka = KafkaClientConfig.for_bootstrap("127.0.0.1:9092")
-    kafka_args = demo._kafka_args(kafka, args)
-    return demo._processor_args(kafka_args, "embedded", [], [Path("/images")], args)
+    kafka_flags, _ = demo._kafka_args(kafka, args)
+    return demo._processor_args(kafka_flags, "embedded", [], [Path("/images")], args)
 
 
 def test_defaults_match_the_stream_processor() -> None:
@@ -47,6 +47,14 @@ def test_low_latency_settings_and_the_users_settings_win() -> None:
     assert ours < theirs  # later flags win in `streamserve stream`
     assert "--consumer-config=x.y=1" in flags
     assert f"--consumer-config=fetch.wait.max.ms={demo.FETCH_WAIT_MAX_MS}" in flags
+
+
+def test_a_secret_client_setting_reaches_the_processor_by_environment_not_argv() -> None:
+    args = _args("--producer-config=sasl.password=hunter2", "--producer-config=acks=1")
+    flags, env = demo._kafka_args(KafkaClientConfig.for_bootstrap("127.0.0.1:9092"), args)
+    assert not any("hunter2" in flag for flag in flags)
+    assert "--producer-config=acks=1" in flags
+    assert env == {"STREAMSERVE_KAFKA_SASL_PASSWORD": "hunter2"}
 
 
 @pytest.mark.parametrize("flag", ["--rate=0", "--commit-interval-ms=-1"])
