@@ -27,10 +27,10 @@ from streamserve.models.toy import build_multi
 from streamserve.predictors.base import Predictor
 from streamserve.predictors.factory import PredictorSpec
 from streamserve.stream.assembly import PipelineSpec, assemble
+from streamserve.stream.codecs import InputRecord
 from streamserve.stream.errors import RecordError
 from streamserve.stream.invoker import build_invoker
 from streamserve.stream.processor import ProcessorConfig
-from streamserve.stream.records import InputRecord
 
 if TYPE_CHECKING:
     from .conftest import ServerProcess

@@ -15,8 +15,8 @@ import pytest
 from streamserve.models.toy import build_tiny
 from streamserve.predictors.factory import create_embedded_predictor
 from streamserve.stream import CallableCodec, DecodedRecord, InputRecord, ProcessorConfig
+from streamserve.stream.codecs import OutputRecord
 from streamserve.stream.processor import StreamProcessor
-from streamserve.stream.records import OutputRecord
 from streamserve.testing import ReadRecord, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

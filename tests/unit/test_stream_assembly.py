@@ -14,8 +14,8 @@ from streamserve.errors import InvalidArgument
 from streamserve.models.toy import build_tiny
 from streamserve.predictors.factory import PredictorSpec
 from streamserve.stream.assembly import CodecSpec, PipelineSpec, assemble
+from streamserve.stream.codecs import ImageCodec, TensorJsonCodec
 from streamserve.stream.processor import ProcessorConfig
-from streamserve.stream.records import ImageCodec, TensorJsonCodec
 
 CONFIG = ProcessorConfig(
     bootstrap_servers="127.0.0.1:1", input_topic="in", output_topic="out", group_id="g"

@@ -13,16 +13,16 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from streamserve.stream.batcher import Chunk, MicroBatcher, merge
-from streamserve.stream.errors import RecordError
-from streamserve.stream.output import observe_all
-from streamserve.stream.pipeline import PartitionBook, Work
-from streamserve.stream.records import (
+from streamserve.stream.codecs import (
     DecodedRecord,
     InputRecord,
     TensorJsonCodec,
     batch_encoder,
     encode_each,
 )
+from streamserve.stream.errors import RecordError
+from streamserve.stream.output import observe_all
+from streamserve.stream.pipeline import PartitionBook, Work
 
 
 def stacked_chunk(book: PartitionBook, partition: int, offsets: range, rows: int = 1) -> Chunk:

@@ -9,13 +9,13 @@ import numpy as np
 import orjson
 import pytest
 
-from streamserve.stream.errors import RecordError
-from streamserve.stream.records import (
+from streamserve.stream.codecs import (
     DecodedRecord,
     InputRecord,
     TensorJsonCodec,
     batch_decoder,
 )
+from streamserve.stream.errors import RecordError
 
 
 def records(values: list[Any]) -> list[InputRecord]:

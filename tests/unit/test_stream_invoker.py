@@ -12,8 +12,8 @@ import pytest
 from streamserve.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from streamserve.predictors.base import Prediction
 from streamserve.stream.breaker import BreakerPolicy, BreakerState
+from streamserve.stream.codecs import DecodedRecord
 from streamserve.stream.invoker import RetryPolicy, build_invoker, is_transient, split_rows
-from streamserve.stream.records import DecodedRecord
 from streamserve.stream.telemetry import StreamMetrics
 
 FAST = RetryPolicy(initial_backoff_s=0.001, max_backoff_s=0.002)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, KafkaException
 
+from streamserve.stream.codecs import InputRecord
 from streamserve.stream.errors import RecordError
 from streamserve.stream.output import OutputWriter, dlq_headers
 from streamserve.stream.pipeline import PartitionBook
-from streamserve.stream.records import InputRecord
 from streamserve.stream.telemetry import StreamMetrics
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from streamserve.stream.batcher import Chunk, MicroBatcher, batch_key
+from streamserve.stream.codecs import DecodedRecord, InputRecord
 from streamserve.stream.errors import RecordError
 from streamserve.stream.pipeline import PartitionBook, Work
-from streamserve.stream.records import DecodedRecord, InputRecord
 
 
 def rec(partition: int, offset: int, topic: str = "in") -> InputRecord:

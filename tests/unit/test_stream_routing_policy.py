@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from streamserve.stream.codecs import InputRecord, OutputRecord
 from streamserve.stream.output import HeaderPolicy, OutputWriter
 from streamserve.stream.pipeline import PartitionBook, Work
-from streamserve.stream.records import InputRecord, OutputRecord
 from streamserve.stream.telemetry import StreamMetrics
 
 INPUT_HEADERS = [

@@ -23,9 +23,9 @@ from streamserve.predictors.factory import (
     create_embedded_predictor,
     create_members,
 )
+from streamserve.stream.codecs import ImageCodec, RecordCodec, TensorJsonCodec
 from streamserve.stream.fetch import FetchPolicy, ImageFetcher
 from streamserve.stream.processor import ProcessorConfig, ReadyCallback, StreamProcessor
-from streamserve.stream.records import ImageCodec, RecordCodec, TensorJsonCodec
 
 DEFAULT_MAX_PIXELS = 40_000_000
 

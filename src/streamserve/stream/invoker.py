@@ -29,8 +29,8 @@ import numpy as np
 from streamserve.errors import Code, InputRejected, InvalidArgument, StreamserveError, Unavailable
 from streamserve.predictors.base import Prediction, Predictor
 from streamserve.stream.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from streamserve.stream.codecs import DecodedRecord
 from streamserve.stream.errors import RecordError
-from streamserve.stream.records import DecodedRecord
 from streamserve.stream.telemetry import StreamMetrics, log_event
 
 log = logging.getLogger("streamserve.stream.invoker")

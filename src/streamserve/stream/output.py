@@ -3,7 +3,7 @@
 An output keeps the input's key and carries the input's headers (all of them, or those a
 :class:`HeaderPolicy` allows; ``traceparent`` and ``tracestate`` always), then
 ``streamserve.model.name`` / ``.version`` / ``.mode``, then any headers the codec adds.
-A codec may return an :class:`~streamserve.stream.records.OutputRecord` to set the key,
+A codec may return an :class:`~streamserve.stream.codecs.OutputRecord` to set the key,
 headers or topic; a topic it did not declare in ``output_topics`` sends the record to
 the DLQ (stage ``route``).
 
@@ -25,10 +25,10 @@ import numpy as np
 from confluent_kafka import KafkaException
 from prometheus_client import Histogram
 
+from streamserve.stream.codecs import InputRecord, OutputRecord, SameKey
 from streamserve.stream.errors import RecordError
 from streamserve.stream.kafka_io import Headers, Sink
 from streamserve.stream.pipeline import Work
-from streamserve.stream.records import InputRecord, OutputRecord, SameKey
 from streamserve.stream.telemetry import StreamMetrics, log_event
 
 log = logging.getLogger("streamserve.stream")

@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from streamserve.stream.codecs import DecodedRecord, Encoded, InputRecord
 from streamserve.stream.errors import RecordError
-from streamserve.stream.records import DecodedRecord, Encoded, InputRecord
 
 TopicPartitionKey = tuple[str, int]
 

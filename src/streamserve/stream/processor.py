@@ -69,13 +69,7 @@ from streamserve.predictors.base import Predictor
 from streamserve.stream import kafka_io
 from streamserve.stream.batcher import Chunk, MicroBatcher, chunks_of, merge
 from streamserve.stream.breaker import BreakerPolicy
-from streamserve.stream.errors import RecordError
-from streamserve.stream.health import HealthPolicy, OperationsServer, StreamHealth
-from streamserve.stream.invoker import ModelInvoker, Part, RetryPolicy, build_invoker
-from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
-from streamserve.stream.output import HeaderPolicy, OutputWriter
-from streamserve.stream.pipeline import PartitionBook, Work
-from streamserve.stream.records import (
+from streamserve.stream.codecs import (
     InputRecord,
     RecordCodec,
     StackedBatch,
@@ -83,6 +77,12 @@ from streamserve.stream.records import (
     declared_output_topics,
     stacked_decoder,
 )
+from streamserve.stream.errors import RecordError
+from streamserve.stream.health import HealthPolicy, OperationsServer, StreamHealth
+from streamserve.stream.invoker import ModelInvoker, Part, RetryPolicy, build_invoker
+from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
+from streamserve.stream.output import HeaderPolicy, OutputWriter
+from streamserve.stream.pipeline import PartitionBook, Work
 from streamserve.stream.telemetry import StreamMetrics, log_event
 from streamserve.stream.topics import ensure_topics
 

@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from streamserve.stream.errors import RecordError
-from streamserve.stream.records import (
+from streamserve.stream.codecs import (
     CallableCodec,
     DecodedRecord,
     ImageCodec,
@@ -17,6 +16,7 @@ from streamserve.stream.records import (
     TensorJsonCodec,
     classic_format,
 )
+from streamserve.stream.errors import RecordError
 
 
 def record(value: bytes | None, key: bytes | None = b"k") -> InputRecord:
