@@ -20,3 +20,16 @@ class RecordError(StreamserveError):
         self.stage = stage
         self.reason = reason
         self.exception_name = exception_name
+
+
+class DependencyUnavailable(StreamserveError):
+    """Something every record needs (the Schema Registry) cannot be reached: the records
+    are not at fault. The processor holds them, pauses consumption, reports not ready
+    naming ``dependency``, and retries until it answers; nothing goes to the DLQ."""
+
+    code = Code.UNAVAILABLE
+
+    def __init__(self, dependency: str, reason: str) -> None:
+        super().__init__(f"{dependency} unavailable: {reason}")
+        self.dependency = dependency
+        self.reason = reason
