@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from streamserve.stream.codecs.registry import Registry, SubjectStrategy
 
 FieldKind = Literal["double", "long", "string", "boolean"]
 """Scalar type of a prediction field (Avro ``double``/``long``/``string``/``boolean``,
@@ -50,6 +54,27 @@ class OutputLayout:
     fields: tuple[PredictionField, ...]
     enriched: bool = True
     id_field: str = "id"
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """What every format's ``create(options)`` takes.
+
+    ``registry``: the Schema Registry (None: no registry; a schema format then needs
+    ``input_schema``). ``output_topic`` and ``subject_strategy`` name the output subject.
+    ``input_schema``: a fixed writer schema file (Avro ``.avsc``, a Protobuf descriptor
+    set or ``.proto``, a JSON Schema); values are then plain (no framing) or in the
+    Confluent framing, whose id is ignored. ``output_schema``: where the derived output
+    schema is written in that mode. ``message_type``: Protobuf's message full name when
+    the schema file holds several."""
+
+    layout: OutputLayout
+    output_topic: str
+    registry: Registry | None = None
+    subject_strategy: SubjectStrategy = "topic"
+    input_schema: Path | None = None
+    output_schema: Path | None = None
+    message_type: str | None = None
 
 
 class RecordFormat(Protocol):
