@@ -8,8 +8,9 @@
 
 ``GET /readyz`` (readiness) answers 200 when the model answers (embedded: a version is
 loaded; remote: at least one server reports the model AVAILABLE, probed every
-``probe_interval_s``), the consumer has joined its group, and not every circuit breaker
-is open; else 503. Both bodies are one line of text: ``ok`` or the reasons.
+``probe_interval_s``), the consumer has joined its group, not every circuit breaker
+is open, and no dependency the records need is unreachable (the schema registry: its
+reason names it); else 503. Both bodies are one line of text: ``ok`` or the reasons.
 
 ``GET /metrics`` is Prometheus' exposition of the processor's registry; any other path
 is 404. The HTTP server runs on its own thread, so it answers (503) even when the
@@ -59,6 +60,7 @@ class StreamHealth:
         self.joined = False
         self._model_problem: str | None = "model not checked yet"
         self._not_ready: list[str] = ["starting"]
+        self.dependency_problem: str | None = None  # e.g. the schema registry unreachable
 
     # -- written by the processor ---------------------------------------------------------
 
@@ -108,6 +110,8 @@ class StreamHealth:
             problems.append(self._model_problem)
         if not self.joined:
             problems.append("consumer has not joined its group yet")
+        if self.dependency_problem is not None:
+            problems.append(self.dependency_problem)
         if self._breakers_open():
             problems.append("circuit breaker open: every model server target is failing")
         return problems

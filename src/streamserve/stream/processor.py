@@ -74,10 +74,11 @@ from streamserve.stream.codecs import (
     RecordCodec,
     StackedBatch,
     batch_encoder,
+    batch_preparer,
     declared_output_topics,
     stacked_decoder,
 )
-from streamserve.stream.errors import RecordError
+from streamserve.stream.errors import DependencyUnavailable, RecordError
 from streamserve.stream.health import HealthPolicy, OperationsServer, StreamHealth
 from streamserve.stream.invoker import ModelInvoker, Part, RetryPolicy, build_invoker
 from streamserve.stream.kafka_io import CheckpointAborted, FatalStreamError
@@ -89,6 +90,8 @@ from streamserve.stream.topics import ensure_topics
 log = logging.getLogger("streamserve.stream")
 BUFFER_FULL_WAIT_S = 0.005  # how long the consume loop waits for the pipeline to drain
 FINAL_COMMIT_S = 3.0  # a stop's last commit, after shutdown_timeout_s at most
+HOLD_BACKOFF_S = 0.2  # first retry of a held batch's prepare (a dependency was unreachable)
+HOLD_MAX_S = 5.0  # longest wait between those retries
 RebalanceCallback = Callable[[Consumer, list[KafkaTopicPartition]], None]
 
 Guarantee = Literal["exactly-once", "at-least-once"]
@@ -183,6 +186,10 @@ class StreamProcessor:
         self.codec = codec
         self._decode_stacked = stacked_decoder(codec)
         self._encode_batch = batch_encoder(codec)
+        self._prepare = batch_preparer(codec)
+        self._held: list[Work] = []  # consumed, waiting for the codec's prepare to succeed
+        self._held_retry_at = 0.0
+        self._held_backoff_s = 0.0
         self.metrics = metrics or StreamMetrics()
         predictors = [predictor] if not isinstance(predictor, Sequence) else list(predictor)
         self.invoker: ModelInvoker = build_invoker(
@@ -501,6 +508,7 @@ class StreamProcessor:
                     wait_s = min(0.1, max(0.0, next_checkpoint - time.monotonic()))
                     messages = await self._kafka.consume(self.config.consume_batch_size, wait_s)
                 self._intake_batch(messages)
+                await self._release_held()
                 if time.monotonic() >= next_checkpoint:
                     await self._checkpoint()
                     next_checkpoint = time.monotonic() + interval
@@ -541,12 +549,59 @@ class StreamProcessor:
         if not works:
             return
         self._records_in.inc(len(works))
+        if self._prepare is not None:
+            self._held += works  # decoded by _release_held once the codec is prepared
+            return
         decode_stacked = self._decode_stacked
         if decode_stacked is None:
             for work in works:
                 self._decode_queue.put_nowait(work)
             return
         self._queue_decoded(works, decode_stacked([w.record for w in works]))
+
+    async def _release_held(self) -> None:
+        """Prepare the codec for the held works (resolve their schemas), then decode them.
+
+        A dependency the records need but cannot reach (the schema registry) is not the
+        records' fault: they stay held, in order, consumption pauses (flow control),
+        readiness names the dependency, and the prepare is retried with a backoff."""
+        if not self._held or time.monotonic() < self._held_retry_at:
+            return
+        assert self._prepare is not None
+        works = [work for work in self._held if not work.stale]
+        self._held = []
+        if not works:
+            return
+        try:
+            await self._prepare([work.record for work in works])
+        except DependencyUnavailable as exc:
+            self._held = works + self._held  # consumed meanwhile: after them, in order
+            self._hold_for(exc)
+            return
+        self._dependency_back()
+        decode_stacked = self._decode_stacked
+        assert decode_stacked is not None, "a codec with prepare has decode_stacked"
+        self._queue_decoded(works, decode_stacked([work.record for work in works]))
+
+    def _hold_for(self, exc: DependencyUnavailable) -> None:
+        self._held_backoff_s = min(max(2 * self._held_backoff_s, HOLD_BACKOFF_S), HOLD_MAX_S)
+        self._held_retry_at = time.monotonic() + self._held_backoff_s
+        if self.health.dependency_problem is None:
+            log_event(
+                log,
+                "dependency unavailable: holding records",
+                logging.WARNING,
+                dependency=exc.dependency,
+                error=exc.reason,
+                held=len(self._held),
+            )
+        self.health.dependency_problem = str(exc)
+
+    def _dependency_back(self) -> None:
+        self._held_backoff_s = 0.0
+        if self.health.dependency_problem is not None:
+            log_event(log, "dependency available again", logging.INFO, held=len(self._held))
+            self.health.dependency_problem = None
 
     def _queue_decoded(self, works: list[Work], batch: StackedBatch) -> None:
         """Failed records are finished (DLQ); the rest go to the batcher as chunks: one
@@ -596,7 +651,11 @@ class StreamProcessor:
 
     async def _apply_flow_control(self) -> None:
         """Pause every owned partition while the model is unreachable (breaker open)."""
-        reason = "breaker-open" if self.invoker.blocked else None
+        reason = None
+        if self.invoker.blocked:
+            reason = "breaker-open"
+        elif self.health.dependency_problem is not None:
+            reason = "dependency-unavailable"
         owned = {state.key for state in self.book}
         if reason is not None:
             newly = owned - self._paused

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, NamedTuple, Protocol, cast, runtime_checkable
@@ -127,6 +127,20 @@ def stacked_decoder(codec: object) -> StackedDecoder | None:
     if decode_batch is None:
         return None
     return lambda records: StackedBatch(decode_batch(records))
+
+
+BatchPreparer = Callable[[Sequence[InputRecord]], Awaitable[None]]
+
+
+def batch_preparer(codec: object) -> BatchPreparer | None:
+    """The codec's ``async prepare(records)``, or None. The processor awaits it before it
+    decodes a consumed batch: it resolves what the batch needs from outside (schemas from a
+    registry) and raises :class:`~streamserve.stream.errors.DependencyUnavailable` when
+    that cannot be reached; the processor then holds the batch, pauses and retries."""
+    prepare = getattr(codec, "prepare", None)
+    if prepare is None or not inspect.iscoroutinefunction(prepare):
+        return None
+    return cast(BatchPreparer, prepare)
 
 
 BatchEncoder = Callable[

@@ -56,7 +56,7 @@ class RegistrySettings:
     url: str
     user_info: str | None = None  # "key:secret" (basic auth, Confluent Cloud's API key)
     ssl: Mapping[str, str] | None = None  # confluent-kafka's ssl.* client keys
-    timeout_s: float = 10.0
+    timeout_s: float = 5.0  # bounds a held batch's retry (the consume loop awaits it)
 
     @classmethod
     def from_properties(cls, properties: Mapping[str, str]) -> RegistrySettings | None:
