@@ -6,7 +6,9 @@ Sources, lowest to highest precedence:
 1. a properties file (``--kafka-config client.properties``): ``key=value`` lines as Confluent
    Cloud's client snippets and ``kcat -F`` use; Java client names are translated where they
    map (:data:`JAVA_TRANSLATIONS`, ``sasl.jaas.config``, PEM key and trust stores) and Java-only
-   names (:data:`JAVA_ONLY`) are ignored;
+   names (:data:`JAVA_ONLY`) are ignored; the Schema Registry's keys (``schema.registry.*``,
+   ``basic.auth.*``, as in Confluent Cloud's client config) are kept for the registry
+   (:meth:`KafkaClientConfig.registry_properties`) and never given to librdkafka;
 2. (``streamserve stream --config FILE.toml`` only) its ``[kafka]`` table;
 3. environment variables ``STREAMSERVE_KAFKA_<NAME>``, dots as underscores
    (``STREAMSERVE_KAFKA_SASL_PASSWORD`` → ``sasl.password``);
@@ -38,7 +40,7 @@ _UNDERSCORE_NAMES = {"log_level": "log_level"}
 REDACTED = "[redacted]"
 _SECRET_WORDS = ("password", "secret")
 _SECRET_PREFIXES = ("ssl.key.", "sasl.oauthbearer.", "ssl_key")
-_SECRET_NAMES = frozenset({"sasl.jaas.config", "ssl.keystore.password"})
+_SECRET_NAMES = frozenset({"sasl.jaas.config", "ssl.keystore.password", "basic.auth.user.info"})
 
 JAVA_TRANSLATIONS = {"sasl.mechanism": "sasl.mechanisms"}
 """Java client property → librdkafka property with the same meaning."""
@@ -55,16 +57,17 @@ JAVA_ONLY = frozenset(
     }
 )
 """Java client properties with no librdkafka counterpart: ignored (e.g. in Confluent Cloud's
-Java snippet); ``basic.auth.*`` and ``schema.registry.*`` are ignored too."""
+Java snippet)."""
 
-_JAVA_ONLY_PREFIXES = ("basic.auth.", "schema.registry.")
+REGISTRY_PREFIXES = ("basic.auth.", "schema.registry.")
+"""The Schema Registry's client keys: kept for the registry, never given to librdkafka."""
 _JAAS_LOGIN = re.compile(r"(PlainLoginModule|ScramLoginModule)\s+required(?P<options>.*)", re.S)
 _JAAS_OPTION = re.compile(r'(\w+)\s*=\s*"((?:[^"\\]|\\.)*)"')
 
 
 def is_secret(key: str) -> bool:
     """Property names whose values are secrets: ``*password*``, ``*secret*``, ``ssl.key.*``,
-    ``sasl.oauthbearer.*`` and ``sasl.jaas.config``."""
+    ``sasl.oauthbearer.*``, ``sasl.jaas.config`` and ``basic.auth.user.info``."""
     name = key.lower()
     return (
         any(word in name for word in _SECRET_WORDS)
@@ -118,7 +121,7 @@ def translate_java(props: Mapping[str, str], source: str) -> dict[str, str]:
     """Java client names → librdkafka names where they map; Java-only names dropped."""
     result: dict[str, str] = {}
     for key, value in props.items():
-        if key in JAVA_ONLY or key.startswith(_JAVA_ONLY_PREFIXES):
+        if key in JAVA_ONLY:
             continue
         if key == "sasl.jaas.config":
             result.update(_jaas_credentials(value, source))
@@ -202,7 +205,13 @@ class KafkaClientConfig:
     def for_role(self, role: str) -> dict[str, str]:
         if role not in ROLES:
             raise ValueError(f"unknown Kafka client role {role!r}")
-        return {**self.common, **self.roles.get(role, {})}
+        merged = {**self.common, **self.roles.get(role, {})}
+        return {k: v for k, v in merged.items() if not k.startswith(REGISTRY_PREFIXES)}
+
+    def registry_properties(self) -> dict[str, str]:
+        """The Schema Registry's keys (``schema.registry.url``, ``basic.auth.user.info``,
+        ``schema.registry.ssl.*``, ...) from the common settings."""
+        return {k: v for k, v in self.common.items() if k.startswith(REGISTRY_PREFIXES)}
 
     def secret_values(self) -> list[str]:
         """Every secret value, common or per role (for :func:`scrub`)."""
