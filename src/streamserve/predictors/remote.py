@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamserve.predictors.security import PLAINTEXT, ClientSecurity
+from streamserve.predictors.signatures import SignatureCache
+from streamserve.runtimes.base import Signature
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class RemotePredictor:
     """Base of the remote predictors: ``mode`` and the model they address."""
 
     mode = "remote"
+    _signatures: SignatureCache  # set by each protocol's predictor
 
     def __init__(self, call: RemoteCall) -> None:
         self.call = call
@@ -34,3 +37,8 @@ class RemotePredictor:
         self.model_version = call.model_version
         self.model_label = call.model_label
         self.timeout_s = call.timeout_s
+
+    async def signature(self, signature_name: str | None = None) -> Signature | None:
+        """The model's named signature from the server's metadata (cached); None when the
+        server has no metadata."""
+        return await self._signatures.signature(signature_name)

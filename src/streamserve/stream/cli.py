@@ -4,7 +4,11 @@ Embedded:  streamserve stream --bootstrap-servers B --input-topic IN --output-to
                --group-id G --model-base-path models/tiny [--model-name tiny]
 Remote:    ... --model-server grpc://h1:8500,grpc://h2:8500 --model-name tiny
                [--model-version N | --model-label L] [--protocol tfserving|v2]
-Images:    ... --codec image [--output-format classic] [--fetch-allowed-root DIR]
+Images:    ... --input-format image [--output-format classic] [--fetch-allowed-root DIR]
+Events:    ... --input-format avro --schema-registry-url URL --output-format enriched
+               --feature x=amount,age,merchant.risk --output-field fraud_score='probabilities[1]'
+           (json: plain JSON objects; avro, protobuf, json-schema: the Confluent wire format,
+           schemas from the registry, or --input-schema FILE)
 Secured:   ... --kafka-config client.properties  (or STREAMSERVE_KAFKA_SASL_PASSWORD=...)
 File:      streamserve stream --config stream.toml [--print-config]
 
@@ -54,6 +58,9 @@ DEFAULT_STALL_TIMEOUT_S = 30.0  # = streamserve.stream.health.DEFAULT_STALL_TIME
 
 
 REQUIRED = ("input_topic", "output_topic", "group_id")
+
+
+EVENT_FORMATS = ("json", "avro", "protobuf", "json-schema")  # = assembly.EVENT_FORMATS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -175,8 +182,79 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flow.add_argument("--breaker-max-cooldown-s", type=float, default=10.0)
 
     records = parser.add_argument_group("records")
-    records.add_argument("--codec", choices=["tensor", "image"], default="tensor")
-    records.add_argument("--output-format", choices=["json", "classic"], default="json")
+    records.add_argument(
+        "--input-format",
+        choices=["tensor", "image", *EVENT_FORMATS],
+        default="tensor",
+        help="tensor: {id, inputs: {name: nested list}} JSON; image: a path, URL or image "
+        "bytes; json: plain JSON objects; avro, protobuf, json-schema: records in the Confluent "
+        "wire format (schemas from the registry) or plain, with --input-schema",
+    )
+    records.add_argument(
+        "--codec", choices=["tensor", "image"], help="the former name of --input-format"
+    )
+    records.add_argument(
+        "--output-format",
+        choices=["prediction", "enriched", "classic", "json"],
+        default="prediction",
+        help="prediction (json): the prediction with the record's id; enriched: the input "
+        "record with the prediction fields added, in the input's format (structured "
+        "records); classic: the classic example's [label=score, ...] (images)",
+    )
+    events = parser.add_argument_group(
+        "structured records (--input-format json, avro, protobuf, json-schema)"
+    )
+    events.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="INPUT=FIELD[,FIELD...]",
+        help="model input from record fields (repeatable; dotted paths reach into nested "
+        "records; several fields stack into one input); the TOML [features] table does the "
+        "same (default: the signature's inputs as top-level fields)",
+    )
+    events.add_argument(
+        "--feature-default",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="value of an optional field when missing or null (repeatable; TOML "
+        "[features.defaults]); a required field without one sends the record to the DLQ",
+    )
+    events.add_argument(
+        "--output-field",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="prediction field (repeatable; TOML [outputs]): SOURCE is a model output, "
+        "output[i] (column i), $model_name, $model_version, $mode or $latency_ms, optionally "
+        "with :double, :long, :string or :boolean (default: every output, and model_version)",
+    )
+    events.add_argument("--id-field", default="id", help="the record field that is its id")
+    events.add_argument(
+        "--schema-registry-url",
+        help="Confluent-compatible Schema Registry (default: schema.registry.url from "
+        "--kafka-config, the TOML [kafka] table or STREAMSERVE_KAFKA_SCHEMA_REGISTRY_URL; its "
+        "basic.auth.user.info and schema.registry.ssl.* come from there too)",
+    )
+    events.add_argument(
+        "--subject-name-strategy",
+        choices=["topic", "record"],
+        default="topic",
+        help="output subject: topic (<output-topic>-value) or record (the record's full name)",
+    )
+    events.add_argument(
+        "--input-schema",
+        type=Path,
+        help="fixed writer schema, no registry: Avro .avsc, Protobuf descriptor set or .proto, "
+        "JSON Schema; values plain or in the Confluent framing",
+    )
+    events.add_argument(
+        "--output-schema", type=Path, help="with --input-schema: write the output schema here"
+    )
+    events.add_argument(
+        "--message-type", help="Protobuf message full name in --input-schema (default: the first)"
+    )
     records.add_argument(
         "--input-dtype",
         action="append",
@@ -228,16 +306,17 @@ def run(args: argparse.Namespace) -> int:
     from streamserve.stream.settings import resolve
 
     settings = resolve(args, args._stream_parser, args._stream_defaults)
+    resolved_tables = settings.tables
     resolved = argparse.Namespace(**settings.values)
     args.log_format = resolved.log_format  # streamserve.cli.main formats the error line
     configure_logging(resolved.log_level, resolved.log_format)
     kafka = client_config.from_args(resolved, file_layer=settings.kafka_file_layer)
     if getattr(args, "print_config", False):
-        _print_config(settings.values, kafka)
+        _print_config(settings.values, kafka, resolved_tables)
         return 0
     _require_settings(resolved, kafka)
     try:
-        asyncio.run(_run(resolved, kafka))
+        asyncio.run(_run(resolved, kafka, resolved_tables))
     except KeyboardInterrupt:
         return 130
     except FatalStreamError as exc:
@@ -246,11 +325,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_config(values: dict[str, Any], kafka: client_config.KafkaClientConfig) -> None:
+def _print_config(
+    values: dict[str, Any], kafka: client_config.KafkaClientConfig, tables: dict[str, Any]
+) -> None:
     from streamserve.stream.settings import to_toml
 
     shown = {key: _redacted_value(value) for key, value in values.items()}
-    print(to_toml(shown, kafka.redacted()), end="")
+    print(to_toml(shown, kafka.redacted(), tables), end="")
 
 
 def _redacted_value(value: Any) -> Any:
@@ -310,11 +391,16 @@ class StopWatchdog:
         os._exit(EXIT_STOP_FORCED)
 
 
-async def _run(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> None:
+async def _run(
+    args: argparse.Namespace,
+    kafka: client_config.KafkaClientConfig,
+    tables: dict[str, Any] | None = None,
+) -> None:
     from streamserve.stream.assembly import assemble, settle_heap
 
     async with contextlib.AsyncExitStack() as stack:
-        processor = await assemble(_pipeline_spec(args, kafka), stack, on_ready=_print_ready)
+        spec = _pipeline_spec(args, kafka, tables or {})
+        processor = await assemble(spec, stack, on_ready=_print_ready)
         settle_heap()
         watchdog = StopWatchdog(args.shutdown_timeout_s + STOP_GRACE_S)
 
@@ -382,7 +468,11 @@ def _processor_config(args: argparse.Namespace, kafka: client_config.KafkaClient
     )
 
 
-def _pipeline_spec(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> Any:
+def _pipeline_spec(
+    args: argparse.Namespace,
+    kafka: client_config.KafkaClientConfig,
+    tables: dict[str, Any] | None = None,
+) -> Any:
     from streamserve.errors import InvalidArgument
     from streamserve.predictors.factory import PredictorSpec
     from streamserve.predictors.security import PLAINTEXT
@@ -404,7 +494,7 @@ def _pipeline_spec(args: argparse.Namespace, kafka: client_config.KafkaClientCon
     return PipelineSpec(
         processor=_processor_config(args, kafka),
         model=model,
-        codec=_codec_spec(args),
+        codec=_codec_spec(args, kafka, tables or {}),
         fallback_base_path=args.fallback_model_base_path,
         fallback_model_name=args.fallback_model_name,
     )
@@ -419,15 +509,17 @@ def _client_security(args: argparse.Namespace) -> Any:
     )  # fmt: skip
 
 
-def _codec_spec(args: argparse.Namespace) -> Any:
+def _codec_spec(
+    args: argparse.Namespace, kafka: client_config.KafkaClientConfig, tables: dict[str, Any]
+) -> Any:
     from streamserve.stream.assembly import CodecSpec
     from streamserve.stream.fetch import FetchPolicy
 
     return CodecSpec(
-        kind=args.codec,
+        kind=_input_format(args),
         input_dtypes=client_config.parse_key_values(args.input_dtype, "--input-dtype"),
         signature_name=args.signature_name,
-        output_format=args.output_format,
+        output_format="prediction" if args.output_format == "json" else args.output_format,
         fetch=FetchPolicy(
             allowed_roots=tuple(args.fetch_allowed_root),
             allow_private_addresses=args.fetch_allow_private_addresses,
@@ -437,7 +529,83 @@ def _codec_spec(args: argparse.Namespace) -> Any:
             max_pixels=args.max_pixels,
         ),
         max_pixels=args.max_pixels,
+        features=_features(args, tables.get("features", {})),
+        feature_defaults=_feature_defaults(args, tables.get("features", {})),
+        output_fields=_output_fields(args, tables.get("outputs", {})),
+        id_field=args.id_field,
+        registry=_registry_settings(args, kafka),
+        subject_strategy=args.subject_name_strategy,
+        input_schema=args.input_schema,
+        output_schema=args.output_schema,
+        message_type=args.message_type,
     )
+
+
+def _input_format(args: argparse.Namespace) -> str:
+    from streamserve.errors import InvalidArgument
+
+    if args.codec is None or args.codec == args.input_format:
+        return str(args.input_format)
+    if args.input_format != "tensor":
+        raise InvalidArgument("give --input-format or its former name --codec, not both")
+    return str(args.codec)
+
+
+def _features(args: argparse.Namespace, table: dict[str, Any]) -> tuple[Any, ...]:
+    from streamserve.stream.codecs.features import Feature
+
+    features = {
+        name: Feature.parse(name, value) for name, value in table.items() if name != "defaults"
+    }
+    for text in args.feature:
+        feature = Feature.from_flag(text)
+        features[feature.input] = feature
+    return tuple(features.values())
+
+
+def _feature_defaults(args: argparse.Namespace, table: dict[str, Any]) -> dict[str, Any]:
+    from streamserve.errors import InvalidArgument
+
+    defaults = table.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise InvalidArgument("[features.defaults] must be a table of field = value")
+    for field, text in client_config.parse_key_values(
+        args.feature_default, "--feature-default"
+    ).items():
+        defaults[field] = _literal(text)
+    return dict(defaults)
+
+
+def _literal(text: str) -> Any:
+    """A flag's VALUE as the TOML value it spells (number, boolean, quoted string), else
+    the text itself."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _output_fields(args: argparse.Namespace, table: dict[str, Any]) -> dict[str, str]:
+    from streamserve.errors import InvalidArgument
+
+    fields: dict[str, str] = {}
+    for name, source in table.items():
+        if not isinstance(source, str):
+            raise InvalidArgument(f"[outputs] {name} must be a SOURCE string")
+        fields[name] = source
+    fields.update(client_config.parse_key_values(args.output_field, "--output-field"))
+    return fields
+
+
+def _registry_settings(args: argparse.Namespace, kafka: client_config.KafkaClientConfig) -> Any:
+    from streamserve.stream.codecs.registry import URL_KEY, RegistrySettings
+
+    properties = kafka.registry_properties()
+    if args.schema_registry_url:
+        properties[URL_KEY] = args.schema_registry_url
+    return RegistrySettings.from_properties(properties)
 
 
 def _names(text: str) -> list[str]:

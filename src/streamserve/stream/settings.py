@@ -11,6 +11,13 @@ In the file, a ``[kafka]`` table holds librdkafka client properties for every cl
 :mod:`streamserve.kafka.client_config` for how they merge with ``--kafka-config``, the
 ``STREAMSERVE_KAFKA_*`` environment and the per-role flags.
 
+Two more tables describe structured records (``--input-format json|avro|...``):
+``[features]`` (model input = a field, or a list of fields to stack; its ``[features.defaults]``
+sub-table gives defaults for optional fields) and ``[outputs]`` (prediction field name = its
+source); see :mod:`streamserve.stream.codecs.features` and
+:mod:`~streamserve.stream.codecs.predictions`. The ``--feature``, ``--feature-default`` and
+``--output-field`` flags add to them (a flag wins for the same name).
+
 Types follow the flags: ``store_true`` flags take booleans (``true``/``false``, and in the
 environment also ``1``/``0``, ``yes``/``no``), repeatable flags take arrays (in the
 environment: comma-separated), the rest take the flag's type and choices.
@@ -23,7 +30,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,8 @@ from streamserve.kafka.client_config import ROLES, KafkaClientConfig
 
 ENV_PREFIX = "STREAMSERVE_STREAM_"
 NOT_KEYS = frozenset({"help", "config", "print_config"})
+TABLES = ("features", "outputs")
+"""The file's tables besides ``[kafka]``, kept as they are (:attr:`Settings.tables`)."""
 """Flags with no key: the file cannot name itself, and printing is a one-off action."""
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -70,6 +79,7 @@ class Settings:
 
     values: dict[str, Any]
     kafka_file_layer: KafkaClientConfig
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def resolve(
@@ -83,15 +93,27 @@ def resolve(
     values = {key: defaults.get(key) for key in actions}
     values["log_level"] = values.get("log_level") or "INFO"  # a global flag's default
     kafka_layer = KafkaClientConfig()
+    tables: dict[str, dict[str, Any]] = {}
     config_file = getattr(args, "config", None)
     if config_file:
         document = read_toml(config_file)
         kafka_layer = kafka_table(document.pop("kafka", {}), str(config_file))
+        tables = {
+            name: _table(document.pop(name), config_file, name)
+            for name in TABLES
+            if name in document
+        }
         values.update(_converted(document, actions, f"{config_file}", from_text=False))
     env = _environment(os.environ if environ is None else environ)
     values.update(_converted(env, actions, "environment", from_text=True, prefix=ENV_PREFIX))
     values.update({key: getattr(args, key) for key in actions if hasattr(args, key)})
-    return Settings(values, kafka_layer)
+    return Settings(values, kafka_layer, tables)
+
+
+def _table(value: Any, config_file: str | Path, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{config_file}: '{name}' must be a table")
+    return value
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -203,9 +225,24 @@ def _typed(action: argparse.Action, value: Any, where: str) -> Any:
 # -- printing --------------------------------------------------------------------------------
 
 
-def to_toml(values: Mapping[str, Any], kafka: Mapping[str, Any]) -> str:
+def to_toml(
+    values: Mapping[str, Any],
+    kafka: Mapping[str, Any],
+    tables: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
     """The effective settings as a TOML document (None values are left out)."""
     lines = [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+    for name, table in (tables or {}).items():
+        plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        lines += [
+            "",
+            f"[{name}]",
+            *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain.items()),
+        ]
+        for sub, subtable in table.items():
+            if isinstance(subtable, dict):
+                lines += ["", f"[{name}.{sub}]"]
+                lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in subtable.items()]
     common = {k: v for k, v in kafka.items() if not isinstance(v, dict)}
     lines += ["", "[kafka]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in common.items())]
     for role, table in kafka.items():
