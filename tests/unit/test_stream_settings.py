@@ -173,3 +173,65 @@ def test_missing_settings_are_named(
 ) -> None:
     assert cli.main(["stream", *argv]) == cli.EXIT_ERROR
     assert complaint in capsys.readouterr().err
+
+
+EVENTS_TOML = """
+input_format = "avro"
+output_format = "enriched"
+
+[features]
+x = ["amount", "age", "merchant.risk"]
+category = "merchant.category"
+
+[features.defaults]
+"merchant.risk" = 0.5
+
+[outputs]
+fraud_score = "probabilities[1]"
+model_version = "$model_version"
+"""
+
+
+def test_feature_and_output_tables_print_back_and_the_registry_secret_is_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "stream.toml"
+    config.write_text(EVENTS_TOML)
+    properties = tmp_path / "client.properties"
+    properties.write_text(
+        "bootstrap.servers=b:9092\nschema.registry.url=https://sr.example:8081\n"
+        "basic.auth.credentials.source=USER_INFO\nbasic.auth.user.info=KEY:s3cr3t-registry\n"
+    )
+    code, printed, text = _print_config(
+        ["--config", str(config), "--kafka-config", str(properties)], capsys
+    )
+    assert code == 0, text
+    assert "s3cr3t-registry" not in text
+    assert printed["features"] == {
+        "x": ["amount", "age", "merchant.risk"],
+        "category": "merchant.category",
+        "defaults": {"merchant.risk": 0.5},
+    }
+    assert printed["outputs"] == {
+        "fraud_score": "probabilities[1]",
+        "model_version": "$model_version",
+    }
+    kafka = printed["kafka"]
+    assert isinstance(kafka, dict) and kafka["basic.auth.user.info"] == "[redacted]"
+    assert kafka["schema.registry.url"] == "https://sr.example:8081"
+
+
+def test_registry_keys_never_reach_librdkafka(tmp_path: Path) -> None:
+    from streamserve.kafka import client_config
+
+    properties = tmp_path / "client.properties"
+    properties.write_text("bootstrap.servers=b:9092\nschema.registry.url=http://sr:8081\n")
+    kafka = client_config.load(
+        config_file=properties, environ={"STREAMSERVE_KAFKA_BASIC_AUTH_USER_INFO": "k:s"}
+    )
+    assert kafka.for_role("consumer") == {"bootstrap.servers": "b:9092"}
+    assert kafka.registry_properties() == {
+        "schema.registry.url": "http://sr:8081",
+        "basic.auth.user.info": "k:s",
+    }
+    assert "k:s" in kafka.secret_values()
