@@ -14,6 +14,12 @@ Every phase checks that each input has exactly one output (read_committed).
 Kafka Streams app doing the same job on the same broker, exactly-once and at-least-once,
 in alternating rounds (:mod:`~benchmarks.stream_peers`; ``--modes none`` runs only that).
 
+``--workload avro --peers quix`` runs instead issue 23's Avro comparison
+(:mod:`~benchmarks.stream_avro`): transaction events in the Confluent wire format (schema in
+a Schema Registry) → ``streamserve stream --input-format avro --output-format enriched``,
+the same CLI on tensor JSON with the same model, and a Quix Streams app with Quix's own
+Avro serializers; the load average and CPU steal before every run are recorded.
+
 ``--server-down-at T`` adds the outage scenario (:mod:`~benchmarks.stream_outage`):
 kill the model server T seconds into a remote run, restart it, once without and once with
 a fallback model; a timeline plot and a 0-lost check per run.
@@ -43,6 +49,14 @@ HELP = "stream processor benchmark: embedded vs remote modes on a real Kafka bro
 
 def configure(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("workload")
+    work.add_argument(
+        "--workload",
+        choices=["tensor", "avro"],
+        default="tensor",
+        help="tensor: the modes and peers on tensor JSON (default); avro: only the Avro "
+        "comparison (Avro events → enriched Avro; streamserve, its tensor-JSON path on the "
+        "same model, and --peers quix), --records events per drain",
+    )
     work.add_argument("--model", choices=["tiny", "imagenet", "both"], default="both")
     work.add_argument(
         "--records",
@@ -116,6 +130,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share of each peer-comparison drain treated as warm-up for the extra "
         "'after warm-up' figures (default 0.5: the second half; 0 turns them off)",
     )
+    with contextlib.suppress(argparse.ArgumentError):  # unless the Kafka flags have it
+        peers.add_argument(
+            "--schema-registry-url",
+            help="--workload avro: a Confluent-compatible Schema Registry to use (default: "
+            "one started by the project for the run)",
+        )
     outage = parser.add_argument_group("outage (--server-down-at)")
     outage.add_argument(
         "--server-down-at",
@@ -168,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--modes none needs --peers")
         if not 0 <= args.peer_warmup < 1:
             raise ValueError("--peer-warmup is a share of the records: 0 <= it < 1")
+        if args.workload == "avro" and (not peers or args.server_down_at):
+            raise ValueError("--workload avro compares with --peers quix (and has no outage run)")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -180,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
         models = ["tiny"]
     machine = machine_info()
     started = time.time()
+    if args.workload == "avro":
+        return _run_avro_workload(args, out, logs, machine, peers, guarantees, started)
     with contextlib.ExitStack() as stack:
         kafka, broker_pid = _broker(args, stack)
         ctx = _context(args, kafka, broker_pid, logs)
@@ -318,6 +342,59 @@ def _run_peers(
 
     count = args.peer_records or args.records
     return run_peers(ctx, workload, peers, guarantees, count, args.rounds, args.peer_warmup)
+
+
+def _run_avro_workload(
+    args: argparse.Namespace,
+    out: Path,
+    logs: Path,
+    machine: dict[str, Any],
+    peers: list[str],
+    guarantees: list[str],
+    started: float,
+) -> int:
+    """``--workload avro``: the Avro comparison alone, its own section of results.json."""
+    from benchmarks import stream_avro, stream_avro_report, stream_plots
+    from benchmarks.common import nan_to_none, write_json
+
+    try:
+        with contextlib.ExitStack() as stack:
+            registry_url = stack.enter_context(
+                stream_avro.schema_registry(getattr(args, "schema_registry_url", None))
+            )
+            kafka, broker_pid = _broker(args, stack)
+            ctx = _context(args, kafka, broker_pid, logs)
+            runs = stream_avro.run_avro(
+                ctx, args.work_dir or out / "models", registry_url, peers, guarantees,
+                args.peer_records or args.records, args.rounds, args.peer_warmup,
+            )  # fmt: skip
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    machine["load_average_end"] = list(os.getloadavg())
+    title = (
+        f"python -m benchmarks stream --workload avro — fraud model, {machine['cpus']} CPUs "
+        f"({machine['cpu_model']})"
+    )
+    section = stream_avro_report.avro_section(runs, stream_plots, out / "avro_peers.png", title)
+    outputs_ok = all(
+        entry["outputs_ok"] for systems in section["summary"].values() for entry in systems.values()
+    )
+    document = {
+        "command": " ".join(sys.argv),
+        "machine": machine,
+        "seconds": round(time.time() - started, 1),
+        "workload": "avro",
+        "schema_registry": registry_url,
+        "avro": section,
+        "no_records_lost": outputs_ok,
+    }
+    write_json(out / "results.json", nan_to_none(document))
+    print(_machine_line(machine))
+    print()
+    print(stream_avro_report.avro_text(section))
+    print(f"\n0-lost check: {'passed' if outputs_ok else 'FAILED'}; results in {out}")
+    return 0 if outputs_ok else 1
 
 
 def _run_outages(args: argparse.Namespace, ctx: Any, workload: Any) -> list[dict[str, Any]]:
