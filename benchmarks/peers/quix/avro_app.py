@@ -6,7 +6,7 @@ Quix's Schema Registry page (``docs/advanced/schema-registry.md``): the topics'
 serializers are Quix's own ``AvroDeserializer`` / ``AvroSerializer`` given a
 ``SchemaRegistryClientConfig`` (Confluent's serdes underneath: the writer schema fetched by
 id and cached, the output schema registered under the output topic's subject on first use),
-and the enrichment is a column assignment, ``sdf["fraud_score"] = sdf.apply(model.score)``:
+and the enrichment is a column assignment, ``sdf["fraud_score"] = sdf.apply(score)``:
 one ONNX Runtime call per record, as StreamingDataFrame functions take one record.
 
 A record is a transaction in the Confluent wire format (Avro, schema in the registry);
@@ -108,7 +108,13 @@ def main(argv: list[str]) -> int:
         ),
     )
     sdf = app.dataframe(source)
-    sdf[SCORE_FIELD] = sdf.apply(model.score)
+
+    # A plain function, not the bound method: Quix deep-copies the operations behind a
+    # column assignment, and an ONNX Runtime session cannot be copied.
+    def score(value: dict[str, Any]) -> float:
+        return model.score(value)
+
+    sdf[SCORE_FIELD] = sdf.apply(score)
     sdf.to_topic(sink)
     print(f"{READY_PREFIX} quix avro {guarantee}", flush=True)
     app.run()
