@@ -21,9 +21,10 @@ rounds (the order reverses every other round) under each of ``--peer-guarantees`
 ========================  =====================================================================
 
 Each drain is measured as :func:`benchmarks.stream_run.measure_drain` measures the other
-peers (processor CPU from ``/proc``, the group's committed offsets, read_committed
-outputs), except that records/s runs from the first to the last output's log-append time
-for every system here (the CLI prints no first-call time). Every output is checked
+peers: records/s from the first model call to the last output's log-append time (the
+CLI runs through :mod:`benchmarks.stream_cli_timed`, which prints its first call's time as
+the Quix app does), processor CPU from ``/proc``, the group's committed offsets,
+read_committed outputs. Every output is checked
 (:func:`check_avro_outputs`): exactly one per input, every input field kept unchanged,
 ``fraud_score`` within 1e-4 of the model's answer (ONNX Runtime in the benchmark). The load
 average and CPU steal are sampled before every run (:mod:`benchmarks.stream_conditions`).
@@ -34,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import re
 import struct
 import subprocess
 import sys
@@ -44,8 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import stream_conditions
+from benchmarks import BENCHMARKS_DIR, stream_conditions
 from benchmarks import stream_io as kio
+from benchmarks.stream_cli_timed import CALLS_LINE, FIRST_CALL_LINE, ROWS_LINE
 from benchmarks.stream_peers import (
     COMMIT_INTERVAL_MS,
     QUIX_DIR,
@@ -53,8 +57,8 @@ from benchmarks.stream_peers import (
     cache_dir,
     quix_python,
 )
-from benchmarks.stream_stats import VALUE_TOLERANCE, check_values, throughput
-from streamserve.processes import ChildProcess, StreamProcess, metric_value
+from benchmarks.stream_stats import VALUE_TOLERANCE, check_values, summarize
+from streamserve.processes import STREAM_READY_PREFIX, ChildProcess
 
 STREAMSERVE = "streamserve"
 STREAMSERVE_JSON = "streamserve-json"
@@ -450,33 +454,40 @@ def quix_avro_command(
     ]
 
 
-class CliStream(StreamProcess):
-    """``streamserve stream`` as the CLI; just before it is stopped, its model calls and
-    rows per call are read from its ``/metrics`` (``streamserve_batch_size``)."""
+class CliStream(ChildProcess):
+    """``streamserve stream ARGS`` through :mod:`benchmarks.stream_cli_timed` (the CLI with
+    its model calls counted and the first one timed, read back from the log)."""
+
+    ready_prefix = STREAM_READY_PREFIX
 
     def __init__(self, args: Sequence[str], log_path: Path) -> None:
-        super().__init__(args, log_path)
-        self.call_summary: dict[str, Any] = calls_from_metrics("")
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.running() and self.ready_info:
-            with contextlib.suppress(Exception):
-                self.call_summary = calls_from_metrics(self.metrics_text())
-        return super().stop(timeout)
+        pythonpath = os.pathsep.join(
+            filter(None, [str(BENCHMARKS_DIR.parent), os.environ.get("PYTHONPATH", "")])
+        )
+        super().__init__(
+            [sys.executable, "-m", "benchmarks.stream_cli_timed", *args],
+            log_path,
+            env={"PYTHONPATH": pythonpath},  # the checkout holding benchmarks (not installed)
+            name="streamserve stream",
+        )
 
     def calls(self) -> tuple[dict[str, Any], float | None]:
-        return self.call_summary, None
+        return cli_calls(self.log_text())
 
 
-def calls_from_metrics(text: str) -> dict[str, Any]:
-    """Model calls and rows per call from the processor's Prometheus text."""
-    calls = int(metric_value(text, "streamserve_batch_size_count")) if text else 0
-    rows = metric_value(text, "streamserve_batch_size_sum") if text else 0.0
-    return {
-        "calls": calls or None,
-        "rows_per_call": round(rows / calls, 2) if calls else None,
+def cli_calls(log_text: str) -> tuple[dict[str, Any], float | None]:
+    """Model calls, rows per call and the first call's wall-clock ms from the CLI's log."""
+    first = re.findall(rf"^{FIRST_CALL_LINE} (\d+)", log_text, re.MULTILINE)
+    calls = re.findall(rf"^{CALLS_LINE} (\d+)", log_text, re.MULTILINE)
+    rows = re.findall(rf"^{ROWS_LINE} (\d+)", log_text, re.MULTILINE)
+    count = int(calls[-1]) if calls else 0
+    summary = {
+        "latency_ms": summarize([]),
+        "calls": count or None,
+        "rows_per_call": round(int(rows[-1]) / count, 2) if count and rows else None,
         "failed_calls": None,
     }
+    return summary, float(first[-1]) if first else None
 
 
 # --------------------------------------------------------------------------- runs
@@ -554,6 +565,7 @@ def start_processor(
 
     bootstrap = str(client_settings(ctx.bootstrap)["bootstrap.servers"])
     log_path = ctx.logs_dir / f"{name}.log"
+    log_path.unlink(missing_ok=True)  # an earlier run's lines (same --out) would be read back
     process: ChildProcess
     if system == QUIX:
         assert work.quix_python is not None
@@ -609,11 +621,6 @@ def run_system(
     drain, outputs = measure_drain(
         ctx, records, topics, name, processor, calls, keep_values=True, warm_after=warm_after
     )
-    stamps = [o.timestamp_ms for o in outputs]
-    drain["throughput_rps"] = round(
-        throughput(drain["processed"], min(stamps, default=None), max(stamps, default=None),
-                   drain["seconds"]), 1)  # fmt: skip
-    drain["throughput_span"] = "first to last output log-append time"
     pairs = [(o.key, o.value) for o in outputs]
     if system == STREAMSERVE_JSON:
         values = check_values(pairs, work.expected_rows(), output_name=MODEL_OUTPUT)

@@ -26,8 +26,8 @@ from benchmarks.stream_avro import (
     avro_bodies,
     avro_records,
     build_fraud_model,
-    calls_from_metrics,
     check_avro_outputs,
+    cli_calls,
     expected_scores,
     feature_rows,
     field_value,
@@ -256,15 +256,40 @@ def test_the_quix_app_feeds_the_model_the_same_features_in_the_same_order() -> N
     assert f'sdf["{SCORE_FIELD}"] = sdf.apply(' in source
 
 
-def test_model_calls_come_from_the_processors_metrics() -> None:
-    text = (
-        "# TYPE streamserve_batch_size histogram\n"
-        'streamserve_batch_size_bucket{le="32.0"} 10.0\n'
-        "streamserve_batch_size_count 10.0\n"
-        "streamserve_batch_size_sum 300.0\n"
+def test_model_calls_and_the_first_call_come_from_the_timed_clis_log() -> None:
+    log = (
+        "streamserve stream ready: metrics_port=1234\n"
+        "peer first call at 1700000000123\n"
+        "some log line\n"
+        "peer model calls: 10\n"
+        "peer model rows: 300\n"
     )
-    assert calls_from_metrics(text) == {"calls": 10, "rows_per_call": 30.0, "failed_calls": None}
-    assert calls_from_metrics("")["calls"] is None
+    summary, first_ms = cli_calls(log)
+    assert first_ms == 1700000000123.0
+    assert summary["calls"] == 10 and summary["rows_per_call"] == 30.0
+    summary, first_ms = cli_calls("streamserve stream ready:\n")
+    assert first_ms is None and summary["calls"] is None and summary["rows_per_call"] is None
+
+
+def test_the_timed_cli_counts_every_embedded_call_and_keeps_the_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from benchmarks import stream_cli_timed
+    from streamserve.predictors.embedded import EmbeddedPredictor
+
+    async def answer(self: Any, inputs: Any, signature_name: Any = None) -> str:
+        return f"answer for {len(inputs['x'])} rows"
+
+    monkeypatch.setattr(EmbeddedPredictor, "predict", answer)
+    counters = stream_cli_timed.instrument()
+    predictor = object.__new__(EmbeddedPredictor)
+    for rows in (3, 5):
+        result = asyncio.run(predictor.predict({"x": np.zeros((rows, 5))}))
+        assert result == f"answer for {rows} rows"
+    assert counters == {"calls": 2, "rows": 8}
+    assert capsys.readouterr().out.count("peer first call at ") == 1
 
 
 def test_rounds_alternate_the_order_of_the_systems() -> None:
