@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--modes none needs --peers")
         if not 0 <= args.peer_warmup < 1:
             raise ValueError("--peer-warmup is a share of the records: 0 <= it < 1")
-        if args.workload == "avro" and (not peers or args.server_down_at):
+        if args.workload == "avro" and (not peers or args.server_down_at or set(peers) - {"quix"}):
             raise ValueError("--workload avro compares with --peers quix (and has no outage run)")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
