@@ -1,6 +1,7 @@
 """JSON Schema records against a real Apicurio Registry: confluent-kafka's JSONSerializer
 writes them, the format resolves, decodes and encodes them, JSONDeserializer reads the
-outputs back, and the output subject is listed through the registry's REST API.
+outputs back, and the output subject is listed through the registry's REST API; then
+the CLI end to end, with the registry and with a schema file (no registry).
 
 What Apicurio Registry 3.3.3 accepts as BACKWARD for JSON Schema (checked here):
 - an optional property added to a **closed** content model (``"additionalProperties":
@@ -366,3 +367,45 @@ def test_cli_json_schema_in_enriched_out_exactly_once_across_a_schema_change(
     reasons = [record.headers["streamserve.error.reason"].decode() for record in dead]
     assert "unknown schema id 2000000001 (the registry has no such schema)" in reasons[0]
     assert "not in the Confluent wire format" in reasons[1]
+
+
+def test_cli_schema_file_mode_writes_plain_json_and_its_output_schema(
+    kafka_bootstrap: str, topic_factory: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    """No registry: ``--input-schema`` validates plain and Confluent-framed values, outputs
+    are plain JSON, and each one validates against the schema written to
+    ``--output-schema``; a value the schema refuses goes to the DLQ naming the path."""
+    from jsonschema.validators import validator_for
+
+    source, sink = topic_factory(1, "jsfile"), topic_factory(1, "jsfileout")
+    schema_path, output_path = tmp_path / "txn.json", tmp_path / "scored.json"
+    schema_path.write_text(json.dumps(txn_schema()))
+    events = records(20)
+    values = [
+        orjson.dumps(e) if i % 2 else wire_header(5) + orjson.dumps(e) for i, e in enumerate(events)
+    ]
+    refused = orjson.dumps({**events[0], "amount": -1})
+    produce(kafka_bootstrap, source, [(0, None, value) for value in [*values, refused]])
+    args = [
+        "--bootstrap-servers", kafka_bootstrap, "--input-topic", source, "--output-topic", sink,
+        "--group-id", f"g-{source}", "--instance-id", "one", "--model-base-path",
+        str(tiny_model), "--model-name", "tiny", "--input-format", "json-schema",
+        "--input-schema", str(schema_path), "--output-schema", str(output_path),
+        "--output-format", "enriched", "--feature", "x=amount,merchant.risk",
+        "--feature-default", "merchant.risk=0.5", "--output-field", "score=y[0]",
+    ]  # fmt: skip
+    with StreamProcess(args, tmp_path / "stream.log") as stream:
+        stream.wait_ready()
+        outputs = read_topic(kafka_bootstrap, sink, len(events), timeout=90)
+        dead = read_topic(kafka_bootstrap, f"{source}.dlq", 1, timeout=30)
+    assert len(outputs) == len(events), stream.log_tail()
+    written = json.loads(output_path.read_text())
+    assert written["required"][-1] == "score"
+    validator = validator_for(written)(written)
+    for event, output in zip(events, outputs, strict=True):
+        document = output.json()  # plain JSON: no wire header
+        validator.validate(document)
+        assert {k: document[k] for k in event} == event
+    assert [record.value for record in dead] == [refused]
+    reason = dead[0].headers["streamserve.error.reason"].decode()
+    assert "at $.amount: -1 is less than the minimum of 0" in reason
