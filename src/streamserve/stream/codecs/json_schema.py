@@ -50,9 +50,13 @@ from typing import Any
 
 import orjson
 from confluent_kafka.schema_registry import Schema
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
-from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
+from jsonschema.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    SchemaError,
+    ValidationError,
+    best_match,
+)
+from jsonschema.protocols import Validator  # type: ignore[import-untyped, unused-ignore]
+from jsonschema.validators import validator_for  # type: ignore[import-untyped, unused-ignore]
 
 from streamserve.errors import InvalidArgument
 from streamserve.stream.codecs.base import DECODE, ENCODE, dumps
