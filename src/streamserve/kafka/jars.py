@@ -80,7 +80,7 @@ def ensure_jars(version: str | None = None, *, offline: bool = False, force: boo
     if jars_cached(version) and not force:
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(lib.parent.parent / f"kafka-{version}.lock"):
+    with exclusive_lock(lib.parent.parent / f"kafka-{version}.lock"):
         if jars_cached(version) and not force:  # another process fetched while we waited
             return lib
         _fetch_into(lib, version, offline=offline)
@@ -88,12 +88,7 @@ def ensure_jars(version: str | None = None, *, offline: bool = False, force: boo
 
 
 def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise SetupError(
-            "Maven (`mvn`) is needed once to fetch Apache Kafka's jars but is not on "
-            "PATH; install it, e.g. `apt-get install maven`"
-        )
+    mvn = require_maven("Apache Kafka's jars")
     scratch = lib.with_name("lib.partial")
     shutil.rmtree(scratch, ignore_errors=True)
     command = [
@@ -112,10 +107,10 @@ def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
         command.insert(1, "--offline")
     log.info("fetching Apache Kafka %s jars with Maven into %s", version, lib)
     started = time.monotonic()
-    result = _run_maven(command)
+    result = run_maven(command)
     if result.returncode != 0 or not any(scratch.glob("kafka_2.13-*.jar")):
         shutil.rmtree(scratch, ignore_errors=True)
-        tail = _maven_tail(result.stdout)
+        tail = maven_tail(result.stdout)
         raise SetupError(
             f"Maven could not resolve Apache Kafka {version} "
             f"(exit {result.returncode}; is Maven Central reachable?). "
@@ -128,16 +123,34 @@ def _fetch_into(lib: Path, version: str, *, offline: bool) -> None:
     log.info("fetched %d jars in %.1f s", count, time.monotonic() - started)
 
 
-def _maven_tail(output: str) -> str:
+# -- shared with the Schema Registry's fetch (streamserve.kafka.registry) ------------------
+
+
+def require_maven(what: str) -> str:
+    """The ``mvn`` executable, or SetupError saying it is needed once to fetch ``what``."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SetupError(
+            f"Maven (`mvn`) is needed once to fetch {what} but is not on "
+            f"PATH; install it, e.g. `apt-get install maven`"
+        )
+    return mvn
+
+
+def maven_tail(output: str) -> str:
+    """Maven's last meaningful lines (colour codes and bare ``[ERROR]`` lines dropped)."""
     lines = [line.rstrip() for line in _ANSI_ESCAPE.sub("", output).splitlines()]
     meaningful = [line for line in lines if line.strip() and line.strip() != "[ERROR]"]
     return "\n".join(meaningful[-_MAVEN_TAIL_LINES:])
 
 
-def _run_maven(command: list[str]) -> subprocess.CompletedProcess[str]:
+def run_maven(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run Maven with output captured (stdout and stderr together); SetupError if it cannot
+    run or takes longer than half an hour."""
     try:
         return subprocess.run(
             command,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -151,7 +164,7 @@ def _run_maven(command: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
     """Serialise fetches across processes (a test session and a CLI may fetch at once)."""
     with open(lock_path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

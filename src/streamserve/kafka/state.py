@@ -1,7 +1,8 @@
 """What ``streamserve kafka start`` leaves behind so later commands find its detached broker.
 
 ``<run dir>/kafka.json`` (state) and ``<run dir>/kafka.pid``; the run dir is
-``$STREAMSERVE_RUN_DIR``, else ``<cache>/run``.
+``$STREAMSERVE_RUN_DIR``, else ``<cache>/run``. With ``--schema-registry``, the registry's
+beside them: ``schema-registry.json`` and ``schema-registry.pid``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from streamserve.kafka.jars import cache_root
 
 STATE_FILE = "kafka.json"
 PID_FILE = "kafka.pid"
+REGISTRY_STATE_FILE = "schema-registry.json"
+REGISTRY_PID_FILE = "schema-registry.pid"
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,16 @@ def run_dir() -> Path:
 
 
 def save(state: BrokerState) -> None:
+    _write(STATE_FILE, PID_FILE, asdict(state), state.pid)
+
+
+def _write(state_file: str, pid_file: str, state: dict[str, object], pid: int) -> None:
     directory = run_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    scratch = directory / (STATE_FILE + ".tmp")
-    scratch.write_text(json.dumps(asdict(state), indent=2) + "\n")
-    scratch.replace(directory / STATE_FILE)
-    (directory / PID_FILE).write_text(f"{state.pid}\n")
+    scratch = directory / (state_file + ".tmp")
+    scratch.write_text(json.dumps(state, indent=2) + "\n")
+    scratch.replace(directory / state_file)
+    (directory / pid_file).write_text(f"{pid}\n")
 
 
 def load() -> BrokerState | None:
@@ -88,3 +95,44 @@ def is_alive(state: BrokerState) -> bool:
 
 def pid_is_broker(pid: int) -> bool:
     return process.pid_alive(pid) and "kafka.Kafka" in process.cmdline(pid)
+
+
+# -- the Schema Registry (``kafka start --schema-registry``) ---------------------------------
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    pid: int
+    url: str  # the Confluent-compatible API (``schema.registry.url``)
+    version: str
+    work_dir: str  # temporary: settings, secrets and log; removed on stop
+    log_file: str
+    started_at: float
+    security: str = "plaintext"
+    client_properties: str | None = None  # secured registries: the generated client settings
+
+
+def save_registry(state: RegistryState) -> None:
+    _write(REGISTRY_STATE_FILE, REGISTRY_PID_FILE, asdict(state), state.pid)
+
+
+def load_registry() -> RegistryState | None:
+    try:
+        raw = json.loads((run_dir() / REGISTRY_STATE_FILE).read_text())
+        return RegistryState(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def clear_registry(state: RegistryState | None) -> None:
+    """Forget the registry and remove its work dir (settings, secrets, log)."""
+    if state is not None:
+        shutil.rmtree(state.work_dir, ignore_errors=True)
+    for name in (REGISTRY_STATE_FILE, REGISTRY_PID_FILE):
+        (run_dir() / name).unlink(missing_ok=True)
+
+
+def pid_is_registry(pid: int) -> bool:
+    """``pid`` still runs *our* registry (a recycled pid is not mistaken for it)."""
+    command = process.cmdline(pid)
+    return process.pid_alive(pid) and "quarkus-run.jar" in command and "apicurio" in command
