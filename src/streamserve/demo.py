@@ -32,12 +32,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamserve.kafka import client_config
 from streamserve.kafka.client_config import KafkaClientConfig
 from streamserve.stats import percentile
 from streamserve.waiting import wait_until
+
+if TYPE_CHECKING:
+    from streamserve.processes import StreamProcess
 
 HELP = "Run the flagship demo: images on Kafka → ImageNet classifier → predictions"
 INPUT_TOPIC = "ImageInputTopic"
@@ -46,8 +49,17 @@ MODEL_NAME = "imagenet"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from streamserve import demo_transactions
+
     parser.add_argument("--model-base-path", type=Path, default=Path("models/imagenet"))
     parser.add_argument("--rounds", type=int, default=3, help="times each image is sent per mode")
+    add_run_options(parser)
+    demos = parser.add_subparsers(dest="demo", title="other demos", metavar="DEMO")
+    demo_transactions.add_parser(demos)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every demo takes: modes, guarantee, pace, work dir and Kafka."""
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--timeout-s", type=float, default=180.0, help="per-mode output deadline")
     parser.add_argument(
@@ -157,6 +169,8 @@ def _sources(images: list[Path], base_url: str) -> list[str]:
 class _InputWriter:
     """Produces image records to ``ImageInputTopic``; remembers when each was sent."""
 
+    topic = INPUT_TOPIC
+
     def __init__(self, kafka: KafkaClientConfig, mode: str) -> None:
         from confluent_kafka import Producer
 
@@ -180,22 +194,28 @@ class _InputWriter:
             if pace_s:  # a steady rate: a late send does not push the later ones back
                 time.sleep(max(0.0, started + index * pace_s - time.monotonic()))
             source = sources[index % len(sources)]
-            field = "url" if source.startswith("http") else "path"
-            value = json.dumps({"id": record_id, field: source}).encode()
+            value = self._message(record_id, source)
             self.sent[record_id] = Sent(record_id, source, time.time())
-            self.producer.produce(INPUT_TOPIC, key=record_id.encode(), value=value)
+            self.producer.produce(self.topic, key=record_id.encode(), value=value)
             self.producer.poll(0)
         self.producer.flush(30)
+
+    def _message(self, record_id: str, source: str) -> bytes:
+        field = "url" if source.startswith("http") else "path"
+        return json.dumps({"id": record_id, field: source}).encode()
 
 
 class _OutputReader:
     """Reads ``ImageOutputTopic`` (read_committed) from its end at construction time."""
 
-    def __init__(self, kafka: KafkaClientConfig, partitions: int) -> None:
+    def __init__(
+        self, kafka: KafkaClientConfig, partitions: int, topic: str = OUTPUT_TOPIC
+    ) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         from streamserve.kafka.client_log import with_logging
 
+        self.topic = topic
         self.consumer = Consumer(
             with_logging(
                 {
@@ -209,7 +229,7 @@ class _OutputReader:
         )
         ends = [self._end_offset(partition) for partition in range(partitions)]
         self.consumer.assign(
-            [TopicPartition(OUTPUT_TOPIC, partition, end) for partition, end in enumerate(ends)]
+            [TopicPartition(topic, partition, end) for partition, end in enumerate(ends)]
         )
 
     def _end_offset(self, partition: int, timeout_s: float = 30.0) -> int:
@@ -226,7 +246,7 @@ class _OutputReader:
         def lookup() -> tuple[int] | None:  # a tuple: truthy for wait_until even at offset 0
             try:
                 _, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(OUTPUT_TOPIC, partition), timeout=10
+                    TopicPartition(self.topic, partition), timeout=10
                 )
             except KafkaException as exc:
                 error = exc.args[0]
@@ -235,7 +255,7 @@ class _OutputReader:
                 raise
             return (int(high),)
 
-        what = f"the end offset of {OUTPUT_TOPIC}[{partition}]"
+        what = f"the end offset of {self.topic}[{partition}]"
         found = wait_until(lookup, timeout_s, what, interval=0.2)
         assert found is not None  # wait_until returns only a truthy value
         return found[0]
@@ -266,8 +286,7 @@ class _OutputReader:
                         bar.update(1)
         return [received[key] for key in record_ids if key in received]
 
-    @staticmethod
-    def _parse(message: Any, sent_records: dict[str, Sent]) -> Received | None:
+    def _parse(self, message: Any, sent_records: dict[str, Sent]) -> Received | None:
         if message.error() is not None:
             return None
         document = json.loads(message.value())
@@ -384,13 +403,26 @@ def _run_mode(
         work_dir / f"processor-{mode}.log",
         env=kafka_env,
     )
+    return _measure(writer, reader, processor, sources, (count, count), args)
+
+
+def _measure(
+    writer: _InputWriter,
+    reader: _OutputReader,
+    processor: StreamProcess,
+    sources: list[str],
+    counts: tuple[int, int],
+    args: argparse.Namespace,
+) -> ModeResult:
+    """Start ``processor``, warm it up, then its paced and burst rounds of ``counts``
+    records; stops it and closes ``reader``."""
     try:
         with processor:
             processor.wait_ready(timeout=120)
             _warm_up(writer, reader, sources, args.timeout_s)
-            pace_s = 1.0 / args.rate
-            paced = _round_trip(writer, reader, sources, "paced", count, pace_s, args.timeout_s)
-            burst = _round_trip(writer, reader, sources, "burst", count, 0.0, args.timeout_s)
+            pace_s, timeout_s = 1.0 / args.rate, args.timeout_s
+            paced = _round_trip(writer, reader, sources, "paced", counts[0], pace_s, timeout_s)
+            burst = _round_trip(writer, reader, sources, "burst", counts[1], 0.0, timeout_s)
             first_sent = min(writer.sent[r.id].produced_at for r in burst) if burst else 0.0
             last = max((r.received_at for r in burst), default=first_sent)
             return ModeResult(paced, burst, last - first_sent)
@@ -490,7 +522,11 @@ def _save_latencies(path: Path, paced: list[Received]) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
-def _start_kafka(stack: contextlib.ExitStack, args: argparse.Namespace) -> KafkaClientConfig:
+def _start_kafka(
+    stack: contextlib.ExitStack,
+    args: argparse.Namespace,
+    topics: tuple[str, ...] = (INPUT_TOPIC, OUTPUT_TOPIC),
+) -> KafkaClientConfig:
     """The given cluster (topics created if missing), else a local broker for the demo."""
     from streamserve.kafka import LocalKafka, admin
 
@@ -498,10 +534,10 @@ def _start_kafka(stack: contextlib.ExitStack, args: argparse.Namespace) -> Kafka
     kafka = client_config.from_args(args)
     if kafka.bootstrap_servers:
         client = admin.connected_admin(kafka.for_role("admin"), args.kafka_connect_timeout_s)
-        admin.create_topics(client, [INPUT_TOPIC, OUTPUT_TOPIC], args.partitions)
+        admin.create_topics(client, list(topics), args.partitions)
     else:
         local = stack.enter_context(LocalKafka())
-        local.create_topics([INPUT_TOPIC, OUTPUT_TOPIC], partitions=args.partitions)
+        local.create_topics(list(topics), partitions=args.partitions)
         kafka = client_config.merge([KafkaClientConfig(local.client_config), kafka])
     where = kafka.bootstrap_servers
     print(f"kafka     {where} ready in {time.perf_counter() - started:.1f}s")
@@ -512,23 +548,28 @@ def _start_platform(
     stack: contextlib.ExitStack, args: argparse.Namespace, work_dir: Path
 ) -> tuple[KafkaClientConfig, Any]:
     """Kafka, and the model server unless only embedded mode runs (then ``None``)."""
-    from streamserve.processes import ModelServerProcess
-
     kafka = _start_kafka(stack, args)
     if args.mode == "embedded":
         return kafka, None
+    return kafka, _start_server(stack, MODEL_NAME, args.model_base_path, work_dir)
+
+
+def _start_server(stack: contextlib.ExitStack, model: str, base_path: Path, work_dir: Path) -> Any:
+    """``streamserve serve`` with the one model, ready; stopped when ``stack`` closes."""
+    from streamserve.processes import ModelServerProcess
+
     started = time.perf_counter()
     server = ModelServerProcess(
-        [f"--model_name={MODEL_NAME}", f"--model_base_path={args.model_base_path.resolve()}"],
+        [f"--model_name={model}", f"--model_base_path={base_path.resolve()}"],
         work_dir / "server.log",
     )
     stack.enter_context(server)
-    server.wait_ready(model=MODEL_NAME)
+    server.wait_ready(model=model)
     print(
         f"server    gRPC {server.grpc_target}, REST {server.rest_url} "
         f"ready in {time.perf_counter() - started:.1f}s"
     )
-    return kafka, server
+    return server
 
 
 def run(args: argparse.Namespace) -> int:
