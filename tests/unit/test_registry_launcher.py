@@ -74,11 +74,14 @@ def test_secured_client_settings(tmp_path: Path) -> None:
     assert security.client_config(url) == {
         "url": url,
         "ssl.ca.location": ca,
+        "basic.auth.user.info": "streamserve:s3cret-pw",
+    }
+    assert security.properties(url) == {
+        "schema.registry.url": url,
+        "schema.registry.ssl.ca.location": ca,
         "basic.auth.credentials.source": "USER_INFO",
         "basic.auth.user.info": "streamserve:s3cret-pw",
     }
-    assert security.properties(url)["schema.registry.url"] == url
-    assert security.properties(url)["schema.registry.ssl.ca.location"] == ca
     path = security.write_client_properties(url)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "basic.auth.user.info=streamserve:s3cret-pw\n" in path.read_text()

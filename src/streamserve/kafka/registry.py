@@ -288,23 +288,25 @@ class RegistrySecurity:
         return props
 
     def client_config(self, url: str) -> dict[str, str]:
-        """confluent-kafka ``SchemaRegistryClient`` settings."""
+        """confluent-kafka ``SchemaRegistryClient`` settings (it takes ``basic.auth.user.info``
+        alone: ``basic.auth.credentials.source`` is refused as an unknown property)."""
         conf = {"url": url}
         if self.ca_file is not None:
             conf["ssl.ca.location"] = str(self.ca_file)
         if self.user_info is not None:
-            conf["basic.auth.credentials.source"] = "USER_INFO"
             conf["basic.auth.user.info"] = self.user_info
         return conf
 
     def properties(self, url: str) -> dict[str, str]:
         """The same as client properties-file keys (``schema.registry.url``, ...), which
         ``streamserve stream --kafka-config FILE`` reads."""
-        renamed = {
-            "url": "schema.registry.url",
-            "ssl.ca.location": "schema.registry.ssl.ca.location",
-        }
-        return {renamed.get(k, k): v for k, v in self.client_config(url).items()}
+        props = {"schema.registry.url": url}
+        if self.ca_file is not None:
+            props["schema.registry.ssl.ca.location"] = str(self.ca_file)
+        if self.user_info is not None:
+            props["basic.auth.credentials.source"] = "USER_INFO"
+            props["basic.auth.user.info"] = self.user_info
+        return props
 
     def write_client_properties(self, url: str) -> Path:
         lines = ["# streamserve: a throw-away local Schema Registry; removed when it stops."]
