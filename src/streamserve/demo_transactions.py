@@ -201,15 +201,18 @@ def pair_line(scored: Scored, fraud: bool) -> str:
     )
 
 
-def _print_pairs(scored: Sequence[Scored], writer: _TransactionWriter, show: int) -> None:
+def _print_pairs(
+    paced: Sequence[Scored], everything: Sequence[Scored], writer: _TransactionWriter, show: int
+) -> None:
+    """The paced round's first ``show`` pairs, and the ``show`` highest scores of all."""
     fraud = writer.transactions.fraud
-    if not scored or show <= 0:
+    if not paced or show <= 0:
         return
-    print("\ninput → enriched output (the paced round's first records):")
-    for result in scored[:show]:
+    print("\ninput → enriched output, the first records:")
+    for result in paced[:show]:
         print(pair_line(result, bool(fraud[writer.rows[result.id]])))
-    print("its highest scores:")
-    highest = sorted(scored, key=lambda r: -float(r.record[SCORE_FIELD]))[:show]
+    print(f"the highest scores of all {len(everything):,}:")
+    highest = sorted(everything, key=lambda r: -float(r.record[SCORE_FIELD]))[:show]
     for result in highest:
         print(pair_line(result, bool(fraud[writer.rows[result.id]])))
 
@@ -251,6 +254,20 @@ def event_args(registry_url: str) -> list[str]:
         "--output-format=enriched",
         *(f"--output-field={name}={source}" for name, source in OUTPUT_FIELDS.items()),
     ]
+
+
+def _command_lines(flags: Sequence[str]) -> str:
+    """``stream    streamserve stream ... FLAGS``, shell-quoted, wrapped with ``\\``."""
+    import shlex
+
+    words = [shlex.quote(flag) for flag in flags]
+    lines, line = [], "stream    streamserve stream ..."
+    for word in words:
+        if len(line) + len(word) > 95:
+            lines.append(line + " \\")
+            line = "           "
+        line += " " + word
+    return "\n".join([*lines, line])
 
 
 def _ensure_model(base_path: Path) -> Path:
@@ -345,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         transactions = generate(max(args.records, args.paced), SEED)
         sources = [str(row) for row in range(len(transactions))]
         kafka_flags, kafka_env = demo._kafka_args(kafka, args)
-        print(f"stream    streamserve stream ... {' '.join(event_args(registry_url))}")
+        print(_command_lines(event_args(registry_url)))
         by_mode: dict[str, demo.ModeResult] = {}
         failures: list[str] = []
         for mode in modes:
@@ -370,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
                 f"\n== {mode} mode, {args.guarantee}: {got}/{sum(counts)} enriched events "
                 f"(every input field kept, {SCORE_FIELD} in [0, 1]: {verdict})"
             )
-            _print_pairs(paced, writer, args.show)
+            _print_pairs(paced, [*paced, *burst], writer, args.show)
         print(f"\noutput schema  {_output_schema(registry)}")
         demo._print_comparison(by_mode, args)
         if args.work_dir:
