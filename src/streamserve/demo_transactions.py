@@ -181,6 +181,12 @@ def problems(inputs: Mapping[str, Mapping[str, Any]], outputs: Sequence[Scored])
     return found
 
 
+def agreement(first: Mapping[str, float], then: Mapping[str, float]) -> tuple[int, int]:
+    """How many of the records both runs scored got the same score (to 1e-9), of how many."""
+    common = first.keys() & then.keys()
+    return sum(abs(first[key] - then[key]) <= 1e-9 for key in common), len(common)
+
+
 def describe(record: Mapping[str, Any]) -> str:
     """A transaction's main fields on one line."""
     merchant, customer = record["merchant"], record["customer"]
@@ -211,7 +217,7 @@ def _print_pairs(
     print("\ninput → enriched output, the first records:")
     for result in paced[:show]:
         print(pair_line(result, bool(fraud[writer.rows[result.id]])))
-    print(f"the highest scores of all {len(everything):,}:")
+    print(f"the highest scores of all {len(everything):,} ([drawn: fraud]: the generator's label):")
     highest = sorted(everything, key=lambda r: -float(r.record[SCORE_FIELD]))[:show]
     for result in highest:
         print(pair_line(result, bool(fraud[writer.rows[result.id]])))
@@ -340,6 +346,38 @@ def _validate(args: argparse.Namespace) -> None:
             raise InvalidArgument(f"--{name} must be at least 1")
 
 
+def _report(
+    mode: str,
+    result: demo.ModeResult,
+    writer: _TransactionWriter,
+    scores_by_mode: dict[str, dict[str, float]],
+    work_dir: Path,
+    args: argparse.Namespace,
+) -> list[str]:
+    """Check, save and print one mode's outputs; what was wrong with them (empty: nothing).
+    The first mode prints input → output pairs, later ones how their scores compare."""
+    paced = [r for r in result.paced if isinstance(r, Scored)]
+    outputs = [*paced, *(r for r in result.burst if isinstance(r, Scored))]
+    found = problems(writer.inputs, outputs)
+    demo._save_latencies(work_dir / f"latencies-{mode}.json", result.paced)
+    _save_events(work_dir / f"events-{mode}.json", writer, outputs)
+    verdict = "checked" if not found else f"{len(found)} wrong: {found[0]}"
+    print(
+        f"\n== {mode} mode, {args.guarantee}: {len(outputs)}/{args.paced + args.records} "
+        f"enriched events ({verdict}: every input field kept, {SCORE_FIELD} in [0, 1])"
+    )
+    scores = {r.id: float(r.record[SCORE_FIELD]) for r in outputs}
+    if not scores_by_mode:
+        _print_pairs(paced, outputs, writer, args.show)
+    for other, earlier in scores_by_mode.items():
+        equal, compared = agreement(earlier, scores)
+        print(f"the same transactions as in {other} mode: {equal:,}/{compared:,} scores equal")
+        if equal != compared:
+            found.append(f"{mode}: {compared - equal} scores differ from {other} mode's")
+    scores_by_mode[mode] = scores
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -365,6 +403,7 @@ def run(args: argparse.Namespace) -> int:
         print(_command_lines(event_args(registry_url)))
         by_mode: dict[str, demo.ModeResult] = {}
         failures: list[str] = []
+        scores_by_mode: dict[str, dict[str, float]] = {}
         for mode in modes:
             reader = _ScoredReader(kafka, args.partitions, registry, mode)
             writer = _TransactionWriter(kafka, mode, transactions, registry)
@@ -375,19 +414,7 @@ def run(args: argparse.Namespace) -> int:
             )
             counts = (args.paced, args.records)
             result = by_mode[mode] = demo._measure(writer, reader, processor, sources, counts, args)
-            paced = [r for r in result.paced if isinstance(r, Scored)]
-            burst = [r for r in result.burst if isinstance(r, Scored)]
-            found = problems(writer.inputs, [*paced, *burst])
-            failures += found
-            demo._save_latencies(work_dir / f"latencies-{mode}.json", result.paced)
-            _save_events(work_dir / f"events-{mode}.json", writer, [*paced, *burst])
-            got = len(paced) + len(burst)
-            verdict = "all checked" if not found else f"{len(found)} wrong: {found[0]}"
-            print(
-                f"\n== {mode} mode, {args.guarantee}: {got}/{sum(counts)} enriched events "
-                f"(every input field kept, {SCORE_FIELD} in [0, 1]: {verdict})"
-            )
-            _print_pairs(paced, [*paced, *burst], writer, args.show)
+            failures += _report(mode, result, writer, scores_by_mode, work_dir, args)
         print(f"\noutput schema  {_output_schema(registry)}")
         demo._print_comparison(by_mode, args)
         if args.work_dir:

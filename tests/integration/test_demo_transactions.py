@@ -63,6 +63,8 @@ def test_demo_enriches_every_transaction_in_both_modes(
     for mode in ("remote", "embedded"):
         assert f"== {mode} mode, exactly-once: {PACED + RECORDS}/{PACED + RECORDS}" in output
     assert "→ fraud_score=" in output and "(model v1)" in output, output
+    total = PACED + RECORDS
+    assert f"the same transactions as in remote mode: {total}/{total} scores equal" in output
     assert "burst records/s" in output, output
 
     # the outputs, read back independently: once per input per mode, enriched, scored

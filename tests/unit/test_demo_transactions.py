@@ -183,3 +183,9 @@ def test_bad_counts_are_usage_errors(
 ) -> None:
     assert cli.main(["demo", "transactions", flag]) == cli.EXIT_ERROR
     assert message in capsys.readouterr().err
+
+
+def test_agreement_counts_equal_scores_of_the_records_both_runs_scored() -> None:
+    first = {"a": 0.5, "b": 0.25, "c": 0.1}
+    assert demo_transactions.agreement(first, {"a": 0.5, "b": 0.25 + 1e-12}) == (2, 2)
+    assert demo_transactions.agreement(first, {"a": 0.5, "c": 0.2, "d": 0.3}) == (1, 2)
