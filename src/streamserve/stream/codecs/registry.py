@@ -45,6 +45,23 @@ REGISTRY_KEYS = frozenset({URL_KEY, "basic.auth.credentials.source", *SECRET_KEY
 """Every key of a client properties file that belongs to the registry, not librdkafka."""
 
 
+def _http_errors() -> tuple[type[Exception], ...]:
+    """What the registry client raises for a transport failure: confluent-kafka's client
+    uses httpx2 where it is installed (its schemaregistry extra on Python >= 3.10), else
+    httpx; an ``httpx2.ConnectError`` is no ``httpx.HTTPError``."""
+    errors: list[type[Exception]] = [httpx.HTTPError]
+    try:
+        import httpx2
+    except ImportError:  # pragma: no cover - Python < 3.10 or an older confluent-kafka
+        pass
+    else:
+        errors.append(httpx2.HTTPError)
+    return tuple(errors)
+
+
+HTTP_ERRORS = _http_errors()
+
+
 def is_registry_key(key: str) -> bool:
     return key in REGISTRY_KEYS
 
@@ -122,7 +139,7 @@ class Registry:
             if error.http_status_code == 404:
                 return None
             raise _unavailable(error) from error
-        except httpx.HTTPError as error:
+        except HTTP_ERRORS as error:
             raise _unavailable(error) from error
 
     def register(self, subject: str, schema: Schema, compatibility: str = "BACKWARD") -> int:
@@ -141,7 +158,7 @@ class Registry:
                     f"{error.error_message}"
                 ) from error
             raise _unavailable(error) from error
-        except httpx.HTTPError as error:
+        except HTTP_ERRORS as error:
             raise _unavailable(error) from error
 
     def close(self) -> None:
