@@ -704,7 +704,7 @@ def schema_registry(url: str | None) -> Iterator[str]:
         yield url.rstrip("/")
         return
     try:
-        from streamserve.testing import schema_registry as project_registry  # type: ignore[attr-defined]
+        from streamserve.testing import schema_registry as project_registry
     except ImportError:
         raise ValueError(
             "--workload avro needs a Schema Registry: pass --schema-registry-url URL "
