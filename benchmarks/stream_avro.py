@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import struct
@@ -659,6 +660,7 @@ def run_avro(
 ) -> list[dict[str, Any]]:
     """Alternating rounds: per round and guarantee, streamserve Avro, streamserve tensor
     JSON and each peer, each on fresh topics."""
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # the registry clients' requests
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ValueError(f"no Avro app for peer(s) {', '.join(unknown)}: choose from quix")
