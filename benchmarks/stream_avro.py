@@ -448,10 +448,10 @@ def quix_avro_command(
         in_topic,
         out_topic,
         group,
-        str(model),
+        str(model.resolve()),  # the peer runs in the log folder
         guarantee,
         str(COMMIT_INTERVAL_MS),
-        str(schema_path),
+        str(schema_path.resolve()),
     ]
 
 
