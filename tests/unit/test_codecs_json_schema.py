@@ -298,3 +298,15 @@ def test_a_framed_value_needs_resolve_and_is_not_decoded_before(
     with pytest.raises(RecordError, match="no output schema for input schema id 7"):
         registry_format.encode(RECORD, 7)
     assert registry_format.output_schema_text(7) is None
+
+
+def test_an_unreachable_registry_is_unavailable_and_nothing_is_remembered(
+    registry_format: JsonSchemaFormat,
+) -> None:
+    from streamserve.stream.errors import DependencyUnavailable
+
+    value = wire_header(7) + orjson.dumps(RECORD)
+    with pytest.raises(DependencyUnavailable) as caught:
+        registry_format.resolve([value])
+    assert caught.value.dependency == "schema registry"
+    assert registry_format.needs_resolve([value]) is True  # asked again next batch
