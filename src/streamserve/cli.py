@@ -6,16 +6,9 @@ import heavy libraries inside ``run`` so that ``--help`` stays fast.
 
 ``--log-level`` is accepted before or after the subcommand.
 
-Exit status: 0 success; 1 the command ran but did not succeed (e.g. an incomplete
-demo); 2 a usage, configuration or set-up error, explained on one ``error:`` line;
-3 ``kafka status``: the broker is not running; 4 an optional extra is missing (the
-``error:`` line says which ``pip install 'streamserve[...]'``); 5 cannot connect or
-authenticate to Kafka (no broker answered within ``--kafka-connect-timeout-s``, the
-credentials were refused, or the TLS handshake failed), on one ``error:`` line; 6 a model
-the command was started with cannot load (``serve``'s initial models, embedded
-``stream``'s model; the ``error:`` line quotes the load error); ``stream`` also 70 (a stop
-was forced) and 75 (Kafka clients unrecoverable in-process, restart it); 130
-interrupted. With ``--log-format json`` the ``error:`` line is a JSON object too.
+Exit statuses are one table, :mod:`streamserve.exit_codes` (0 success, 2 a usage or
+configuration error on one ``error:`` line, 5 cannot connect to Kafka, ...). With
+``--log-format json`` the ``error:`` line is a JSON object too.
 """
 
 from __future__ import annotations
@@ -26,17 +19,18 @@ from types import ModuleType
 
 from streamserve import __version__, demo
 from streamserve.errors import KafkaConnectError, MissingExtra, ModelLoadFailed, StreamserveError
+from streamserve.exit_codes import ExitCode
 from streamserve.kafka import cli as kafka_cli
 from streamserve.logs import LOG_LEVELS, configure_logging, print_error_line
 from streamserve.models import cli as models_cli
 from streamserve.server import cli as server_cli
 from streamserve.stream import cli as stream_cli
 
-EXIT_ERROR = 2
-EXIT_MISSING_EXTRA = 4
-EXIT_KAFKA_CONNECT = 5
-EXIT_MODEL_LOAD_FAILED = 6
-EXIT_INTERRUPTED = 130
+EXIT_ERROR = ExitCode.ERROR
+EXIT_MISSING_EXTRA = ExitCode.MISSING_EXTRA
+EXIT_KAFKA_CONNECT = ExitCode.KAFKA_CONNECT
+EXIT_MODEL_LOAD_FAILED = ExitCode.MODEL_LOAD_FAILED
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 
 COMMANDS: dict[str, ModuleType] = {

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamserve.exit_codes import ExitCode
 from streamserve.kafka import client_config
 from streamserve.kafka.client_config import KafkaClientConfig
 from streamserve.stats import percentile
@@ -611,4 +612,4 @@ def run(args: argparse.Namespace) -> int:
         if args.work_dir:
             print(f"\nlogs in {work_dir}")
         complete = all(len(r.paced) == len(r.burst) == expected for r in by_mode.values())
-        return 0 if complete else 1
+        return ExitCode.OK if complete else ExitCode.NOT_SUCCEEDED

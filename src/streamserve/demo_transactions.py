@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamserve import demo
+from streamserve.exit_codes import ExitCode
 from streamserve.kafka.client_config import KafkaClientConfig
 
 if TYPE_CHECKING:  # numpy: imported on use, for a fast --help
@@ -422,4 +423,4 @@ def run(args: argparse.Namespace) -> int:
         complete = all(
             len(r.paced) == args.paced and len(r.burst) == args.records for r in by_mode.values()
         )
-        return 0 if complete and not failures else 1
+        return ExitCode.OK if complete and not failures else ExitCode.NOT_SUCCEEDED

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamserve.errors import SetupError
+from streamserve.exit_codes import ExitCode
 from streamserve.kafka import client_config
 from streamserve.kafka.config import SECURITY_MODES
 from streamserve.logs import add_log_format_argument
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 HELP = "run a local Apache Kafka broker (KRaft) and manage its topics"
 
-EXIT_NOT_RUNNING = 3
+EXIT_NOT_RUNNING = ExitCode.NOT_RUNNING
 REGISTRY_SECURITY = ("plaintext", "tls", "basic", "basic_tls")
 
 
@@ -427,7 +428,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"data dir {current.data_dir}; log {current.log_file}")
         _print_registry_status()
         print(current.bootstrap_servers)
-        return 0 if answering else 1
+        return ExitCode.OK if answering else ExitCode.NOT_SUCCEEDED
     running = [pid for pid in current.pids if state.pid_is_broker(pid)]
     print(
         f"running: Kafka {current.version} cluster, {len(running)} of {len(current.pids)} "
@@ -439,7 +440,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"data dir {current.data_dir}")
     _print_registry_status()
     print(current.bootstrap_servers)
-    return 0 if answering and len(running) == len(current.pids) else 1
+    complete = answering and len(running) == len(current.pids)
+    return ExitCode.OK if complete else ExitCode.NOT_SUCCEEDED
 
 
 def _print_registry_status() -> None:

@@ -38,6 +38,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from streamserve.exit_codes import ExitCode
 from streamserve.kafka import client_config
 from streamserve.logs import add_log_format_argument, print_error_line
 
@@ -46,8 +47,8 @@ STREAM_READY_PREFIX = "streamserve stream ready:"
 
 HELP = "run model inference on a Kafka topic (embedded or remote model), exactly-once"
 
-EXIT_KAFKA_FATAL = 75  # EX_TEMPFAIL: Kafka clients unrecoverable in-process; restart
-EXIT_STOP_FORCED = 70  # EX_SOFTWARE: the stop overran its bound and was forced
+EXIT_KAFKA_FATAL = ExitCode.KAFKA_FATAL
+EXIT_STOP_FORCED = ExitCode.STOP_FORCED
 STOP_GRACE_S = 10.0  # after --shutdown-timeout-s: last commit (3 s) + closing clients (5 s)
 ALL_HEADERS = "*"  # --header-allowlist: carry every input header
 ALARM_MARGIN_S = 2  # SIGALRM's default action ends the process even if Python cannot run
