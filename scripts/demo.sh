@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to the flagship demo: install, fetch Kafka,
-# build the ImageNet model (cached), then run `streamserve demo`.
+# build the ImageNet model (cached), then run `streamserve demo`
+# (`demo.sh transactions`: the card-transactions demo, no ImageNet build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,11 +12,17 @@ if { ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; } \
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[models,bench]'
-# The transactions demo (`demo.sh transactions`) also runs a Schema Registry: fetch it too.
-fetch=(streamserve kafka fetch)
+# The transactions demo (`demo.sh transactions`) runs a Schema Registry (fetched too) and
+# trains its own model: it needs no ImageNet build.
+demo=imagenet
 for arg in "$@"; do
-  if [ "$arg" = transactions ]; then fetch+=(--schema-registry); fi
+  if [ "$arg" = transactions ]; then demo=transactions; fi
 done
-"${fetch[@]}"
-streamserve models build imagenet --out models/imagenet
-streamserve demo --model-base-path models/imagenet "$@"
+if [ "$demo" = transactions ]; then
+  streamserve kafka fetch --schema-registry
+  streamserve demo "$@"
+else
+  streamserve kafka fetch
+  streamserve models build imagenet --out models/imagenet
+  streamserve demo --model-base-path models/imagenet "$@"
+fi
